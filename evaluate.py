@@ -1,0 +1,40 @@
+"""Recompute full-ranking test metrics from an export, without retraining.
+
+    python evaluate.py run_dir=outputs/2026-11-28/10-00-00
+    python evaluate.py export=path/to/export test=test.csv [user_col=user item_col=item]
+"""
+from __future__ import annotations
+
+import logging
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from recsys import Recommender
+from recsys.data import read_interactions
+from recsys.evaluation import format_table
+from recsys.export import write_json_atomic
+
+log = logging.getLogger("evaluate")
+
+
+def run(cfg: DictConfig) -> dict:
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    rec = Recommender.from_pretrained(cfg.export, device=device)
+    df = read_interactions(cfg.test, cfg.user_col, cfg.item_col, rating_col=None, time_col=None)
+    metrics, report = rec.evaluate(df["user"], df["item"], ks=list(cfg.ks), chunk_size=cfg.chunk)
+    log.info("test pairs: %s", report)
+    print(format_table(metrics))
+    if cfg.out:
+        write_json_atomic(cfg.out, {**metrics, "report": report})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Turning prepared data into the tensors a Scorer and the evaluation need."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .data import Prepared
+from .scorer import Scorer, ScorerConfig
+from .sparse import csr_from_pairs
+
+
+def csr(pairs: np.ndarray, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user, item) pairs (N, 2) -> CSR (indptr (n_rows+1,), indices (N,)) as int64 tensors."""
+    indptr, indices, _ = csr_from_pairs(pairs[:, 0], pairs[:, 1], n_rows)
+    return torch.from_numpy(indptr), torch.from_numpy(indices)
+
+
+def scorer_buffers(prep: Prepared) -> dict[str, torch.Tensor]:
+    hist_indptr, hist_indices = csr(prep.train, prep.n_users)
+    return {
+        "tok_indptr": torch.from_numpy(prep.bags.indptr),
+        "tok_indices": torch.from_numpy(prep.bags.indices),
+        "tok_weights": torch.from_numpy(prep.bags.weights),
+        "hist_indptr": hist_indptr,
+        "hist_indices": hist_indices,
+        "item_warm": torch.from_numpy(prep.item_warm()),
+    }
+
+
+def build_scorer(prep: Prepared, **model) -> Scorer:
+    """model: ScorerConfig fields other than the sizes (variant, dim, alpha, ...)."""
+    cfg = ScorerConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
+    return Scorer(cfg, scorer_buffers(prep))
+
+
+def eval_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """CSR targets and seen-item masks: validation ranks with train masked; test ranks with
+    train + valid masked (both were available before the test period)."""
+    seen_test = np.concatenate([prep.train, prep.valid])
+    return {
+        "val_target": csr(prep.valid, prep.n_users),
+        "val_seen": csr(prep.train, prep.n_users),
+        "test_target": csr(prep.test, prep.n_users),
+        "test_seen": csr(seen_test, prep.n_users),
+    }

@@ -1,0 +1,155 @@
+"""The export directory: the hand-off from training to any program that loads it with torch.
+
+    export/
+      config.json           format, format_version, recsys version, scorer config, tokenizer
+      model.safetensors     the Scorer's state_dict: embeddings + data buffers (token bags,
+                            user histories, warm-item mask)
+      extras.safetensors    seen-item CSR (seen_indptr, seen_indices) excluded by `recommend`,
+                            and token_idf (for tokenising items added later)
+      users.json / items.json / tokens.json   vocabularies: JSON lists, index = position
+                            (items.json also holds a readable title per item)
+
+No pickle anywhere: JSON and safetensors only. The directory is written under a temporary name
+and renamed into place, so a crash mid-write never leaves a partial export that loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .scorer import Scorer, ScorerConfig
+from .tokenize import WordTokenizer
+from .vocab import Vocab
+
+FORMAT = "recsys-export"
+FORMAT_VERSION = 1
+
+
+class ExportError(ValueError):
+    """An export directory that cannot be loaded; the message says which file and why."""
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False)
+
+
+def _read_json(path: str):
+    if not os.path.exists(path):
+        raise ExportError(f"export file missing: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"export file {path} is not valid JSON: {e}") from None
+
+
+def _read_tensors(path: str, device: str) -> dict[str, torch.Tensor]:
+    if not os.path.exists(path):
+        raise ExportError(f"export file missing: {path}")
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(f"export file {path} is truncated or corrupted: {e}") from None
+
+
+def atomic_dir(final: str):
+    """A temporary sibling directory of `final`; `commit_dir(tmp, final)` moves it into place."""
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+
+
+def commit_dir(tmp: str, final: str) -> None:
+    old = None
+    if os.path.exists(final):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-", dir=os.path.dirname(os.path.abspath(final)))
+        os.rmdir(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_export(path: str, scorer: Scorer, users: Vocab, items: Vocab, tokens: Vocab,
+                tokenizer: WordTokenizer, seen: tuple[torch.Tensor, torch.Tensor],
+                token_idf: torch.Tensor, item_titles: list[str] | None = None,
+                meta: dict | None = None) -> str:
+    from . import __version__
+    tmp = atomic_dir(path)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in scorer.state_dict().items()}
+        save_file(state, os.path.join(tmp, "model.safetensors"))
+        save_file({"seen_indptr": seen[0].cpu().contiguous(), "seen_indices": seen[1].cpu().contiguous(),
+                   "token_idf": torch.as_tensor(token_idf, dtype=torch.float32).cpu().contiguous()},
+                  os.path.join(tmp, "extras.safetensors"))
+        _write_json(os.path.join(tmp, "config.json"), {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "recsys_version": __version__,
+            "scorer": scorer.config.to_json(), "tokenizer": tokenizer.to_json(), "meta": meta or {}})
+        _write_json(os.path.join(tmp, "users.json"), users.to_json())
+        _write_json(os.path.join(tmp, "items.json"), {**items.to_json(), "titles": item_titles})
+        _write_json(os.path.join(tmp, "tokens.json"), tokens.to_json())
+        commit_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_export(path: str, device: str = "cpu") -> dict:
+    """{'scorer', 'users', 'items', 'tokens', 'tokenizer', 'seen', 'token_idf', 'titles', 'config'}."""
+    if not os.path.isdir(path):
+        raise ExportError(f"export directory not found: {path}")
+    cfg = _read_json(os.path.join(path, "config.json"))
+    if cfg.get("format") != FORMAT:
+        raise ExportError(f"{path}/config.json is not a recsys export (format={cfg.get('format')!r})")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise ExportError(f"{path} has export format version {cfg.get('format_version')}; this recsys "
+                          f"reads version {FORMAT_VERSION}")
+    state = _read_tensors(os.path.join(path, "model.safetensors"), device)
+    extras = _read_tensors(os.path.join(path, "extras.safetensors"), device)
+    try:
+        scfg = ScorerConfig(**cfg["scorer"])
+        scorer = Scorer(scfg, {k: state[k] for k in state if k in _buffer_names()})
+        scorer.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise ExportError(f"{path}/model.safetensors does not match config.json: {str(e).splitlines()[0]}") from None
+    scorer.to(device).eval()
+    tok = dict(cfg["tokenizer"])
+    tok.pop("kind", None)
+    items = _read_json(os.path.join(path, "items.json"))
+    return {
+        "config": cfg,
+        "scorer": scorer,
+        "users": Vocab.from_json(_read_json(os.path.join(path, "users.json"))),
+        "items": Vocab.from_json(items),
+        "titles": items.get("titles"),
+        "tokens": Vocab.from_json(_read_json(os.path.join(path, "tokens.json"))),
+        "tokenizer": WordTokenizer(**tok),
+        "seen": (extras["seen_indptr"], extras["seen_indices"]),
+        "token_idf": extras["token_idf"],
+    }
+
+
+def _buffer_names():
+    from .scorer import BUFFERS
+    return BUFFERS

@@ -1,0 +1,93 @@
+"""`Recommender`: external ids in, external ids out, over a loaded export.
+
+    from recsys import Recommender
+    rec = Recommender.from_pretrained("outputs/run/export", device="cpu")
+    ids, scores = rec.recommend(["u1", "u2"], k=10)     # (2, 10) each
+    ids, scores = rec.recommend("u1", k=10)             # (10,) each
+
+Needs only torch, numpy and safetensors: no Lightning, no Hydra.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .build import csr
+from .evaluation import evaluate
+from .export import load_export, save_export
+from .ranking import topk
+
+
+class Recommender:
+    def __init__(self, scorer, users, items, tokens, tokenizer, seen, token_idf, titles=None, meta=None):
+        self.scorer = scorer
+        self.users, self.items, self.tokens, self.tokenizer = users, items, tokens, tokenizer
+        self.seen = seen
+        self.token_idf = token_idf
+        self.titles = titles
+        self.meta = meta or {}
+        self._item_ids = np.asarray(items.ids, dtype=object if any(isinstance(i, str) for i in items.ids) else None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.scorer.hist_indptr.device
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "cpu") -> "Recommender":
+        e = load_export(path, device)
+        return cls(e["scorer"], e["users"], e["items"], e["tokens"], e["tokenizer"], e["seen"],
+                   e["token_idf"], e["titles"], e["config"].get("meta"))
+
+    def save_pretrained(self, path: str) -> str:
+        return save_export(path, self.scorer, self.users, self.items, self.tokens, self.tokenizer,
+                           self.seen, self.token_idf, self.titles, self.meta)
+
+    def user_index(self, users) -> torch.Tensor:
+        try:
+            idx = self.users.index(users)
+        except KeyError as e:
+            raise KeyError(f"unknown user id(s) {e.args[0].split(': ', 1)[-1]}: not in the training data") from None
+        return torch.as_tensor(idx, device=self.device)
+
+    @torch.no_grad()
+    def scores(self, users) -> torch.Tensor:
+        """(B, n_items) scores of a list of users against the whole catalog (nothing masked)."""
+        return self.scorer(self.user_index(list(users)))
+
+    @torch.no_grad()
+    def recommend(self, users, k: int = 10, exclude_seen: bool = True, chunk_size: int = 1024):
+        """Top-k items for one user id (-> (k,) ids, (k,) scores) or a list of ids (-> (B, k)).
+        exclude_seen drops the items each user interacted with in training."""
+        single = np.isscalar(users) or isinstance(users, (str, bytes))
+        batch = [users] if single else list(users)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer, got {k!r}")
+        if not 0 < k <= len(self.items):
+            raise ValueError(f"k={k} must be between 1 and the catalog size {len(self.items)}")
+        u = self.user_index(batch)
+        idx, sc = topk(self.scorer, u, int(k), self.seen if exclude_seen else None, chunk_size)
+        ids = self._item_ids[idx.cpu().numpy()]
+        sc = sc.cpu().numpy()
+        return (ids[0], sc[0]) if single else (ids, sc)
+
+    def evaluate(self, users, items, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/"):
+        """Full-ranking metrics of held-out (user, item) pairs given as external ids, with each
+        user's seen items masked. Pairs whose user or item the model does not know, and pairs
+        that are also seen items, are dropped and counted in the returned report.
+        Returns (metrics {"test/ndcg@10": ...}, report {"pairs_used": ..., ...})."""
+        u = self.users.index(users, missing="drop_flag")
+        i = self.items.index(items, missing="drop_flag")
+        report = {"pairs_given": int(len(u)), "dropped_unknown_user": int((u < 0).sum()),
+                  "dropped_unknown_item": int(((u >= 0) & (i < 0)).sum())}
+        ok = (u >= 0) & (i >= 0)
+        pairs = np.unique(np.stack([u[ok], i[ok]], 1), axis=0) if ok.any() else np.zeros((0, 2), np.int64)
+        sp, si = (t.cpu().numpy() for t in self.seen)
+        seen = set((np.repeat(np.arange(len(sp) - 1), np.diff(sp)) * len(self.items) + si).tolist())
+        also = np.fromiter(((a * len(self.items) + b) in seen for a, b in pairs), bool, len(pairs))
+        report["dropped_seen"] = int(also.sum())
+        pairs = pairs[~also]
+        report["pairs_used"] = int(len(pairs))
+        report["users"] = int(len(np.unique(pairs[:, 0])))
+        target = tuple(t.to(self.device) for t in csr(pairs, len(self.users)))
+        metrics, _ = evaluate(self.scorer, target, self.seen, ks, chunk_size, prefix)
+        return metrics, report

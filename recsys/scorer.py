@@ -1,0 +1,204 @@
+"""The scorer: users, items and content tokens as embedding tables, three scores as matmuls.
+
+    collaborative  s_cf[u, i] = U[u] . V[i] + b[i]
+    content        s_ct[u, i] = P[u] . C[i]
+                   C[i] = sum_t w(i, t) E[t]        TF-IDF weighted pool of token embeddings
+                   P[u] = mean_{j in H(u)} C[j]     mean content vector of u's history H(u)
+    hybrid         s[u, i] = alpha * z_u(s_cf)[i] + (1 - alpha) * z_u(s_ct)[i]
+
+z_u standardises a user's scores over the whole catalog: z_u(s)[i] = (s[i] - mean_u) / std_u.
+Why that scale: the raw scores live on unrelated scales (dot products of free vectors against
+dot products of pooled token vectors) that drift during training, so a fixed alpha on raw scores
+would mean something different for every model and user. After z_u both components have mean 0
+and unit spread across the catalog for every user, alpha is the share of ranking influence, and
+because z_u is increasing, alpha = 1 ranks exactly as `collaborative` and alpha = 0 exactly as
+`content`.
+
+Cold items (no training interaction) have never been a positive, so V[i] carries no signal: their
+collaborative score is set to the user's mean collaborative score over the warm items
+("neutral"), which is z = 0 after standardisation. They are ranked by content alone.
+
+Worked example (shapes): 3 users, 5 items, 7 tokens, dim 4; `Scorer(cfg, bags..., history...)`;
+`scorer(torch.tensor([0, 2]))` -> (2, 5) scores of users 0 and 2 against every item.
+The module has no Lightning, Hydra or pandas; it follows the device of its parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sparse import gather_rows
+
+VARIANTS = ("collaborative", "content", "hybrid")
+
+
+@dataclass
+class ScorerConfig:
+    n_users: int
+    n_items: int
+    n_tokens: int
+    variant: str = "hybrid"
+    dim: int = 64
+    alpha: float = 0.5          # hybrid weight of the collaborative part, in [0, 1]
+    learn_alpha: bool = False   # learn alpha (through a sigmoid) instead of fixing it
+    item_bias: bool = True      # b[i] in the collaborative score
+    init_std: float = 0.1
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model.variant={self.variant!r} is not one of {VARIANTS}")
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"model.alpha={self.alpha} is outside [0, 1]")
+        if self.dim < 1:
+            raise ValueError(f"model.dim={self.dim} must be >= 1")
+
+    @property
+    def uses_cf(self) -> bool:
+        return self.variant in ("collaborative", "hybrid")
+
+    @property
+    def uses_content(self) -> bool:
+        return self.variant in ("content", "hybrid")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# names of the data buffers a Scorer holds (all saved in its state_dict, so an export is complete)
+BUFFERS = ("tok_indptr", "tok_indices", "tok_weights", "hist_indptr", "hist_indices", "item_warm")
+
+
+class Scorer(nn.Module):
+    def __init__(self, config: ScorerConfig, buffers: dict[str, torch.Tensor]):
+        """buffers: tok_indptr (I+1,), tok_indices (T_nnz,), tok_weights (T_nnz,) float: the
+        TF-IDF bags; hist_indptr (U+1,), hist_indices (H,): each user's training items (for the
+        content profile); item_warm (I,) bool: item has a training interaction."""
+        super().__init__()
+        self.config = c = config
+        missing = [b for b in BUFFERS if b not in buffers]
+        if missing:
+            raise ValueError(f"Scorer needs buffers {missing}")
+        for name in BUFFERS:
+            t = torch.as_tensor(buffers[name])
+            t = t.bool() if name == "item_warm" else (t.float() if name == "tok_weights" else t.long())
+            self.register_buffer(name, t.clone())
+        if len(self.tok_indptr) != c.n_items + 1 or len(self.hist_indptr) != c.n_users + 1:
+            raise ValueError("buffer sizes do not match n_users / n_items in the config")
+        if c.uses_cf:
+            self.user_emb = nn.Embedding(c.n_users, c.dim)
+            self.item_emb = nn.Embedding(c.n_items, c.dim)
+            nn.init.normal_(self.user_emb.weight, std=c.init_std)
+            nn.init.normal_(self.item_emb.weight, std=c.init_std)
+            self.item_bias = nn.Parameter(torch.zeros(c.n_items)) if c.item_bias else None
+        if c.uses_content:
+            self.token_emb = nn.Embedding(c.n_tokens, c.dim)
+            nn.init.normal_(self.token_emb.weight, std=c.init_std)
+        if c.variant == "hybrid" and c.learn_alpha:
+            a = torch.tensor(float(c.alpha)).clamp(1e-4, 1 - 1e-4)
+            self.alpha_logit = nn.Parameter(torch.log(a) - torch.log1p(-a))   # alpha = sigmoid
+
+    # --- item side: computed once per ranking pass ------------------------------------------
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The blend weight of the collaborative part (exactly config.alpha unless learned)."""
+        if self.config.variant == "collaborative":
+            return torch.tensor(1.0)
+        if self.config.variant == "content":
+            return torch.tensor(0.0)
+        if not self.config.learn_alpha:
+            return torch.tensor(float(self.config.alpha))
+        return torch.sigmoid(self.alpha_logit)
+
+    def item_content(self) -> torch.Tensor:
+        """C: (I, D), the TF-IDF weighted sum of each item's token embeddings (0 for no tokens)."""
+        return F.embedding_bag(self.tok_indices, self.token_emb.weight, self.tok_indptr[:-1],
+                               mode="sum", per_sample_weights=self.tok_weights)
+
+    def item_tables(self) -> dict[str, torch.Tensor]:
+        """Everything item-side the user scores need; reuse it across user chunks."""
+        t = {}
+        if self.config.uses_cf:
+            t["V"] = self.item_emb.weight                                         # (I, D)
+            t["b"] = self.item_bias if self.item_bias is not None else None        # (I,)
+        if self.config.uses_content:
+            t["C"] = self.item_content()                                          # (I, D)
+        return t
+
+    # --- user side ------------------------------------------------------------------------
+
+    def profile_from_items(self, indptr: torch.Tensor, indices: torch.Tensor,
+                           rows: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+        """P: (B, D), mean of C over the items of CSR rows `rows` (zeros for an empty row).
+        Each distinct row is pooled once (training batches repeat heavy users many times)."""
+        uniq, inv = torch.unique(rows, return_inverse=True)
+        pos, row_of = gather_rows(indptr, uniq)
+        P = torch.zeros(len(uniq), C.shape[1], device=C.device, dtype=C.dtype)
+        P.index_add_(0, row_of, C[indices[pos]])
+        n = torch.bincount(row_of, minlength=len(uniq)).clamp(min=1).to(C.dtype)
+        return (P / n[:, None])[inv]
+
+    def user_profile(self, users: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+        return self.profile_from_items(self.hist_indptr, self.hist_indices, users, C)
+
+    # --- scores -----------------------------------------------------------------------------
+
+    def component_scores(self, users: torch.Tensor, tables: dict, items: torch.Tensor | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """Raw scores per component, for (B,) users against
+        items None: the whole catalog -> (B, I); items (N,): the same N items for every user
+        -> (B, N), one matmul; items (B, N): each user's own N items -> (B, N)."""
+        out = {}
+        if self.config.uses_cf:
+            out["cf"] = _dot(self.user_emb(users), tables["V"], items)
+            if tables["b"] is not None:
+                out["cf"] = out["cf"] + (tables["b"] if items is None else tables["b"][items])
+        if self.config.uses_content:
+            C = tables["C"]
+            out["content"] = _dot(self.user_profile(users, C), C, items)
+        return out
+
+    def neutralise_cold(self, s_cf: torch.Tensor) -> torch.Tensor:
+        """(B, I) collaborative scores with cold items set to the user's mean over warm items."""
+        warm = self.item_warm
+        if bool(warm.all()):
+            return s_cf
+        mean = (s_cf * warm).sum(1, keepdim=True) / warm.sum().clamp(min=1)        # (B, 1)
+        return torch.where(warm, s_cf, mean)
+
+    @staticmethod
+    def standardise(s: torch.Tensor, mean: torch.Tensor | None = None,
+                    std: torch.Tensor | None = None) -> torch.Tensor:
+        """z_u: per row, (s - mean) / std over the catalog (or with given (B, 1) statistics)."""
+        if mean is None:
+            std, mean = torch.std_mean(s, dim=1, keepdim=True)
+        return (s - mean) / (std + 1e-8)
+
+    def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
+        """(B,) user indices -> (B, I) scores against the whole catalog."""
+        parts = self.component_scores(users, tables)
+        if "cf" in parts:
+            parts["cf"] = self.neutralise_cold(parts["cf"])
+        if self.config.variant == "collaborative":
+            return parts["cf"]
+        if self.config.variant == "content":
+            return parts["content"]
+        a = self.alpha
+        return a * self.standardise(parts["cf"]) + (1 - a) * self.standardise(parts["content"])
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        """(B,) user indices -> (B, I) scores. For many chunks, call item_tables() once and
+        score_users() per chunk instead."""
+        return self.score_users(users, self.item_tables())
+
+
+def _dot(u: torch.Tensor, table: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+    """u (B, D) against rows of table (I, D): all rows, shared rows (N,) or per-user rows (B, N)."""
+    if items is None:
+        return u @ table.T                                   # (B, I)
+    if items.dim() == 1:
+        return u @ table[items].T                            # (B, N)
+    return torch.einsum("bd,bnd->bn", u, table[items])       # (B, N)

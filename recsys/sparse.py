@@ -1,0 +1,38 @@
+"""CSR helpers on plain tensors: rows of a sparse matrix as (indptr, indices[, values]).
+
+No dense user x item matrix is built anywhere: histories, seen-item masks and token bags are
+CSR, and a batch of rows is gathered with vectorised index arithmetic (no Python loop per row).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int,
+                   values: np.ndarray | None = None):
+    """(indptr (n_rows+1,), indices (nnz,), values (nnz,) or None), rows sorted, columns
+    sorted within a row. Input pairs need not be sorted; duplicates are kept."""
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    order = np.lexsort((cols, rows))
+    counts = np.bincount(rows, minlength=n_rows)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    vals = None if values is None else np.asarray(values)[order]
+    return indptr, cols[order], vals
+
+
+def gather_rows(indptr: torch.Tensor, rows: torch.Tensor):
+    """Flat positions of the entries of `rows` in a CSR matrix.
+
+    Returns (pos (M,), row_of (M,)): `indices[pos]` are the entries, and `row_of[m]` is the
+    position in `rows` (0..B-1) that entry m belongs to. Vectorised: no loop over rows.
+    """
+    start = indptr[rows]                                  # (B,)
+    lengths = indptr[rows + 1] - start                    # (B,)
+    row_of = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
+    # position within its row: global arange minus the offset where the row starts in the output
+    offsets = torch.cumsum(lengths, 0) - lengths          # (B,)
+    within = torch.arange(int(lengths.sum()), device=rows.device) - offsets[row_of]
+    return start[row_of] + within, row_of

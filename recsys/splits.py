@@ -1,0 +1,73 @@
+"""Seeded splits of an interaction frame with columns `user`, `item`[, `timestamp`].
+
+Every function returns a label array (N,) of 0 = train, 1 = valid, 2 = test, aligned with the
+frame's rows. The per-user splits never leave a user without a training interaction.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+def _rank_within_user(df: pd.DataFrame, key: np.ndarray):
+    """(codes (N,), n per user (U,), pos (N,)): pos = 0 for the row of highest `key` of its user."""
+    codes, _ = pd.factorize(df["user"].to_numpy())
+    n = np.bincount(codes)
+    order = np.lexsort((-key, codes))
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+    pos = np.empty(len(df), dtype=np.int64)
+    pos[order] = np.arange(len(df)) - np.repeat(starts, n)
+    return codes, n, pos
+
+
+def _cut(codes, pos, n_test, n_valid) -> np.ndarray:
+    nt, nv = n_test[codes], n_valid[codes]
+    return np.where(pos < nt, TEST, np.where(pos < nt + nv, VALID, TRAIN)).astype(np.int8)
+
+
+def random_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Per user, a seeded random round(n*test) interactions to test and round(n*valid) to valid;
+    if that would leave no training row, valid gives up rows first, then test."""
+    if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
+        raise ValueError(f"split ratios must be in [0, 1) with valid + test < 1, got valid={valid}, test={test}")
+    rng = np.random.default_rng(seed)
+    codes, n, pos = _rank_within_user(df, rng.random(len(df)))
+    n_test = np.floor(n * test + 0.5).astype(np.int64)
+    n_valid = np.floor(n * valid + 0.5).astype(np.int64)
+    over = np.maximum(n_test + n_valid - (n - 1), 0)
+    cut = np.minimum(over, n_valid)
+    return _cut(codes, pos, n_test - (over - cut), n_valid - cut)
+
+
+def _time_order(df: pd.DataFrame, seed: int) -> np.ndarray:
+    """Rank of each row by timestamp, ties broken by a seeded random key. (N,) float64."""
+    if "timestamp" not in df:
+        raise ValueError("this split needs a timestamp column (set data.time_col)")
+    rng = np.random.default_rng(seed)
+    ts = df["timestamp"].to_numpy(dtype=np.float64)
+    return np.lexsort((rng.random(len(df)), ts)).argsort().astype(np.float64)
+
+
+def leave_last_split(df: pd.DataFrame, valid: int = 1, test: int = 1, seed: int = 0) -> np.ndarray:
+    """Per user, the last `test` interactions by time to test, the `valid` before them to valid."""
+    codes, n, pos = _rank_within_user(df, _time_order(df, seed))
+    n_test = np.minimum(int(test), n - 1)
+    return _cut(codes, pos, n_test, np.minimum(int(valid), n - 1 - n_test))
+
+
+def temporal_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Global temporal: the latest `test` fraction of all interactions to test, the `valid`
+    fraction before it to valid (one cut time for everybody, so nothing from the future leaks
+    into train). Users with no training rows are dropped from valid/test by the caller."""
+    order = np.argsort(_time_order(df, seed))
+    n = len(df)
+    n_test, n_valid = int(round(n * test)), int(round(n * valid))
+    label = np.zeros(n, dtype=np.int8)
+    label[order[n - n_test:]] = TEST
+    label[order[n - n_test - n_valid: n - n_test]] = VALID
+    return label
+
+
+SPLITS = {"random": random_split, "leave_last": leave_last_split, "temporal": temporal_split}

@@ -1,0 +1,131 @@
+"""Lightning around the Scorer: sampling, loss, optimiser, per-epoch full-ranking validation.
+
+Only train.py (and tests) import this module; the scorer and exports do not need Lightning.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+from .evaluation import MetricSums, chunk_metrics, users_with_targets
+from .losses import LOSSES
+from .scorer import Scorer
+
+
+class RecsysModule(L.LightningModule):
+    def __init__(self, scorer: Scorer, eval_sets: dict, loss: str = "bpr", n_neg: int = 8,
+                 lr: float = 5e-3, weight_decay: float = 0.0, l2: float = 0.0,
+                 ks: tuple[int, ...] = (10, 20)):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"model.optim.loss={loss!r} is not one of {sorted(LOSSES)}")
+        if n_neg < 1:
+            raise ValueError(f"model.optim.n_neg={n_neg} must be >= 1")
+        self.scorer = scorer
+        self.save_hyperparameters(ignore=["scorer", "eval_sets"])
+        self.loss_fn = LOSSES[loss]
+        self.ks = sorted(ks)
+        # evaluation CSRs move with the module but stay out of checkpoints (they are data)
+        for name, (indptr, indices) in eval_sets.items():
+            self.register_buffer(f"{name}_indptr", indptr, persistent=False)
+            self.register_buffer(f"{name}_indices", indices, persistent=False)
+        self._sums: MetricSums | None = None
+        self._tables: dict | None = None
+
+    def csr(self, name: str):
+        return getattr(self, f"{name}_indptr"), getattr(self, f"{name}_indices")
+
+    # --- training ---------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        users, pos = batch[0][:, 0], batch[0][:, 1]                          # (B,), (B,)
+        cfg = self.scorer.config
+        # N negatives shared by the whole batch: one (B, N) matmul per component. A negative
+        # that is the row's own positive is masked out of that row.
+        neg = torch.randint(cfg.n_items, (self.hparams.n_neg,), device=users.device)   # (N,)
+        clash = pos[:, None] == neg[None, :]                                  # (B, N)
+        tables = self.scorer.item_tables()
+        pos_s = self.scorer.component_scores(users, tables, pos[:, None])    # each (B, 1)
+        neg_s = self.scorer.component_scores(users, tables, neg)             # each (B, N)
+        loss = 0.0
+        for name in pos_s:
+            part = self.loss_fn(pos_s[name][:, 0], neg_s[name], clash)
+            self.log(f"train/loss_{name}", part, on_step=False, on_epoch=True)
+            loss = loss + part
+        if cfg.variant == "hybrid" and cfg.learn_alpha:
+            loss = loss + self._alpha_loss(users, tables, pos_s, neg_s, clash)
+        if self.hparams.l2 > 0 and cfg.uses_cf:
+            reg = self.scorer.user_emb(users).pow(2).sum() + self.scorer.item_emb(pos).pow(2).sum()
+            loss = loss + self.hparams.l2 * reg / len(users)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _alpha_loss(self, users, tables, pos_s, neg_s, clash):
+        """Loss on the blended score that trains alpha alone: components detached, per-user
+        mean/std estimated on the batch's shared negatives, a uniform sample of the catalog
+        (the exact full-catalog statistics used at ranking time would cost a (B, I) matmul)."""
+        a = self.scorer.alpha
+        z = {}
+        for n in pos_s:
+            std, mean = torch.std_mean(neg_s[n].detach(), dim=1, keepdim=True)
+            z[n] = (Scorer.standardise(pos_s[n].detach(), mean, std),
+                    Scorer.standardise(neg_s[n].detach(), mean, std))
+        blend_pos = a * z["cf"][0] + (1 - a) * z["content"][0]
+        blend_neg = a * z["cf"][1] + (1 - a) * z["content"][1]
+        self.log("train/alpha", a, on_step=False, on_epoch=True)
+        return self.loss_fn(blend_pos[:, 0], blend_neg, clash)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+
+    # --- full-ranking validation and test ---------------------------------------------------
+
+    def _eval_start(self):
+        self._sums = MetricSums()
+        self._tables = self.scorer.item_tables()
+
+    def _eval_step(self, users, split):
+        m = chunk_metrics(self.scorer, users, self.ks, self.csr(f"{split}_target"),
+                          self.csr(f"{split}_seen"), tables=self._tables)
+        self._sums.update(m)
+
+    def _eval_end(self, prefix):
+        for name, v in self._sums.compute(prefix).items():
+            self.log(name, v, prog_bar=name.endswith("ndcg@10"), sync_dist=True)
+        self._tables = None
+
+    def on_validation_epoch_start(self):
+        self._eval_start()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch[0], "val")
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val/")
+
+    def on_test_epoch_start(self):
+        self._eval_start()
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch[0], "test")
+
+    def on_test_epoch_end(self):
+        self.last_test_metrics = self._sums.compute("test/")
+        self._eval_end("test/")
+
+
+def train_loader(pairs, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled batches of (user, item) pairs, (B, 2). The sampler yields a list of indices per
+    batch and the dataset slices them at once (no per-interaction collate)."""
+    ds = TensorDataset(torch.as_tensor(pairs, dtype=torch.long))
+    g = torch.Generator().manual_seed(seed)
+    sampler = BatchSampler(RandomSampler(ds, generator=g), batch_size, drop_last=False)
+    return DataLoader(ds, sampler=sampler, batch_size=None)
+
+
+def user_loader(indptr: torch.Tensor, chunk_size: int) -> DataLoader:
+    """Chunks of the users that have at least one target item, (b,)."""
+    users = users_with_targets(indptr)
+    return DataLoader(TensorDataset(users), batch_size=chunk_size, shuffle=False)

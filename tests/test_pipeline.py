@@ -1,0 +1,130 @@
+"""End to end through the real Hydra config: train one short epoch, evaluate, export, reload."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["debug=fast", "trainer.accelerator=cpu"]
+
+
+def _scalars(logdir: str) -> dict[str, list]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out: dict[str, list] = {}
+    for f in sorted(os.listdir(logdir)):
+        if f.startswith("events"):
+            acc = EventAccumulator(os.path.join(logdir, f))
+            acc.Reload()
+            for tag in acc.Tags()["scalars"]:
+                # NaN entries are the HParams placeholders written before training
+                out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag) if e.value == e.value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def movielens_run(tmp_path_factory):
+    """One run on the embedded MovieLens data: 2 epochs of 2 batches each."""
+    from tests.conftest import compose_train
+    import train
+    out = str(tmp_path_factory.mktemp("run"))
+    cfg = compose_train([*FAST, "trainer.max_epochs=2"], out)
+    metrics = train.run(cfg)
+    return out, metrics
+
+
+def test_run_writes_metrics_export_split_and_tensorboard(movielens_run):
+    """metrics.json holds every test metric at K=10,20; TensorBoard holds val/ndcg@10 for each
+    epoch and the test metrics; the export and the stored split exist."""
+    out, metrics = movielens_run
+    with open(os.path.join(out, "metrics.json")) as f:
+        saved = json.load(f)
+    for m in ("recall", "ndcg", "precision", "hit", "mrr"):
+        for k in (10, 20):
+            assert 0.0 <= saved[f"test/{m}@{k}"] <= 1.0
+    assert saved["test/ndcg@10"] == pytest.approx(metrics["test/ndcg@10"])
+    assert saved["data"]["n_users"] == 610
+    for f in ("config.json", "model.safetensors", "extras.safetensors", "users.json", "items.json", "tokens.json"):
+        assert os.path.exists(os.path.join(out, "export", f))
+    assert os.path.exists(os.path.join(out, "split", "test.csv"))
+    scalars = _scalars(os.path.join(out, "tensorboard"))
+    assert len(scalars["val/ndcg@10"]) == 2           # one per epoch
+    assert len(scalars["val/recall@10"]) == 2
+    assert scalars["test/ndcg@10"] == [pytest.approx(metrics["test/ndcg@10"], rel=1e-5)]
+    assert "train/loss_epoch" in scalars
+
+
+def test_evaluate_py_recomputes_the_run_metrics(movielens_run):
+    """evaluate.py on the run folder gives the training run's test metrics (same split, same mask)."""
+    out, metrics = movielens_run
+    from omegaconf import OmegaConf
+    import evaluate
+    cfg = OmegaConf.load(os.path.join(ROOT, "configs", "evaluate.yaml"))
+    del cfg["hydra"]
+    cfg.run_dir = out
+    again = evaluate.run(cfg)
+    for k, v in metrics.items():
+        if k.startswith("test/"):
+            assert again[k] == pytest.approx(v, abs=1e-9), k
+
+
+def test_export_loads_in_a_process_without_hydra_or_lightning(movielens_run):
+    """A fresh process that imports only recsys loads the export and reproduces the run's
+    test NDCG@10, and never imports hydra or lightning."""
+    out, metrics = movielens_run
+    code = f"""
+import sys, json, pandas as pd
+from recsys import Recommender
+rec = Recommender.from_pretrained({os.path.join(out, 'export')!r}, device="cpu")
+test = pd.read_csv({os.path.join(out, 'split', 'test.csv')!r})
+m, _ = rec.evaluate(test["user"], test["item"], ks=[10, 20])
+ids, scores = rec.recommend([1, 2], k=5)
+assert ids.shape == (2, 5)
+bad = [k for k in sys.modules if k.split(".")[0] in ("hydra", "lightning", "pytorch_lightning", "omegaconf")]
+print(json.dumps({{"ndcg": m["test/ndcg@10"], "bad": bad}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["bad"] == []
+    assert got["ndcg"] == pytest.approx(metrics["test/ndcg@10"], abs=1e-9)
+
+
+def test_cli_trains_on_presplit_csv_files_and_drops_unknown_test_rows(tiny_files, tmp_path):
+    """`python train.py data=csv data.train=... data.test=... data.items=...` on files the project
+    has never seen: exit 0, unknown test user/item reported and dropped, export written."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "data=csv", f"data.train={tiny_files['train']}",
+           f"data.test={tiny_files['test']}", f"data.items={tiny_files['items']}",
+           *FAST, f"hydra.run.dir={run_dir}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["test_rows_unknown_user"] == 1
+    assert metrics["data"]["test_rows_unknown_item"] == 1
+    assert (run_dir / "export" / "model.safetensors").exists()
+    assert "ndcg" in res.stdout            # the printed table
+
+
+def test_cli_sweep_over_alpha(tiny_files, tmp_path):
+    """`python train.py -m model.alpha=0,1` runs one job per value, each with its metrics.json."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "model.alpha=0,1", "data=csv",
+           f"data.train={tiny_files['train']}", f"data.test={tiny_files['test']}",
+           f"data.items={tiny_files['items']}", *FAST, f"hydra.sweep.dir={sweep}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job in ("0", "1"):
+        m = json.loads((sweep / job / "metrics.json").read_text())
+        assert "best/val/ndcg@10" in m
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    """Hydra's strict mode: a misspelt key fails with a message naming it."""
+    res = subprocess.run([sys.executable, "train.py", "model.alhpa=0.3", f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode != 0
+    assert "alhpa" in res.stderr

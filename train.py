@@ -1,0 +1,94 @@
+"""Train a recommender: python train.py [model=hybrid model.alpha=0.3 trainer.max_epochs=20 ...]
+
+Everything of a run goes under its Hydra run dir (hydra.run.dir=DIR): tensorboard/,
+checkpoints/, export/, split/ and metrics.json. Hydra stays here; recsys/ sees plain values.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.build import build_scorer, eval_sets
+from recsys.evaluation import format_table
+from recsys.export import save_export, write_json_atomic
+from recsys.training import RecsysModule, train_loader, user_loader
+
+log = logging.getLogger("train")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    out = cfg.paths.output_dir
+    os.makedirs(out, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    prep = hydra.utils.instantiate(cfg.data)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    optim = model.pop("optim")
+    batch_size = optim.pop("batch_size")
+    scorer = build_scorer(prep, **model)
+    sets = eval_sets(prep)
+    module = RecsysModule(scorer, sets, ks=tuple(cfg.ks), **optim)
+
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    metric_names = [f"{s}/{m}@{k}" for s in ("val", "test") for m in ("ndcg", "recall") for k in cfg.ks]
+    for lg in loggers:
+        lg.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)),
+                           metrics={m: float("nan") for m in metric_names})
+
+    ckpt = cfg.ckpt_path
+    if ckpt == "last":
+        ckpt = os.path.join(out, "checkpoints", "last.ckpt")
+    trainer.fit(module, train_loader(prep.train, batch_size, cfg.seed),
+                user_loader(sets["val_target"][0], cfg.eval_chunk), ckpt_path=ckpt)
+
+    best_ckpt = next((c.best_model_path for c in callbacks
+                      if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
+    if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
+        state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state, strict=False)
+    trainer.test(module, user_loader(sets["test_target"][0], cfg.eval_chunk), verbose=False)
+
+    metrics = dict(module.last_test_metrics)
+    best = next((c.best_model_score for c in callbacks if getattr(c, "best_model_score", None) is not None), None)
+    metrics[f"best/{cfg.optimized_metric}"] = float(best) if best is not None else \
+        float(trainer.callback_metrics.get(cfg.optimized_metric, float("nan")))
+    metrics["data"] = prep.report
+    write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+
+    if trainer.is_global_zero:
+        os.makedirs(os.path.join(out, "split"), exist_ok=True)
+        for part in ("train", "valid", "test"):
+            prep.split_frame(part).to_csv(os.path.join(out, "split", f"{part}.csv"), index=False)
+        seen = sets["test_seen"]
+        save_export(os.path.join(out, "export"), scorer.cpu(), prep.users, prep.items, prep.tokens,
+                    prep.tokenizer, seen, torch.from_numpy(prep.bags.idf), prep.item_titles,
+                    meta={"metrics": {k: v for k, v in metrics.items() if k != "data"}})
+    print(format_table(metrics))
+    log.info("run folder: %s", out)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    metrics = run(cfg)
+    return metrics[f"best/{cfg.optimized_metric}"]
+
+
+if __name__ == "__main__":
+    main()
