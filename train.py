@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> dict:
                       if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
     if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
         state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state, strict=False)
+        module.load_state_dict(state, strict=True)
     trainer.test(module, user_loader(sets["test_target"][0], cfg.eval_chunk), verbose=False)
 
     metrics = dict(module.last_test_metrics)

@@ -94,7 +94,8 @@ def _numeric(s: pd.Series, where: str, allow_datetime: bool = False) -> pd.Serie
     if allow_datetime and out.isna().any() and not s.isna().any():
         dt = pd.to_datetime(s, errors="coerce", utc=True)
         if not dt.isna().any():
-            return pd.Series(dt.astype("int64") // 10**9, index=s.index)
+            secs = (dt - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+            return pd.Series(secs.to_numpy(dtype=np.float64), index=s.index)
     bad = out.isna().to_numpy() | ~np.isfinite(out.to_numpy(dtype=np.float64, na_value=np.nan))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -193,15 +194,19 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         return np.stack([u[ok], i[ok]], axis=1).astype(np.int64)
 
     tr = to_pairs(train, "train")
-    seen = set((tr[:, 0] * len(item_vocab) + tr[:, 1]).tolist())
+    n_items = len(item_vocab)
+    masked = set((tr[:, 0] * n_items + tr[:, 1]).tolist())   # seen before the part being ranked
     parts = {}
     for what, df in (("valid", valid), ("test", test)):
         p = to_pairs(df, what)
-        inter = np.fromiter(((a * len(item_vocab) + b) in seen for a, b in p), bool, len(p))
+        inter = np.fromiter(((a * n_items + b) in masked for a, b in p), bool, len(p))
         if inter.any():
-            report[f"{what}_rows_also_in_train"] = int(inter.sum())
-            log.warning("%s: dropped %d (user, item) pairs that are also in train", what, int(inter.sum()))
+            report[f"{what}_rows_already_seen"] = int(inter.sum())
+            log.warning("%s: dropped %d (user, item) pairs already in train%s", what, int(inter.sum()),
+                        "" if what == "valid" else " or valid")
         parts[what] = p[~inter]
+        # test ranks with train + valid masked, so a test pair that is also in valid is dropped too
+        masked.update((parts[what][:, 0] * n_items + parts[what][:, 1]).tolist())
 
     # item text: fields of the item table, plus tags not taken from held-out pairs
     fields: list[dict[str, str]] = [dict() for _ in range(len(item_vocab))]

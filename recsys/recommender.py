@@ -51,8 +51,9 @@ class Recommender:
 
     @torch.no_grad()
     def scores(self, users) -> torch.Tensor:
-        """(B, n_items) scores of a list of users against the whole catalog (nothing masked)."""
-        return self.scorer(self.user_index(list(users)))
+        """(B, n_items) scores of users (one id or a list) against the whole catalog (nothing masked)."""
+        batch = [users] if np.isscalar(users) or isinstance(users, (str, bytes)) else list(users)
+        return self.scorer(self.user_index(batch))
 
     @torch.no_grad()
     def recommend(self, users, k: int = 10, exclude_seen: bool = True, chunk_size: int = 1024):

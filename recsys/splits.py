@@ -27,11 +27,15 @@ def _cut(codes, pos, n_test, n_valid) -> np.ndarray:
     return np.where(pos < nt, TEST, np.where(pos < nt + nv, VALID, TRAIN)).astype(np.int8)
 
 
-def random_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> np.ndarray:
-    """Per user, a seeded random round(n*test) interactions to test and round(n*valid) to valid;
-    if that would leave no training row, valid gives up rows first, then test."""
+def _check_ratios(valid: float, test: float) -> None:
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
-        raise ValueError(f"split ratios must be in [0, 1) with valid + test < 1, got valid={valid}, test={test}")
+        raise ValueError(f"data.split: ratios must be in [0, 1) with valid + test < 1, got valid={valid}, test={test}")
+
+
+def random_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Per user, a seeded random round(n*test) interactions to test and round(n*valid) to valid
+    (halves round up); if that would leave no training row, valid gives up rows first, then test."""
+    _check_ratios(valid, test)
     rng = np.random.default_rng(seed)
     codes, n, pos = _rank_within_user(df, rng.random(len(df)))
     n_test = np.floor(n * test + 0.5).astype(np.int64)
@@ -61,9 +65,10 @@ def temporal_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed
     """Global temporal: the latest `test` fraction of all interactions to test, the `valid`
     fraction before it to valid (one cut time for everybody, so nothing from the future leaks
     into train). Users with no training rows are dropped from valid/test by the caller."""
+    _check_ratios(valid, test)
     order = np.argsort(_time_order(df, seed))
     n = len(df)
-    n_test, n_valid = int(round(n * test)), int(round(n * valid))
+    n_test, n_valid = int(np.floor(n * test + 0.5)), int(np.floor(n * valid + 0.5))
     label = np.zeros(n, dtype=np.int8)
     label[order[n - n_test:]] = TEST
     label[order[n - n_test - n_valid: n - n_test]] = VALID

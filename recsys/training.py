@@ -68,7 +68,7 @@ class RecsysModule(L.LightningModule):
         a = self.scorer.alpha
         z = {}
         for n in pos_s:
-            std, mean = torch.std_mean(neg_s[n].detach(), dim=1, keepdim=True)
+            std, mean = torch.std_mean(neg_s[n].detach(), dim=1, keepdim=True, correction=0)
             z[n] = (Scorer.standardise(pos_s[n].detach(), mean, std),
                     Scorer.standardise(neg_s[n].detach(), mean, std))
         blend_pos = a * z["cf"][0] + (1 - a) * z["content"][0]

@@ -1,0 +1,236 @@
+"""The export directory and the Recommender facade: exact round trip, external ids, seen-item
+exclusion, errors on unknown users and damaged exports, no pickle."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from recsys import Recommender
+from recsys.build import build_scorer, csr
+from recsys.data import prepare_files
+from recsys.export import ExportError, load_export, save_export
+from recsys.ranking import topk
+
+from helpers import write_csv
+
+
+def prepared(tmp_path, string_ids: bool):
+    """8 users x 12 items with string ids ("u3", "m5") or int ids (103, 505); item 11 has no
+    interaction (cold)."""
+    uid = (lambda u: f"u{u}") if string_ids else (lambda u: 100 + u)
+    iid = (lambda i: f"m{i}") if string_ids else (lambda i: 500 + i)
+    rng = np.random.default_rng(0)
+    train = [(uid(u), iid(int(i))) for u in range(8) for i in rng.choice(11, size=4, replace=False)]
+    test = [(uid(u), iid((u + 5) % 11)) for u in range(8)]
+    items = [(iid(i), f"title {i} {'red' if i % 2 else 'blue'} {'big' if i % 3 else 'small'}") for i in range(12)]
+    return prepare_files(train=write_csv(tmp_path / "train.csv", ["user", "item"], train),
+                         test=write_csv(tmp_path / "test.csv", ["user", "item"], test),
+                         items=write_csv(tmp_path / "items.csv", ["item", "title"], items),
+                         valid_ratio=0.0)
+
+
+def trained_like(prep, variant="hybrid", seed=0, **model):
+    """A scorer with random non-trivial parameters (as if trained)."""
+    torch.manual_seed(seed)
+    s = build_scorer(prep, variant=variant, dim=8, **model)
+    with torch.no_grad():
+        for p in s.parameters():
+            p.copy_(torch.randn_like(p))
+    return s.eval()
+
+
+def export(tmp_path, prep, scorer, name="export"):
+    seen = csr(prep.train, prep.n_users)
+    return save_export(str(tmp_path / name), scorer, prep.users, prep.items, prep.tokens,
+                       prep.tokenizer, seen, torch.from_numpy(prep.bags.idf), prep.item_titles,
+                       meta={"note": "x"}), seen
+
+
+@pytest.mark.parametrize("variant, extra", [("collaborative", {}), ("content", {}), ("hybrid", {}),
+                                            ("hybrid", {"learn_alpha": True, "alpha": 0.3})])
+def test_round_trip_gives_identical_scores(tmp_path, variant, extra):
+    """from_pretrained reproduces the in-memory scorer exactly: state, scores and top-k."""
+    prep = prepared(tmp_path, string_ids=True)
+    scorer = trained_like(prep, variant, **extra)
+    path, seen = export(tmp_path, prep, scorer)
+    rec = Recommender.from_pretrained(path)
+    assert rec.scorer.config == scorer.config
+    for k, v in scorer.state_dict().items():
+        assert torch.equal(rec.scorer.state_dict()[k], v), k
+    users = torch.arange(prep.n_users)
+    with torch.no_grad():
+        assert torch.equal(rec.scores(prep.users.ids), scorer(users))
+    items, scores = topk(scorer, users, 5, seen)
+    ids, sc = rec.recommend(prep.users.ids, k=5)
+    assert ids.tolist() == [[prep.items.ids[i] for i in row] for row in items.tolist()]
+    assert np.array_equal(sc, scores.numpy())
+
+
+def test_export_metadata_round_trip(tmp_path):
+    """Vocabularies, titles, idf, tokenizer, seen CSR and meta come back as saved."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, seen = export(tmp_path, prep, trained_like(prep))
+    e = load_export(path)
+    assert e["users"].ids == prep.users.ids and e["items"].ids == prep.items.ids
+    assert e["tokens"].ids == prep.tokens.ids and e["tokens"].unk == "[UNK]"
+    assert e["titles"] == prep.item_titles and e["titles"][prep.items.get("m3")] == "title 3 red small"
+    assert np.array_equal(e["token_idf"].numpy(), prep.bags.idf)
+    assert e["tokenizer"] == prep.tokenizer
+    assert torch.equal(e["seen"][0], seen[0]) and torch.equal(e["seen"][1], seen[1])
+    assert e["config"]["meta"] == {"note": "x"}
+
+
+def test_string_ids_and_single_user_form(tmp_path):
+    """String ids come back as the external str ids; recommend("u3") gives 1-D arrays equal to
+    row 0 of recommend(["u3"]) and to u3's row of the full batch."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep))
+    rec = Recommender.from_pretrained(path)
+    ids, sc = rec.recommend("u3", k=4)
+    bids, bsc = rec.recommend(["u3"], k=4)
+    all_ids, all_sc = rec.recommend(["u0", "u3", "u7"], k=4)
+    assert ids.shape == (4,) and sc.shape == (4,) and bids.shape == (1, 4)
+    assert ids.tolist() == bids[0].tolist() == all_ids[1].tolist()
+    assert np.array_equal(sc, bsc[0])
+    np.testing.assert_allclose(sc, all_sc[1], rtol=1e-6, atol=1e-6)   # other batch: BLAS rounding
+    assert all(isinstance(i, str) and i.startswith("m") for i in ids)
+    assert np.all(np.diff(sc) <= 0)
+
+
+def test_int_ids(tmp_path):
+    """Int ids stay ints (Python/numpy integers, not strings) through the export, and an int
+    user id is accepted as a single user."""
+    prep = prepared(tmp_path, string_ids=False)
+    assert prep.users.ids == list(range(100, 108))
+    path, seen = export(tmp_path, prep, trained_like(prep))
+    rec = Recommender.from_pretrained(path)
+    ids, _ = rec.recommend(103, k=5)
+    assert ids.dtype.kind == "i"
+    items, _ = topk(rec.scorer, torch.tensor([3]), 5, seen)
+    assert ids.tolist() == [500 + i for i in items[0].tolist()]
+    bids, _ = rec.recommend([107, 100], k=5)
+    assert bids.shape == (2, 5) and bids.dtype.kind == "i"
+    with pytest.raises(KeyError):
+        rec.recommend("103", k=5)        # the string "103" is not the int id 103
+
+
+def test_seen_items_excluded_by_default(tmp_path):
+    """Training items of a user never appear by default; exclude_seen=False ranks the whole
+    catalog (the seen items included, in score order)."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep, "collaborative"))
+    rec = Recommender.from_pretrained(path)
+    n = prep.n_items
+    seen_of = {prep.users.ids[u]: {prep.items.ids[i] for uu, i in prep.train if uu == u}
+               for u in range(prep.n_users)}
+    ids, sc = rec.recommend(prep.users.ids, k=n - 4)          # every user has 4 training items
+    for row, u in zip(ids, prep.users.ids):
+        assert not seen_of[u] & set(row)
+    assert np.isfinite(sc).all()
+    ids_all, sc_all = rec.recommend(prep.users.ids, k=n, exclude_seen=False)
+    scores = rec.scores(prep.users.ids).numpy()
+    for r, u in enumerate(prep.users.ids):
+        assert seen_of[u] <= set(ids_all[r])
+        assert np.array_equal(sc_all[r], np.sort(scores[r])[::-1])
+    # with the mask, asking for the whole catalog puts the seen items last at -inf
+    _, sc_masked = rec.recommend("u0", k=n)
+    assert np.isneginf(sc_masked[-4:]).all() and np.isfinite(sc_masked[:-4]).all()
+
+
+def test_unknown_user_and_bad_k(tmp_path):
+    """An unknown user id raises KeyError; k outside 1..n_items raises ValueError."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep))
+    rec = Recommender.from_pretrained(path)
+    with pytest.raises(KeyError, match="ghost"):
+        rec.recommend("ghost")
+    with pytest.raises(KeyError):
+        rec.recommend(["u1", "ghost"])
+    with pytest.raises(ValueError):
+        rec.recommend("u1", k=prep.n_items + 1)
+    with pytest.raises(ValueError):
+        rec.recommend("u1", k=0)
+
+
+@pytest.mark.parametrize("keep", [0, 5, 100, "half", "minus1"])
+def test_truncated_weights_raise_export_error(tmp_path, keep):
+    """A truncated model.safetensors raises ExportError naming the file."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep))
+    f = os.path.join(path, "model.safetensors")
+    data = open(f, "rb").read()
+    n = {"half": len(data) // 2, "minus1": len(data) - 1}.get(keep, keep)
+    with open(f, "wb") as fh:
+        fh.write(data[:n])
+    with pytest.raises(ExportError, match="model.safetensors"):
+        Recommender.from_pretrained(path)
+
+
+def test_wrong_format_version_and_format_raise_export_error(tmp_path):
+    """config.json with another format_version, or not a recsys export, raises ExportError."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep))
+    f = os.path.join(path, "config.json")
+    cfg = json.load(open(f))
+    assert cfg["format_version"] == 1
+    for change in ({"format_version": 2}, {"format_version": "1"}, {"format": "other"}):
+        with open(f, "w") as fh:
+            json.dump({**cfg, **change}, fh)
+        with pytest.raises(ExportError):
+            Recommender.from_pretrained(path)
+    with open(f, "w") as fh:
+        fh.write("{not json")
+    with pytest.raises(ExportError, match="config.json"):
+        Recommender.from_pretrained(path)
+
+
+def test_mismatched_or_missing_files_raise_export_error(tmp_path):
+    """Weights that do not fit config.json's sizes, or a missing file, raise ExportError."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep))
+    f = os.path.join(path, "config.json")
+    cfg = json.load(open(f))
+    with open(f, "w") as fh:
+        json.dump({**cfg, "scorer": {**cfg["scorer"], "dim": 9}}, fh)
+    with pytest.raises(ExportError, match="does not match"):
+        Recommender.from_pretrained(path)
+    with open(f, "w") as fh:
+        json.dump(cfg, fh)
+    Recommender.from_pretrained(path)                  # restored: loads again
+    os.remove(os.path.join(path, "extras.safetensors"))
+    with pytest.raises(ExportError, match="missing"):
+        Recommender.from_pretrained(path)
+    with pytest.raises(ExportError):
+        Recommender.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_export_has_no_pickle_and_only_expected_files(tmp_path):
+    """The export holds JSON and safetensors only: no file starts with the pickle byte 0x80."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep))
+    names = sorted(os.listdir(path))
+    assert names == ["config.json", "extras.safetensors", "items.json", "model.safetensors",
+                     "tokens.json", "users.json"]
+    for name in names:
+        with open(os.path.join(path, name), "rb") as fh:
+            assert fh.read(1) != b"\x80", name
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".export")]   # no temp dirs left
+
+
+def test_save_over_existing_export_and_save_pretrained(tmp_path):
+    """Saving over an existing export replaces it; save_pretrained re-exports identically."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep, seed=0))
+    second = trained_like(prep, seed=1)
+    export(tmp_path, prep, second)
+    rec = Recommender.from_pretrained(path)
+    with torch.no_grad():
+        assert torch.equal(rec.scores(prep.users.ids), second(torch.arange(prep.n_users)))
+    again = Recommender.from_pretrained(rec.save_pretrained(str(tmp_path / "copy")))
+    a, b = rec.recommend(prep.users.ids, k=3), again.recommend(prep.users.ids, k=3)
+    assert a[0].tolist() == b[0].tolist() and np.array_equal(a[1], b[1])
+    assert again.titles == rec.titles and again.meta == {"note": "x"}
