@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.build import build_scorer, eval_sets
-from recsys.evaluation import format_table
+from recsys.build import build_memory, build_scorer, eval_sets
+from recsys.evaluation import evaluate, format_table
 from recsys.export import save_export, write_json_atomic
 from recsys.training import RecsysModule, train_loader, user_loader
 
@@ -31,53 +32,76 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def run(cfg: DictConfig) -> dict:
-    out = cfg.paths.output_dir
-    os.makedirs(out, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
-    prep = hydra.utils.instantiate(cfg.data)
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers):
+    """Train the learned scorer with Lightning; returns (scorer, test metrics, best val metric)."""
     optim = model.pop("optim")
     batch_size = optim.pop("batch_size")
     scorer = build_scorer(prep, **model)
-    sets = eval_sets(prep)
     module = RecsysModule(scorer, sets, ks=tuple(cfg.ks), **optim)
-
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    metric_names = [f"{s}/{m}@{k}" for s in ("val", "test") for m in ("ndcg", "recall") for k in cfg.ks]
-    for lg in loggers:
-        lg.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)),
-                           metrics={m: float("nan") for m in metric_names})
-
     ckpt = cfg.ckpt_path
     if ckpt == "last":
-        ckpt = os.path.join(out, "checkpoints", "last.ckpt")
+        ckpt = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
     trainer.fit(module, train_loader(prep.train, batch_size, cfg.seed),
                 user_loader(sets["val_target"][0], cfg.eval_chunk), ckpt_path=ckpt)
-
     best_ckpt = next((c.best_model_path for c in callbacks
                       if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
     if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
         state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=True)
     trainer.test(module, user_loader(sets["test_target"][0], cfg.eval_chunk), verbose=False)
-
-    metrics = dict(module.last_test_metrics)
     best = next((c.best_model_score for c in callbacks if getattr(c, "best_model_score", None) is not None), None)
-    metrics[f"best/{cfg.optimized_metric}"] = float(best) if best is not None else \
-        float(trainer.callback_metrics.get(cfg.optimized_metric, float("nan")))
+    best = float(best) if best is not None else float(trainer.callback_metrics.get(cfg.optimized_metric, float("nan")))
+    return scorer.cpu(), dict(module.last_test_metrics), best
+
+
+def fit_closed_form(cfg: DictConfig, prep, sets, model: dict, loggers):
+    """Memory-based / closed-form models: fit once (no epochs), evaluate, log like a training run."""
+    use_cuda = cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    t0 = time.perf_counter()
+    scorer = build_memory(prep, model, device=str(device))
+    fit_s = time.perf_counter() - t0
+    on = {k: tuple(t.to(device) for t in v) for k, v in sets.items()}
+    val, _ = evaluate(scorer, on["val_target"], on["val_seen"], list(cfg.ks), cfg.eval_chunk, "val/")
+    test, _ = evaluate(scorer, on["test_target"], on["test_seen"], list(cfg.ks), cfg.eval_chunk, "test/")
+    for lg in loggers:
+        lg.log_metrics({**val, **test, "fit/seconds": fit_s}, step=0)
+        lg.finalize("success")
+    log.info("fitted %s in %.2f s on %s", model.get("kind"), fit_s, device)
+    return scorer.cpu(), {**test, "fit/seconds": fit_s}, val.get(cfg.optimized_metric, float("nan"))
+
+
+def run(cfg: DictConfig) -> dict:
+    out = cfg.paths.output_dir
+    os.makedirs(out, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    prep = hydra.utils.instantiate(cfg.data)
+    sets = eval_sets(prep)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    metric_names = [f"{s}/{m}@{k}" for s in ("val", "test") for m in ("ndcg", "recall") for k in cfg.ks]
+    for lg in loggers:
+        lg.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)),
+                           metrics={m: float("nan") for m in metric_names})
+
+    if model.get("kind", "learned") == "learned":
+        model.pop("kind", None)
+        scorer, metrics, best = fit_learned(cfg, prep, sets, model, callbacks, loggers)
+    else:
+        scorer, metrics, best = fit_closed_form(cfg, prep, sets, model, loggers)
+    metrics[f"best/{cfg.optimized_metric}"] = best
     metrics["data"] = prep.report
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
 
-    if trainer.is_global_zero:
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         os.makedirs(os.path.join(out, "split"), exist_ok=True)
         for part in ("train", "valid", "test"):
             prep.split_frame(part).to_csv(os.path.join(out, "split", f"{part}.csv"), index=False)
-        seen = sets["test_seen"]
-        save_export(os.path.join(out, "export"), scorer.cpu(), prep.users, prep.items, prep.tokens,
-                    prep.tokenizer, seen, torch.from_numpy(prep.bags.idf), prep.item_titles,
+        save_export(os.path.join(out, "export"), scorer, prep.users, prep.items, prep.tokens,
+                    prep.tokenizer, sets["test_seen"], torch.from_numpy(prep.bags.idf), prep.item_titles,
                     meta={"metrics": {k: v for k, v in metrics.items() if k != "data"}})
     print(format_table(metrics))
     log.info("run folder: %s", out)

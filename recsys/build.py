@@ -43,3 +43,26 @@ def eval_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         "test_target": csr(prep.test, prep.n_users),
         "test_seen": csr(seen_test, prep.n_users),
     }
+
+
+def build_memory(prep: Prepared, model: dict, device: str = "cpu"):
+    """Fit a memory-based / closed-form model (itemknn, userknn, content_knn, ease, popularity)
+    or a `blend` of two of them, from plain config values."""
+    from .memory import Blend, MemoryConfig, MemoryScorer
+    model = dict(model)
+    kind = model.get("kind")
+    if kind == "blend":
+        first = build_memory(prep, model["first"], device)
+        second = build_memory(prep, model["second"], device)
+        return Blend(first, second, model.get("alpha", 0.5))
+    hist_indptr, hist_indices, values = _csr_with_values(prep)
+    cfg = MemoryConfig(n_users=prep.n_users, n_items=prep.n_items, **model)
+    return MemoryScorer.fit(cfg, hist_indptr, hist_indices, values,
+                            torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
+                            torch.from_numpy(prep.bags.weights), len(prep.tokens), device=device)
+
+
+def _csr_with_values(prep: Prepared):
+    indptr, indices, vals = csr_from_pairs(prep.train[:, 0], prep.train[:, 1], prep.n_users, prep.train_ratings)
+    return (torch.from_numpy(indptr), torch.from_numpy(indices),
+            None if vals is None else torch.from_numpy(np.asarray(vals, dtype=np.float32)))

@@ -46,6 +46,7 @@ class Prepared:
     bags: TokenBags            # item -> TF-IDF weighted tokens
     item_titles: list[str]     # a readable label per item (first text field)
     report: dict = field(default_factory=dict)
+    train_ratings: np.ndarray | None = None   # (N_train,) float32 rating of each train pair, if given
 
     @property
     def n_users(self) -> int:
@@ -194,6 +195,9 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         return np.stack([u[ok], i[ok]], axis=1).astype(np.int64)
 
     tr = to_pairs(train, "train")
+    ratings = None
+    if "rating" in train:   # train rows all map (users and catalog are built from train)
+        ratings = train["rating"].to_numpy(dtype=np.float32)
     n_items = len(item_vocab)
     masked = set((tr[:, 0] * n_items + tr[:, 1]).tolist())   # seen before the part being ranked
     parts = {}
@@ -237,7 +241,7 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     tokens = Vocab.build_tokens(docs, min_count=min_count, max_size=max_tokens)
     bags = tfidf_bags(docs, tokens)
     prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
-                    bags, titles, report)
+                    bags, titles, report, ratings)
     report.update(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(tokens),
                   n_train=len(tr), n_valid=len(parts["valid"]), n_test=len(parts["test"]),
                   n_cold_items=int((~prep.item_warm()).sum()))

@@ -128,9 +128,7 @@ def load_export(path: str, device: str = "cpu") -> dict:
     state = _read_tensors(os.path.join(path, "model.safetensors"), device)
     extras = _read_tensors(os.path.join(path, "extras.safetensors"), device)
     try:
-        scfg = ScorerConfig(**cfg["scorer"])
-        scorer = Scorer(scfg, {k: state[k] for k in state if k in _buffer_names()})
-        scorer.load_state_dict(state, strict=True)
+        scorer = model_from_state(cfg["scorer"], state)
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise ExportError(f"{path}/model.safetensors does not match config.json: {str(e).splitlines()[0]}") from None
     scorer.to(device).eval()
@@ -150,6 +148,18 @@ def load_export(path: str, device: str = "cpu") -> dict:
     }
 
 
-def _buffer_names():
+def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Rebuild any recsys model from its JSON config and its state_dict tensors."""
+    from .memory import KNN_KINDS, Blend, MemoryConfig, MemoryScorer
     from .scorer import BUFFERS
-    return BUFFERS
+    kind = cfg.get("kind", "learned")
+    if kind == "blend":
+        def sub(prefix):
+            return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        return Blend(model_from_state(cfg["first"], sub("first")), model_from_state(cfg["second"], sub("second")),
+                     cfg["alpha"])
+    if kind in (*KNN_KINDS, "ease", "popularity"):
+        return MemoryScorer.from_export(cfg, state)
+    scorer = Scorer(ScorerConfig(**cfg), {k: state[k] for k in BUFFERS})
+    scorer.load_state_dict(state, strict=True)
+    return scorer

@@ -128,3 +128,23 @@ def test_unknown_config_key_is_refused(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode != 0
     assert "alhpa" in res.stderr
+
+
+@pytest.mark.parametrize("model", ["itemknn", "blend"])
+def test_closed_form_models_run_through_the_cli(model, tiny_files, tmp_path):
+    """`model=itemknn` / `model=blend` fit without epochs, yet write metrics.json, TensorBoard
+    val/test metrics and an export that the Recommender loads."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", f"model={model}", "data=csv", f"data.train={tiny_files['train']}",
+           f"data.test={tiny_files['test']}", f"data.items={tiny_files['items']}", f"hydra.run.dir={run_dir}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["test/ndcg@10"] <= 1 and metrics["fit/seconds"] >= 0
+    scalars = _scalars(str(run_dir / "tensorboard"))
+    assert scalars["test/ndcg@10"] == [pytest.approx(metrics["test/ndcg@10"], rel=1e-5)]
+    assert len(scalars["val/ndcg@10"]) == 1
+    from recsys import Recommender
+    rec = Recommender.from_pretrained(str(run_dir / "export"))
+    ids, _ = rec.recommend("u1", k=3)
+    assert len(ids) == 3

@@ -1,0 +1,243 @@
+"""Memory-based and closed-form scorers: ItemKNN, UserKNN, content KNN, EASE, popularity, and
+the alpha blend of any two. Same interface as the learned `Scorer` (config, item_tables,
+score_users, forward, hist_* buffers), so they share ranking, evaluation, export and the
+`Recommender`. All state is plain tensors (CSR arrays), so exports stay safetensors-only.
+
+Scores for a chunk of b users (H = the users' training histories as a (b, I) dense block):
+
+    itemknn      s[u, i] = sum_{j in H(u)} W[i, j]      W: each item's top-k item neighbours
+    content_knn  the same with W from the items' TF-IDF token vectors (cold items get neighbours)
+    userknn      s[u, i] = sum_{v in N(u)} W[u, v] x[v, i]
+    ease         s[u, :] = x_u B,  B = I - P diagMat(1 / diag(P)),  P = (X^T X + lambda I)^-1
+    popularity   s[u, i] = number of training interactions of i
+
+`normalize=True` divides a KNN score by the sum of the similarities that contributed to it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .similarity import _dense_rows, sparse_rows, topk_neighbours
+
+KNN_KINDS = ("itemknn", "userknn", "content_knn")
+
+
+@dataclass
+class MemoryConfig:
+    kind: str
+    n_users: int
+    n_items: int
+    similarity: str = "cosine"
+    k: int = 100
+    shrink: float = 0.0
+    values: str = "binary"        # binary | rating: the matrix the similarity is computed on
+    normalize: bool = False
+    block_size: int = 1024
+    lam: float = 200.0            # EASE L2 weight
+    max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
+
+    @property
+    def variant(self) -> str:
+        return self.kind
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class MemoryScorer(nn.Module):
+    """Holds the user histories (CSR) plus the fitted item/user tables of one kind."""
+
+    def __init__(self, config: MemoryConfig, buffers: dict[str, torch.Tensor]):
+        super().__init__()
+        self.config = config
+        if config.kind not in (*KNN_KINDS, "ease", "popularity"):
+            raise ValueError(f"unknown memory-based model kind {config.kind!r}")
+        for name, t in buffers.items():
+            self.register_buffer(name, torch.as_tensor(t).clone())
+
+    # --- fitting ----------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, config: MemoryConfig, hist_indptr, hist_indices, hist_values=None,
+            tok_indptr=None, tok_indices=None, tok_weights=None, n_tokens: int = 0,
+            device: str | torch.device = "cpu") -> "MemoryScorer":
+        """hist_*: each user's training items (CSR, values = ratings or None); tok_*: the
+        items' TF-IDF token bags (content_knn only)."""
+        c = config
+        dev = torch.device(device)
+        hist_indptr, hist_indices = hist_indptr.to(dev), hist_indices.to(dev)
+        vals = hist_values.to(dev).float() if (hist_values is not None and c.values == "rating") else None
+        if c.values not in ("binary", "rating"):
+            raise ValueError(f"model.values={c.values!r} must be 'binary' or 'rating'")
+        buffers = {"hist_indptr": hist_indptr, "hist_indices": hist_indices,
+                   "hist_values": vals if vals is not None else torch.ones(len(hist_indices), device=dev)}
+        X = sparse_rows(hist_indptr, hist_indices, buffers["hist_values"], c.n_items)     # (U, I)
+        if c.kind in ("itemknn", "content_knn"):
+            if c.kind == "itemknn":
+                src = _transpose(X)                                                      # (I, U)
+            else:
+                if tok_indptr is None:
+                    raise ValueError("content_knn needs the items' token bags")
+                src = sparse_rows(tok_indptr.to(dev), tok_indices.to(dev), tok_weights.to(dev), n_tokens)
+            W = topk_neighbours(src, c.similarity, c.k, c.shrink, c.block_size)          # (I, I)
+            buffers.update(_csr_buffers(W, "w"))
+        elif c.kind == "userknn":
+            W = topk_neighbours(X, c.similarity, c.k, c.shrink, c.block_size)            # (U, U)
+            buffers.update(_csr_buffers(W, "w"))
+            buffers.update(_csr_buffers(_transpose(X), "xt"))                             # (I, U)
+        elif c.kind == "ease":
+            if c.n_items > c.max_items:
+                raise ValueError(f"EASE needs {3 * 4 * c.n_items ** 2 / 2 ** 30:.1f} GiB for {c.n_items} items "
+                                 f"(O(items^2)); model.max_items={c.max_items}. Raise it if the memory is there.")
+            G = torch.zeros(c.n_items, c.n_items, device=dev)
+            for r0 in range(0, c.n_users, c.block_size):                                 # X^T X in user blocks
+                xb = _dense_rows(X, r0, min(r0 + c.block_size, c.n_users))               # (b, I)
+                G += xb.T @ xb
+            G.diagonal().add_(c.lam)
+            P = torch.linalg.inv(G)
+            del G
+            B = P / (-P.diagonal())[None, :]
+            B.diagonal().zero_()
+            buffers["ease_B"] = B
+        else:  # popularity
+            buffers["pop"] = torch.bincount(hist_indices, minlength=c.n_items).float()
+        return cls(c, buffers)
+
+    # --- scoring ----------------------------------------------------------------------------
+
+    def item_tables(self) -> dict:
+        t = {}
+        if self.config.kind in KNN_KINDS:
+            t["W"] = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values,
+                                             (len(self.w_indptr) - 1,) * 2)
+        if self.config.kind == "userknn":
+            t["XT"] = torch.sparse_csr_tensor(self.xt_indptr, self.xt_indices, self.xt_values,
+                                              (self.config.n_items, self.config.n_users))
+        return t
+
+    def history_block(self, users: torch.Tensor) -> torch.Tensor:
+        """(b, I) dense block of the users' training rows (the configured values)."""
+        from .sparse import gather_rows
+        pos, row_of = gather_rows(self.hist_indptr, users)
+        H = torch.zeros(len(users), self.config.n_items, device=self.hist_indptr.device)
+        H[row_of, self.hist_indices[pos]] = self.hist_values[pos]
+        return H
+
+    def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
+        return self.score_histories(self.history_block(users), tables, users)
+
+    def score_histories(self, H: torch.Tensor, tables: dict, users: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, I) history rows -> (b, I) scores. userknn needs the users' indices."""
+        c = self.config
+        if c.kind == "popularity":
+            return self.pop.expand(len(H), -1).clone()
+        if c.kind == "ease":
+            return H @ self.ease_B
+        if c.kind in ("itemknn", "content_knn"):
+            W = tables["W"]                                                        # (I, I)
+            s = torch.sparse.mm(W, H.T).T                                          # (b, I)
+            if c.normalize:
+                den = torch.sparse.mm(_abs(W), (H != 0).float().T).T
+                s = torch.where(den > 0, s / den.clamp(min=1e-12), torch.zeros_like(s))
+            return s
+        # userknn: neighbours' rows weighted by similarity
+        if users is None:
+            raise ValueError("userknn scores known users only (its neighbourhoods are users)")
+        Wb = _rows_dense(tables["W"], users)                                       # (b, U)
+        s = torch.sparse.mm(tables["XT"], Wb.T).T                                  # (b, I)
+        if c.normalize:
+            XT = tables["XT"]
+            ones = torch.sparse_csr_tensor(XT.crow_indices(), XT.col_indices(), torch.ones_like(XT.values()), XT.shape)
+            den = torch.sparse.mm(ones, Wb.abs().T).T
+            s = torch.where(den > 0, s / den.clamp(min=1e-12), torch.zeros_like(s))
+        return s
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.score_users(users, self.item_tables())
+
+    @classmethod
+    def from_export(cls, config: dict, state: dict) -> "MemoryScorer":
+        cfg = MemoryConfig(**config)
+        need = {"itemknn": ["w_indptr", "w_indices", "w_values"], "content_knn": ["w_indptr", "w_indices", "w_values"],
+                "userknn": ["w_indptr", "w_indices", "w_values", "xt_indptr", "xt_indices", "xt_values"],
+                "ease": ["ease_B"], "popularity": ["pop"]}[cfg.kind] + ["hist_indptr", "hist_indices", "hist_values"]
+        missing = [n for n in need if n not in state]
+        if missing:
+            raise KeyError(f"missing tensors {missing}")
+        return cls(cfg, {n: state[n] for n in need})
+
+
+def _transpose(X: torch.Tensor) -> torch.Tensor:
+    """CSR transpose, as CSR."""
+    return X.t().to_sparse_csr()
+
+
+def _csr_buffers(W: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}_indptr": W.crow_indices().long(), f"{prefix}_indices": W.col_indices().long(),
+            f"{prefix}_values": W.values().float()}
+
+
+def _abs(W: torch.Tensor) -> torch.Tensor:
+    return torch.sparse_csr_tensor(W.crow_indices(), W.col_indices(), W.values().abs(), W.shape)
+
+
+def _rows_dense(W: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `rows` (any order) of a sparse CSR matrix, dense (b, C)."""
+    from .sparse import gather_rows
+    pos, row_of = gather_rows(W.crow_indices(), rows)
+    out = torch.zeros(len(rows), W.shape[1], device=W.values().device)
+    out[row_of, W.col_indices()[pos]] = W.values()[pos]
+    return out
+
+
+@dataclass
+class BlendConfig:
+    n_users: int
+    n_items: int
+    alpha: float
+    first: dict
+    second: dict
+    kind: str = "blend"
+
+    @property
+    def variant(self) -> str:
+        return f"blend({self.first.get('kind')},{self.second.get('kind')})"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Blend(nn.Module):
+    """alpha * z_u(first) + (1 - alpha) * z_u(second): the per-user standardised blend of any two
+    scorers (see scorer.py for why z_u). Typically a collaborative model and a content model."""
+
+    def __init__(self, first: nn.Module, second: nn.Module, alpha: float):
+        super().__init__()
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"model.alpha={alpha} is outside [0, 1]")
+        self.first, self.second = first, second
+        self.config = BlendConfig(first.config.n_users, first.config.n_items, float(alpha),
+                                  first.config.to_json(), second.config.to_json())
+
+    @property
+    def hist_indptr(self) -> torch.Tensor:
+        return self.first.hist_indptr
+
+    @property
+    def hist_indices(self) -> torch.Tensor:
+        return self.first.hist_indices
+
+    def item_tables(self) -> dict:
+        return {"first": self.first.item_tables(), "second": self.second.item_tables()}
+
+    def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
+        from .scorer import Scorer
+        a = self.config.alpha
+        return (a * Scorer.standardise(self.first.score_users(users, tables["first"]))
+                + (1 - a) * Scorer.standardise(self.second.score_users(users, tables["second"])))
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.score_users(users, self.item_tables())

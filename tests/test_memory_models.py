@@ -1,0 +1,128 @@
+"""Memory-based and closed-form models: known answers, numpy references, chunking, export."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsys import Recommender
+from recsys.build import build_memory, eval_sets
+from recsys.data import prepare_files
+from recsys.export import save_export
+from recsys.memory import Blend, MemoryConfig, MemoryScorer
+from recsys.ranking import topk
+from tests.helpers import write_csv
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+KINDS = ["itemknn", "userknn", "content_knn", "ease"]
+
+
+def _checkerboard(tmp_path, n=20):
+    """User u has every item of u's parity except item u itself; items carry a parity token."""
+    train = [(u, j) for u in range(n) for j in range(n) if j % 2 == u % 2 and j != u]
+    test = [(u, u) for u in range(n)]
+    items = [(j, f"{'even' if j % 2 == 0 else 'odd'} tok{j}") for j in range(n)]
+    return prepare_files(train=write_csv(tmp_path / "train.csv", ["user", "item"], train),
+                         test=write_csv(tmp_path / "test.csv", ["user", "item"], test),
+                         items=write_csv(tmp_path / "items.csv", ["item", "text"], items), valid_ratio=0.0)
+
+
+def _params(kind):
+    return {"itemknn": {"k": 5}, "userknn": {"k": 5}, "content_knn": {"k": 5}, "ease": {"lam": 1.0}}[kind]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkerboard_top1_is_the_held_out_item(kind, tmp_path):
+    """With the diagonal withheld, every user's top-1 (seen items masked) is item u."""
+    prep = _checkerboard(tmp_path)
+    model = build_memory(prep, {"kind": kind, **_params(kind)})
+    sets = eval_sets(prep)
+    users = torch.arange(prep.n_users)
+    top, _ = topk(model, users, 1, sets["test_seen"])
+    expected = prep.items.index([prep.users.ids[u] for u in range(prep.n_users)])
+    assert top[:, 0].tolist() == expected.tolist()
+
+
+def test_ease_equals_the_numpy_closed_form(tmp_path):
+    """B = I - P diagMat(1/diag(P)) with P = (X^T X + lambda I)^-1; scores = X B."""
+    rng = np.random.default_rng(0)
+    X = (rng.random((15, 12)) < 0.3).astype(np.float64)
+    X[0, 0] = 1
+    pairs = np.argwhere(X > 0)
+    indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(X.sum(1))]).astype(np.int64))
+    model = MemoryScorer.fit(MemoryConfig("ease", 15, 12, lam=3.0), indptr, torch.from_numpy(pairs[:, 1]))
+    P = np.linalg.inv(X.T @ X + 3.0 * np.eye(12))
+    B = np.eye(12) - P / np.diag(P)[None, :]
+    got = model(torch.arange(15)).double().numpy()
+    np.testing.assert_allclose(got, X @ B, atol=1e-4)
+
+
+def test_ease_refuses_a_catalog_past_max_items():
+    """EASE is O(items^2): past model.max_items it stops with a message saying why."""
+    with pytest.raises(ValueError, match="max_items"):
+        MemoryScorer.fit(MemoryConfig("ease", 2, 50, max_items=10), torch.tensor([0, 1, 2]), torch.tensor([0, 1]))
+
+
+def test_itemknn_scores_equal_the_sum_over_history_of_neighbour_similarities():
+    """s[u, i] = sum_{j in H(u)} x[u, j] W[i, j] with W the top-k cosine item neighbours (dense
+    reference; real-valued entries so no two similarities tie)."""
+    rng = np.random.default_rng(1)
+    X = (rng.random((10, 8)) < 0.4) * rng.uniform(1, 5, (10, 8))
+    pairs = np.argwhere(X > 0)
+    indptr = torch.from_numpy(np.concatenate([[0], np.cumsum((X > 0).sum(1))]).astype(np.int64))
+    k = 3
+    model = MemoryScorer.fit(MemoryConfig("itemknn", 10, 8, k=k, values="rating"), indptr,
+                             torch.from_numpy(pairs[:, 1]), torch.from_numpy(X[X > 0]))
+    n = np.linalg.norm(X, axis=0)
+    S = (X.T @ X) / np.where(np.outer(n, n) > 0, np.outer(n, n), 1)
+    np.fill_diagonal(S, -np.inf)
+    W = np.zeros_like(S)
+    for i in range(8):
+        nb = np.argsort(-S[i], kind="stable")[:k]
+        W[i, nb] = np.where(S[i, nb] > 0, S[i, nb], 0)
+    np.testing.assert_allclose(model(torch.arange(10)).double().numpy(), X @ W.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS + ["popularity"])
+def test_chunked_equals_unchunked_and_export_round_trips(kind, tmp_path, tiny_files):
+    """Ranking in chunks of 1, 7 and all users gives the same lists; the export reloads to
+    identical scores and recommendations."""
+    prep = prepare_files(train=tiny_files["train"], test=tiny_files["test"], items=tiny_files["items"])
+    model = build_memory(prep, {"kind": kind, **({} if kind == "popularity" else _params(kind))})
+    sets = eval_sets(prep)
+    users = torch.arange(prep.n_users)
+    ref_i, ref_s = topk(model, users, 5, sets["test_seen"], chunk_size=prep.n_users)
+    for c in (1, 7):
+        i, s = topk(model, users, 5, sets["test_seen"], chunk_size=c)
+        torch.testing.assert_close(s, ref_s, atol=1e-6, rtol=0)
+    path = save_export(str(tmp_path / "export"), model, prep.users, prep.items, prep.tokens, prep.tokenizer,
+                       sets["test_seen"], torch.from_numpy(prep.bags.idf))
+    rec = Recommender.from_pretrained(path)
+    assert torch.equal(rec.scorer(users), model(users))
+    ids, _ = rec.recommend(prep.users.ids[:3], k=5)
+    assert ids.tolist() == np.asarray(prep.items.ids, dtype=object)[ref_i[:3].numpy()].tolist()
+
+
+def test_blend_alpha_one_and_zero_rank_like_each_part(tiny_files):
+    """alpha = 1 ranks exactly like the first model, alpha = 0 like the second."""
+    prep = prepare_files(train=tiny_files["train"], test=tiny_files["test"], items=tiny_files["items"])
+    a = build_memory(prep, {"kind": "itemknn", "k": 10})
+    b = build_memory(prep, {"kind": "content_knn", "k": 10})
+    users = torch.arange(prep.n_users)
+    for alpha, part in ((1.0, a), (0.0, b)):
+        blend = Blend(a, b, alpha)
+        np.testing.assert_array_equal(torch.argsort(blend(users), dim=1, stable=True).numpy()[:, -5:],
+                                      torch.argsort(part(users), dim=1, stable=True).numpy()[:, -5:])
+    with pytest.raises(ValueError, match="alpha"):
+        Blend(a, b, 1.5)
+
+
+def test_rating_values_change_itemknn(tiny_files):
+    """values=rating uses the ratings (different scores from binary); values=binary ignores them."""
+    prep = prepare_files(train=tiny_files["train"], test=tiny_files["test"], items=tiny_files["items"])
+    assert prep.train_ratings is not None
+    users = torch.arange(prep.n_users)
+    s_bin = build_memory(prep, {"kind": "itemknn", "k": 10, "values": "binary"})(users)
+    s_rat = build_memory(prep, {"kind": "itemknn", "k": 10, "values": "rating"})(users)
+    assert not torch.allclose(s_bin, s_rat)
