@@ -70,9 +70,12 @@ class _Prepared:
         self.M = _with_values(X, torch.ones_like(val))                           # supports
         self.n = counts.to(val.dtype)                                           # (R,) |S_a|
         if similarity == "pearson":
-            sums = torch.zeros(X.shape[0], dtype=val.dtype, device=val.device).index_add_(0, row_of, val)
-            mean = sums / self.n.clamp(min=1)
-            centred = val - mean[row_of]
+            # float64 so that a constant row centres to exactly 0 (a float32 mean of 0.1s is not
+            # 0.1, and rounding noise over rounding noise would give any Pearson value)
+            v64 = val.double()
+            sums = torch.zeros(X.shape[0], dtype=torch.float64, device=val.device).index_add_(0, row_of, v64)
+            mean = sums / self.n.double().clamp(min=1)
+            centred = (v64 - mean[row_of]).to(val.dtype)
             self.A = _with_values(X, centred)
             self.A2 = _with_values(X, centred * centred)
         else:

@@ -381,11 +381,6 @@ def test_sparse_rows_values_none_gives_ones():
 # known bug
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "recsys/similarity.py:74-75,101: a constant row whose value is not exactly representable "
-    "(e.g. seven entries of 0.1) gets a float32 row mean that differs from its entries by ~1e-9, "
-    "so the centred values are not 0 and _safe_div divides rounding noise by rounding noise: "
-    "Pearson is 0.6 / 1.0 instead of the documented 0"))
 def test_pearson_constant_non_integer_row_is_zero():
     """A constant row of non-integer values has Pearson 0 with everyone (documented 0/0 = 0) and no neighbours."""
     D = np.zeros((2, 10), dtype=np.float32)
