@@ -5,9 +5,10 @@ score_users, forward, hist_* buffers), so they share ranking, evaluation, export
 
 Scores for a chunk of b users (H = the users' training histories as a (b, I) dense block):
 
-    itemknn      s[u, i] = sum_{j in H(u)} W[i, j]      W: each item's top-k item neighbours
+    itemknn      s[u, i] = sum_{j in H(u)} x[u, j] W[i, j]   W: each item's top-k item neighbours
     content_knn  the same with W from the items' TF-IDF token vectors (cold items get neighbours)
     userknn      s[u, i] = sum_{v in N(u)} W[u, v] x[v, i]
+    (x = 1 with values=binary, the rating with values=rating)
     ease         s[u, :] = x_u B,  B = I - P diagMat(1 / diag(P)),  P = (X^T X + lambda I)^-1
     popularity   s[u, i] = number of training interactions of i
 
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .similarity import _dense_rows, sparse_rows, topk_neighbours
+from .similarity import _dense, _dense_rows, _spgemm, _t, select_rows, sparse_rows, topk_neighbours
 
 KNN_KINDS = ("itemknn", "userknn", "content_knn")
 
@@ -36,6 +37,7 @@ class MemoryConfig:
     values: str = "binary"        # binary | rating: the matrix the similarity is computed on
     normalize: bool = False
     block_size: int = 1024
+    max_products: int = 20_000_000   # per similarity block: bounds the sparse matmul's memory
     lam: float = 200.0            # EASE L2 weight
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
 
@@ -77,25 +79,26 @@ class MemoryScorer(nn.Module):
         X = sparse_rows(hist_indptr, hist_indices, buffers["hist_values"], c.n_items)     # (U, I)
         if c.kind in ("itemknn", "content_knn"):
             if c.kind == "itemknn":
-                src = _transpose(X)                                                      # (I, U)
+                src = _t(X)                                                      # (I, U)
             else:
                 if tok_indptr is None:
                     raise ValueError("content_knn needs the items' token bags")
                 src = sparse_rows(tok_indptr.to(dev), tok_indices.to(dev), tok_weights.to(dev), n_tokens)
-            W = topk_neighbours(src, c.similarity, c.k, c.shrink, c.block_size)          # (I, I)
+            W = topk_neighbours(src, c.similarity, c.k, c.shrink, c.block_size, c.max_products)  # (I, I)
             buffers.update(_csr_buffers(W, "w"))
         elif c.kind == "userknn":
-            W = topk_neighbours(X, c.similarity, c.k, c.shrink, c.block_size)            # (U, U)
+            W = topk_neighbours(X, c.similarity, c.k, c.shrink, c.block_size, c.max_products)    # (U, U)
             buffers.update(_csr_buffers(W, "w"))
-            buffers.update(_csr_buffers(_transpose(X), "xt"))                             # (I, U)
         elif c.kind == "ease":
             if c.n_items > c.max_items:
                 raise ValueError(f"EASE needs {3 * 4 * c.n_items ** 2 / 2 ** 30:.1f} GiB for {c.n_items} items "
                                  f"(O(items^2)); model.max_items={c.max_items}. Raise it if the memory is there.")
-            G = torch.zeros(c.n_items, c.n_items, device=dev)
-            for r0 in range(0, c.n_users, c.block_size):                                 # X^T X in user blocks
-                xb = _dense_rows(X, r0, min(r0 + c.block_size, c.n_users))               # (b, I)
-                G += xb.T @ xb
+            # G = X^T X in column blocks, sparse x dense: work nnz(X) x I, not users x I^2
+            XT = _t(X)                                                                   # (I, U)
+            G = torch.empty(c.n_items, c.n_items, device=dev)
+            for c0 in range(0, c.n_items, c.block_size):
+                c1 = min(c0 + c.block_size, c.n_items)
+                G[:, c0:c1] = torch.sparse.mm(XT, _dense_rows(XT, c0, c1).T)             # (I, b)
             G.diagonal().add_(c.lam)
             P = torch.linalg.inv(G)
             del G
@@ -109,51 +112,48 @@ class MemoryScorer(nn.Module):
     # --- scoring ----------------------------------------------------------------------------
 
     def item_tables(self) -> dict:
+        c = self.config
         t = {}
-        if self.config.kind in KNN_KINDS:
-            t["W"] = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values,
-                                             (len(self.w_indptr) - 1,) * 2)
-        if self.config.kind == "userknn":
-            t["XT"] = torch.sparse_csr_tensor(self.xt_indptr, self.xt_indices, self.xt_values,
-                                              (self.config.n_items, self.config.n_users))
+        if c.kind in ("itemknn", "content_knn"):
+            W = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_items, c.n_items))
+            t["WT"] = _t(W)                                                        # (I, I): WT[j, i] = W[i, j]
+        if c.kind == "userknn":
+            t["W"] = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_users, c.n_users))
+            t["X"] = torch.sparse_csr_tensor(self.hist_indptr, self.hist_indices, self.hist_values,
+                                             (c.n_users, c.n_items))
         return t
 
-    def history_block(self, users: torch.Tensor) -> torch.Tensor:
-        """(b, I) dense block of the users' training rows (the configured values)."""
-        from .sparse import gather_rows
-        pos, row_of = gather_rows(self.hist_indptr, users)
-        H = torch.zeros(len(users), self.config.n_items, device=self.hist_indptr.device)
-        H[row_of, self.hist_indices[pos]] = self.hist_values[pos]
-        return H
-
     def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
-        return self.score_histories(self.history_block(users), tables, users)
+        """(b,) users -> (b, I) scores."""
+        c = self.config
+        if c.kind == "userknn":
+            Wb = select_rows(tables["W"], users)                                   # (b, U)
+            s = _spgemm(Wb, tables["X"])                                           # (b, I)
+            if c.normalize:
+                X = tables["X"]
+                den = _spgemm(_abs(Wb), torch.sparse_csr_tensor(X.crow_indices(), X.col_indices(),
+                                                                torch.ones_like(X.values()), X.shape))
+                s = _normalise(s, den)
+            return s
+        H = select_rows(torch.sparse_csr_tensor(self.hist_indptr, self.hist_indices, self.hist_values,
+                                                (c.n_users, c.n_items)), users)   # (b, I) sparse
+        return self.score_histories(H, tables)
 
-    def score_histories(self, H: torch.Tensor, tables: dict, users: torch.Tensor | None = None) -> torch.Tensor:
-        """(b, I) history rows -> (b, I) scores. userknn needs the users' indices."""
+    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
+        """(b, I) sparse CSR history rows (of any users, known or not) -> (b, I) scores.
+        Not for userknn, whose neighbourhoods are between known users."""
         c = self.config
         if c.kind == "popularity":
-            return self.pop.expand(len(H), -1).clone()
+            return self.pop.expand(H.shape[0], -1).clone()
         if c.kind == "ease":
-            return H @ self.ease_B
+            return _dense(H) @ self.ease_B                                          # (b, I) @ (I, I)
         if c.kind in ("itemknn", "content_knn"):
-            W = tables["W"]                                                        # (I, I)
-            s = torch.sparse.mm(W, H.T).T                                          # (b, I)
+            s = _spgemm(H, tables["WT"])                                           # (b, I)
             if c.normalize:
-                den = torch.sparse.mm(_abs(W), (H != 0).float().T).T
-                s = torch.where(den > 0, s / den.clamp(min=1e-12), torch.zeros_like(s))
+                ones = torch.sparse_csr_tensor(H.crow_indices(), H.col_indices(), torch.ones_like(H.values()), H.shape)
+                s = _normalise(s, _spgemm(ones, _abs(tables["WT"])))
             return s
-        # userknn: neighbours' rows weighted by similarity
-        if users is None:
-            raise ValueError("userknn scores known users only (its neighbourhoods are users)")
-        Wb = _rows_dense(tables["W"], users)                                       # (b, U)
-        s = torch.sparse.mm(tables["XT"], Wb.T).T                                  # (b, I)
-        if c.normalize:
-            XT = tables["XT"]
-            ones = torch.sparse_csr_tensor(XT.crow_indices(), XT.col_indices(), torch.ones_like(XT.values()), XT.shape)
-            den = torch.sparse.mm(ones, Wb.abs().T).T
-            s = torch.where(den > 0, s / den.clamp(min=1e-12), torch.zeros_like(s))
-        return s
+        raise ValueError("userknn scores known users only (its neighbourhoods are users)")
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         return self.score_users(users, self.item_tables())
@@ -162,17 +162,12 @@ class MemoryScorer(nn.Module):
     def from_export(cls, config: dict, state: dict) -> "MemoryScorer":
         cfg = MemoryConfig(**config)
         need = {"itemknn": ["w_indptr", "w_indices", "w_values"], "content_knn": ["w_indptr", "w_indices", "w_values"],
-                "userknn": ["w_indptr", "w_indices", "w_values", "xt_indptr", "xt_indices", "xt_values"],
+                "userknn": ["w_indptr", "w_indices", "w_values"],
                 "ease": ["ease_B"], "popularity": ["pop"]}[cfg.kind] + ["hist_indptr", "hist_indices", "hist_values"]
         missing = [n for n in need if n not in state]
         if missing:
             raise KeyError(f"missing tensors {missing}")
         return cls(cfg, {n: state[n] for n in need})
-
-
-def _transpose(X: torch.Tensor) -> torch.Tensor:
-    """CSR transpose, as CSR."""
-    return X.t().to_sparse_csr()
 
 
 def _csr_buffers(W: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
@@ -184,13 +179,8 @@ def _abs(W: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(W.crow_indices(), W.col_indices(), W.values().abs(), W.shape)
 
 
-def _rows_dense(W: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows `rows` (any order) of a sparse CSR matrix, dense (b, C)."""
-    from .sparse import gather_rows
-    pos, row_of = gather_rows(W.crow_indices(), rows)
-    out = torch.zeros(len(rows), W.shape[1], device=W.values().device)
-    out[row_of, W.col_indices()[pos]] = W.values()[pos]
-    return out
+def _normalise(s: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, s / den.clamp(min=1e-12), torch.zeros_like(s))
 
 
 @dataclass

@@ -20,10 +20,14 @@ columns are pulled towards 0; shrink = 0 leaves sim unchanged.
 
 Neighbourhoods: each row keeps its k most similar other rows with similarity > 0 (a row is not
 its own neighbour). Blocks of `block_size` rows are compared with all R rows as one sparse x
-dense matmul, then top-k'd, so peak memory for the similarity is about
+sparse matmul (work = co-occurring entries, as in implicit), densified to (block, R), then
+top-k'd, so peak memory for the similarity is about
 
-    block_size x (R + C) floats (the dense block and its (R, block) similarity, times ~3 for
-    Pearson's extra products) + R x k x 12 bytes (the kept neighbours),
+    nnz(X) x 12 bytes x 2 (X and its transpose; x3 for Pearson)
+    + block_size x R x 4 bytes x ~4 (the dense block, its sparse product, temporaries)
+    + max_products x ~24 bytes (torch's CPU sparse matmul materialises the scalar products of a
+      block; blocks are cut so that they hold at most max_products, default 20 million)
+    + R x k x 16 bytes (the kept neighbours),
 
 and the result does not depend on block_size.
 """
@@ -52,6 +56,43 @@ def _dense_rows(X: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
     return out
 
 
+def _slice_rows(X: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """Rows r0:r1 of a sparse CSR matrix, still sparse CSR (no copy of the other rows)."""
+    crow = X.crow_indices()
+    a, b = int(crow[r0]), int(crow[r1])
+    return torch.sparse_csr_tensor(crow[r0:r1 + 1] - a, X.col_indices()[a:b], X.values()[a:b], (r1 - r0, X.shape[1]))
+
+
+def select_rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `rows` (any order, repeats allowed) of a sparse CSR matrix, as sparse CSR (B, C)."""
+    from .sparse import gather_rows
+    crow = X.crow_indices()
+    pos, _ = gather_rows(crow, rows)
+    lengths = crow[rows + 1] - crow[rows]
+    new_crow = torch.zeros(len(rows) + 1, dtype=crow.dtype, device=crow.device)
+    new_crow[1:] = torch.cumsum(lengths, 0)
+    return torch.sparse_csr_tensor(new_crow, X.col_indices()[pos], X.values()[pos], (len(rows), X.shape[1]))
+
+
+def _dense(S: torch.Tensor) -> torch.Tensor:
+    """Sparse CSR -> dense by one scatter (faster than Tensor.to_dense for CSR on the CPU)."""
+    crow = S.crow_indices()
+    rows = torch.repeat_interleave(torch.arange(S.shape[0], device=crow.device), crow[1:] - crow[:-1])
+    out = torch.zeros(S.shape, dtype=S.values().dtype, device=crow.device)
+    out[rows, S.col_indices()] = S.values()
+    return out
+
+
+def _spgemm(A: torch.Tensor, BT: torch.Tensor) -> torch.Tensor:
+    """A (b, C) sparse @ BT (C, R) sparse -> (b, R) dense. Sparse x sparse: the work is the
+    number of co-occurring entries, not b x C x R."""
+    return _dense(torch.sparse.mm(A, BT))
+
+
+def _t(X: torch.Tensor) -> torch.Tensor:
+    return X.t().to_sparse_csr()
+
+
 def _with_values(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(X.crow_indices(), X.col_indices(), values, X.shape)
 
@@ -78,33 +119,35 @@ class _Prepared:
             centred = (v64 - mean[row_of]).to(val.dtype)
             self.A = _with_values(X, centred)
             self.A2 = _with_values(X, centred * centred)
+            self.AT, self.A2T, self.MT = _t(self.A), _t(self.A2), _t(self.M)
         else:
             self.sq = torch.zeros(X.shape[0], dtype=val.dtype, device=val.device).index_add_(0, row_of, val * val)
+            self.XT = _t(X)
+            if similarity == "jaccard" or shrink > 0:
+                self.MT = _t(self.M)
 
     def block(self, r0: int, r1: int) -> torch.Tensor:
         """(r1 - r0, R) similarities of rows r0:r1 against every row."""
         s = self.similarity
         co = None
         if s == "cosine":
-            num = torch.sparse.mm(self.X, _dense_rows(self.X, r0, r1).T).T          # (b, R)
-            den = torch.sqrt(self.sq[r0:r1, None] * self.sq[None, :])
-            sim = _safe_div(num, den)
+            num = _spgemm(_slice_rows(self.X, r0, r1), self.XT)                     # (b, R)
+            sim = _safe_div(num, torch.sqrt(self.sq[r0:r1, None] * self.sq[None, :]))
         elif s == "euclidean":
-            num = torch.sparse.mm(self.X, _dense_rows(self.X, r0, r1).T).T
+            num = _spgemm(_slice_rows(self.X, r0, r1), self.XT)
             d2 = (self.sq[r0:r1, None] + self.sq[None, :] - 2 * num).clamp(min=0)
             sim = 1.0 / (1.0 + torch.sqrt(d2))
         elif s == "jaccard":
-            co = torch.sparse.mm(self.M, _dense_rows(self.M, r0, r1).T).T
+            co = _spgemm(_slice_rows(self.M, r0, r1), self.MT)
             sim = _safe_div(co, self.n[r0:r1, None] + self.n[None, :] - co)
         else:  # pearson over co-rated entries
-            Mb = _dense_rows(self.M, r0, r1)
-            num = torch.sparse.mm(self.A, _dense_rows(self.A, r0, r1).T).T
-            ss_other = torch.sparse.mm(self.A2, Mb.T).T          # sum over co-rated of (x_o - m_o)^2
-            ss_self = torch.sparse.mm(self.M, _dense_rows(self.A2, r0, r1).T).T
+            num = _spgemm(_slice_rows(self.A, r0, r1), self.AT)
+            ss_self = _spgemm(_slice_rows(self.A2, r0, r1), self.MT)   # sum over co-rated of (x_a - m_a)^2
+            ss_other = _spgemm(_slice_rows(self.M, r0, r1), self.A2T)  # ... of (x_b - m_b)^2
             sim = _safe_div(num, torch.sqrt(ss_self * ss_other))
         if self.shrink > 0:
             if co is None:
-                co = torch.sparse.mm(self.M, _dense_rows(self.M, r0, r1).T).T
+                co = _spgemm(_slice_rows(self.M, r0, r1), self.MT)
             sim = sim * co / (co + self.shrink)
         return sim
 
@@ -113,18 +156,40 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
+def _blocks(p: "_Prepared", block_size: int, max_products: int) -> list[tuple[int, int]]:
+    """Row ranges of at most block_size rows whose sparse x sparse product has at most
+    max_products scalar products (a single heavier row gets a block of its own). The CPU
+    sparse matmul materialises its products, so this, not only block_size, bounds memory."""
+    X, XT = (p.A, p.AT) if p.similarity == "pearson" else (p.M, p.MT) if p.similarity == "jaccard" else (p.X, p.XT)
+    t_len = (XT.crow_indices()[1:] - XT.crow_indices()[:-1]).double()
+    crow = X.crow_indices()
+    per_entry = t_len[X.col_indices()]
+    row_of = torch.repeat_interleave(torch.arange(X.shape[0], device=crow.device), crow[1:] - crow[:-1])
+    flops = torch.zeros(X.shape[0], dtype=torch.float64, device=crow.device).index_add_(0, row_of, per_entry)
+    flops = flops.cpu().tolist()
+    out, start, acc = [], 0, 0.0
+    for r, f in enumerate(flops):
+        if r > start and (r - start >= block_size or acc + f > max_products):
+            out.append((start, r))
+            start, acc = r, 0.0
+        acc += f
+    if start < len(flops):
+        out.append((start, len(flops)))
+    return out
+
+
 def similarity_matrix(X: torch.Tensor, similarity: str = "cosine", shrink: float = 0.0,
-                      block_size: int = 1024) -> torch.Tensor:
+                      block_size: int = 1024, max_products: int = 20_000_000) -> torch.Tensor:
     """The dense (R, R) similarity matrix (diagonal included). Only for small R: tests, EASE-sized data."""
     p = _Prepared(X, similarity, shrink)
-    R = X.shape[0]
-    return torch.cat([p.block(r0, min(r0 + block_size, R)) for r0 in range(0, R, block_size)])
+    return torch.cat([p.block(r0, r1) for r0, r1 in _blocks(p, block_size, max_products)])
 
 
 def topk_neighbours(X: torch.Tensor, similarity: str = "cosine", k: int = 100, shrink: float = 0.0,
-                    block_size: int = 1024) -> torch.Tensor:
+                    block_size: int = 1024, max_products: int = 20_000_000) -> torch.Tensor:
     """Each row's k most similar other rows with similarity > 0, as a sparse CSR (R, R) matrix
-    W with W[a, b] = sim(a, b) for b in the neighbourhood of a."""
+    W with W[a, b] = sim(a, b) for b in the neighbourhood of a. Blocks hold at most block_size
+    rows and max_products scalar products (see _blocks)."""
     if k < 1:
         raise ValueError(f"k={k} must be >= 1")
     if block_size < 1:
@@ -133,8 +198,7 @@ def topk_neighbours(X: torch.Tensor, similarity: str = "cosine", k: int = 100, s
     R = X.shape[0]
     kk = min(k, max(R - 1, 1))
     idx, val = [], []
-    for r0 in range(0, R, block_size):
-        r1 = min(r0 + block_size, R)
+    for r0, r1 in _blocks(p, block_size, max_products):
         sim = p.block(r0, r1)                                                  # (b, R)
         rows = torch.arange(r1 - r0, device=sim.device)
         sim[rows, rows + r0] = float("-inf")                                   # not its own neighbour

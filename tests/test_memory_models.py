@@ -126,3 +126,16 @@ def test_rating_values_change_itemknn(tiny_files):
     s_bin = build_memory(prep, {"kind": "itemknn", "k": 10, "values": "binary"})(users)
     s_rat = build_memory(prep, {"kind": "itemknn", "k": 10, "values": "rating"})(users)
     assert not torch.allclose(s_bin, s_rat)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "pearson", "jaccard", "euclidean"])
+def test_product_budget_cuts_blocks_without_changing_the_result(similarity):
+    """Blocks cut by max_products (down to one row per block) give the same neighbours."""
+    from recsys.similarity import topk_neighbours
+    rng = np.random.default_rng(3)
+    D = (rng.random((30, 25)) < 0.3) * rng.integers(1, 6, (30, 25))
+    X = torch.tensor(D, dtype=torch.float32).to_sparse_csr()
+    ref = topk_neighbours(X, similarity, k=4, block_size=1000, max_products=10**9)
+    got = topk_neighbours(X, similarity, k=4, block_size=1000, max_products=1)
+    assert torch.equal(got.crow_indices(), ref.crow_indices())
+    torch.testing.assert_close(got.values(), ref.values(), atol=1e-6, rtol=0)

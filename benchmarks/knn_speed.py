@@ -1,0 +1,142 @@
+"""Fit + full-ranking speed and peak memory of recsys' memory-based models against the dense
+tutorial recipe and `implicit` (optional: pip install implicit scikit-learn).
+
+    python benchmarks/knn_speed.py --data ml            # ml-latest-small (all ratings positive)
+    python benchmarks/knn_speed.py --data synth         # power law, 50,000 users x 20,000 items
+    python benchmarks/knn_speed.py --data synth --methods recsys_itemknn,implicit_cosine
+
+Each method runs in its own subprocess (so its peak RSS is its own), on the same data and the
+same number of threads (--threads, default 2). "recommend" = top-10 for every user with the
+user's training items excluded. Prints a Markdown table with ratios to recsys_itemknn.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ["recsys_itemknn", "recsys_userknn", "recsys_ease", "implicit_cosine", "implicit_als", "tutorial_dense"]
+
+
+def load(data: str, seed: int = 0):
+    """(users (N,), items (N,), n_users, n_items) of unique positive pairs."""
+    if data == "ml":
+        import pandas as pd
+        df = pd.read_csv(os.path.join(ROOT, "data", "ml-latest-small", "ratings.csv"))
+        u, uu = pd.factorize(df["userId"])
+        i, ii = pd.factorize(df["movieId"])
+        return u.astype(np.int64), i.astype(np.int64), len(uu), len(ii)
+    rng = np.random.default_rng(seed)
+    U, I, N = 50_000, 20_000, 2_700_000
+    p = 1.0 / np.arange(1, I + 1) ** 0.9            # item popularity: Zipf-like
+    p /= p.sum()
+    act = (rng.pareto(1.5, U) + 1) * 20             # user activity: Pareto
+    act = (act * N / act.sum()).astype(np.int64) + 1
+    u = np.repeat(np.arange(U), act)
+    i = rng.choice(I, len(u), p=p)
+    key = np.unique(u * I + i)
+    return key // I, key % I, U, I
+
+
+def run_one(method: str, data: str, threads: int) -> dict:
+    import torch
+    torch.set_num_threads(threads)
+    users, items, U, I = load(data)
+    out = {"method": method, "nnz": int(len(users))}
+    t0 = time.perf_counter()
+    if method.startswith("recsys_"):
+        import warnings
+        warnings.filterwarnings("ignore")
+        from recsys.memory import MemoryConfig, MemoryScorer
+        from recsys.ranking import topk
+        from recsys.sparse import csr_from_pairs
+        indptr, indices, _ = csr_from_pairs(users, items, U)
+        indptr, indices = torch.from_numpy(indptr), torch.from_numpy(indices)
+        kind = method.split("_", 1)[1]
+        cfg = MemoryConfig(kind=kind, n_users=U, n_items=I, k=100 if kind == "itemknn" else 50, lam=200.0)
+        model = MemoryScorer.fit(cfg, indptr, indices)
+        out["fit_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        top, _ = topk(model, torch.arange(U), 10, (indptr, indices), chunk_size=1024)
+        out["recommend_s"] = time.perf_counter() - t1
+    elif method.startswith("implicit_"):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        import scipy.sparse as sp
+        from implicit.als import AlternatingLeastSquares
+        from implicit.nearest_neighbours import CosineRecommender
+        X = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(U, I))
+        model = CosineRecommender(K=100, num_threads=threads) if method == "implicit_cosine" else \
+            AlternatingLeastSquares(factors=64, iterations=15, num_threads=threads, random_state=0)
+        model.fit(X, show_progress=False)
+        out["fit_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        ids, _ = model.recommend(np.arange(U), X, N=10, filter_already_liked_items=True)
+        out["recommend_s"] = time.perf_counter() - t1
+    elif method == "tutorial_dense":
+        # the pandas + scikit-learn recipe: dense pivot, dense user-user cosine, dense dot, argsort
+        import pandas as pd
+        from sklearn.metrics.pairwise import cosine_similarity
+        need = (U * I * 8 * 2 + U * U * 8) / 2 ** 30
+        out["needs_gib"] = round(need, 1)
+        if need > 20:
+            raise MemoryError(f"dense user x item + user x user matrices need ~{need:.0f} GiB (> this 24 GiB machine)")
+        df = pd.DataFrame({"u": users, "i": items, "r": 1.0})
+        M = df.pivot_table(index="u", columns="i", values="r", fill_value=0.0)
+        S = cosine_similarity(M.values)
+        out["fit_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        scores = S @ M.values
+        scores[M.values > 0] = -np.inf
+        top = np.argsort(-scores, axis=1)[:, :10]
+        out["recommend_s"] = time.perf_counter() - t1
+    out["total_s"] = out["fit_s"] + out["recommend_s"]
+    out["users_per_s"] = U / out["recommend_s"]
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="ml", choices=["ml", "synth"])
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        try:
+            print(json.dumps(run_one(a.one, a.data, a.threads)))
+        except (MemoryError, ImportError) as e:
+            print(json.dumps({"method": a.one, "error": f"{type(e).__name__}: {e}"}))
+        return
+    rows = []
+    for m in a.methods.split(","):
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+        res = subprocess.run([sys.executable, __file__, "--data", a.data, "--threads", str(a.threads), "--one", m],
+                             capture_output=True, text=True, env=env)
+        line = (res.stdout.strip().splitlines() or ["{}"])[-1]
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            rows.append({"method": m, "error": (res.stderr.strip().splitlines() or ["failed"])[-1]})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    base = next((r for r in rows if r.get("method") == "recsys_itemknn" and "total_s" in r), None)
+    print(f"| method ({a.data}, {a.threads} threads) | fit s | recommend s | users/s | peak RSS GiB | total vs recsys_itemknn |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['method']} | — | — | — | — | {r['error']} |")
+            continue
+        ratio = f"{r['total_s'] / base['total_s']:.2f}x" if base else "—"
+        print(f"| {r['method']} | {r['fit_s']:.2f} | {r['recommend_s']:.2f} | {r['users_per_s']:,.0f} | "
+              f"{r['peak_rss_gib']:.2f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
