@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .similarity import _dense, _dense_rows, _spgemm, _t, select_rows, sparse_rows, topk_neighbours
+from .similarity import _dense_rows, _t, select_rows, spgemm_bounded, sparse_rows, topk_neighbours
 
 KNN_KINDS = ("itemknn", "userknn", "content_knn")
 
@@ -128,11 +128,11 @@ class MemoryScorer(nn.Module):
         c = self.config
         if c.kind == "userknn":
             Wb = select_rows(tables["W"], users)                                   # (b, U)
-            s = _spgemm(Wb, tables["X"])                                           # (b, I)
+            s = spgemm_bounded(Wb, tables["X"], c.max_products)                    # (b, I)
             if c.normalize:
                 X = tables["X"]
-                den = _spgemm(_abs(Wb), torch.sparse_csr_tensor(X.crow_indices(), X.col_indices(),
-                                                                torch.ones_like(X.values()), X.shape))
+                den = spgemm_bounded(_abs(Wb), torch.sparse_csr_tensor(X.crow_indices(), X.col_indices(),
+                                                                torch.ones_like(X.values()), X.shape), c.max_products)
                 s = _normalise(s, den)
             return s
         H = select_rows(torch.sparse_csr_tensor(self.hist_indptr, self.hist_indices, self.hist_values,
@@ -146,12 +146,12 @@ class MemoryScorer(nn.Module):
         if c.kind == "popularity":
             return self.pop.expand(H.shape[0], -1).clone()
         if c.kind == "ease":
-            return _dense(H) @ self.ease_B                                          # (b, I) @ (I, I)
+            return torch.sparse.mm(H, self.ease_B)                                 # sparse (b, I) @ (I, I)
         if c.kind in ("itemknn", "content_knn"):
-            s = _spgemm(H, tables["WT"])                                           # (b, I)
+            s = spgemm_bounded(H, tables["WT"], c.max_products)                    # (b, I)
             if c.normalize:
                 ones = torch.sparse_csr_tensor(H.crow_indices(), H.col_indices(), torch.ones_like(H.values()), H.shape)
-                s = _normalise(s, _spgemm(ones, _abs(tables["WT"])))
+                s = _normalise(s, spgemm_bounded(ones, _abs(tables["WT"]), c.max_products))
             return s
         raise ValueError("userknn scores known users only (its neighbourhoods are users)")
 

@@ -156,26 +156,46 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def _blocks(p: "_Prepared", block_size: int, max_products: int) -> list[tuple[int, int]]:
-    """Row ranges of at most block_size rows whose sparse x sparse product has at most
-    max_products scalar products (a single heavier row gets a block of its own). The CPU
-    sparse matmul materialises its products, so this, not only block_size, bounds memory."""
-    X, XT = (p.A, p.AT) if p.similarity == "pearson" else (p.M, p.MT) if p.similarity == "jaccard" else (p.X, p.XT)
-    t_len = (XT.crow_indices()[1:] - XT.crow_indices()[:-1]).double()
-    crow = X.crow_indices()
-    per_entry = t_len[X.col_indices()]
-    row_of = torch.repeat_interleave(torch.arange(X.shape[0], device=crow.device), crow[1:] - crow[:-1])
-    flops = torch.zeros(X.shape[0], dtype=torch.float64, device=crow.device).index_add_(0, row_of, per_entry)
-    flops = flops.cpu().tolist()
+def _row_products(A: torch.Tensor, BT: torch.Tensor) -> list[float]:
+    """Scalar products each row of A @ BT costs: sum over its entries of the matching row
+    lengths of BT. (R,) as a Python list."""
+    t_len = (BT.crow_indices()[1:] - BT.crow_indices()[:-1]).double()
+    crow = A.crow_indices()
+    row_of = torch.repeat_interleave(torch.arange(A.shape[0], device=crow.device), crow[1:] - crow[:-1])
+    out = torch.zeros(A.shape[0], dtype=torch.float64, device=crow.device)
+    return out.index_add_(0, row_of, t_len[A.col_indices()]).cpu().tolist()
+
+
+def _cut(products: list[float], max_rows: int, max_products: float) -> list[tuple[int, int]]:
+    """Consecutive row ranges of at most max_rows rows and max_products products each (a single
+    heavier row gets a range of its own)."""
     out, start, acc = [], 0, 0.0
-    for r, f in enumerate(flops):
-        if r > start and (r - start >= block_size or acc + f > max_products):
+    for r, f in enumerate(products):
+        if r > start and (r - start >= max_rows or acc + f > max_products):
             out.append((start, r))
             start, acc = r, 0.0
         acc += f
-    if start < len(flops):
-        out.append((start, len(flops)))
+    if start < len(products):
+        out.append((start, len(products)))
     return out
+
+
+def spgemm_bounded(A: torch.Tensor, BT: torch.Tensor, max_products: float = 20_000_000) -> torch.Tensor:
+    """A (b, C) sparse @ BT (C, R) sparse -> (b, R) dense, in row groups of at most
+    max_products scalar products (torch's CPU sparse matmul materialises them)."""
+    parts = [_spgemm(_slice_rows(A, r0, r1), BT)
+             for r0, r1 in _cut(_row_products(A, BT), A.shape[0], max_products)]
+    if not parts:
+        return torch.zeros(A.shape[0], BT.shape[1], device=A.values().device)
+    return torch.cat(parts)
+
+
+def _blocks(p: "_Prepared", block_size: int, max_products: int) -> list[tuple[int, int]]:
+    """Row ranges of at most block_size rows whose sparse x sparse product has at most
+    max_products scalar products. The CPU sparse matmul materialises its products, so this,
+    not only block_size, bounds memory."""
+    X, XT = (p.A, p.AT) if p.similarity == "pearson" else (p.M, p.MT) if p.similarity == "jaccard" else (p.X, p.XT)
+    return _cut(_row_products(X, XT), block_size, max_products)
 
 
 def similarity_matrix(X: torch.Tensor, similarity: str = "cosine", shrink: float = 0.0,

@@ -139,3 +139,14 @@ def test_product_budget_cuts_blocks_without_changing_the_result(similarity):
     got = topk_neighbours(X, similarity, k=4, block_size=1000, max_products=1)
     assert torch.equal(got.crow_indices(), ref.crow_indices())
     torch.testing.assert_close(got.values(), ref.values(), atol=1e-6, rtol=0)
+
+
+def test_bounded_sparse_matmul_equals_the_plain_product():
+    """spgemm_bounded splits rows by product budget (down to one row) without changing A @ B."""
+    from recsys.similarity import spgemm_bounded
+    rng = np.random.default_rng(4)
+    A = (rng.random((9, 12)) < 0.4) * rng.random((9, 12))
+    B = (rng.random((12, 7)) < 0.4) * rng.random((12, 7))
+    ta, tb = (torch.tensor(m, dtype=torch.float32).to_sparse_csr() for m in (A, B))
+    for budget in (1, 5, 10**9):
+        np.testing.assert_allclose(spgemm_bounded(ta, tb, budget).numpy(), A @ B, atol=1e-5)
