@@ -37,7 +37,7 @@ class MemoryConfig:
     values: str = "binary"        # binary | rating: the matrix the similarity is computed on
     normalize: bool = False
     block_size: int = 1024
-    max_products: int = 20_000_000   # per similarity block: bounds the sparse matmul's memory
+    max_products: int = 5_000_000   # per similarity block: bounds the sparse matmul's memory
     lam: float = 200.0            # EASE L2 weight
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
 

@@ -25,8 +25,8 @@ top-k'd, so peak memory for the similarity is about
 
     nnz(X) x 12 bytes x 2 (X and its transpose; x3 for Pearson)
     + block_size x R x 4 bytes x ~4 (the dense block, its sparse product, temporaries)
-    + max_products x ~24 bytes (torch's CPU sparse matmul materialises the scalar products of a
-      block; blocks are cut so that they hold at most max_products, default 20 million)
+    + max_products x ~40 bytes (the scalar products of a block are materialised before they
+      are summed; blocks are cut so that they hold at most max_products, default 5 million)
     + R x k x 16 bytes (the kept neighbours),
 
 and the result does not depend on block_size.
@@ -84,9 +84,19 @@ def _dense(S: torch.Tensor) -> torch.Tensor:
 
 
 def _spgemm(A: torch.Tensor, BT: torch.Tensor) -> torch.Tensor:
-    """A (b, C) sparse @ BT (C, R) sparse -> (b, R) dense. Sparse x sparse: the work is the
-    number of co-occurring entries, not b x C x R."""
-    return _dense(torch.sparse.mm(A, BT))
+    """A (b, C) sparse @ BT (C, R) sparse -> (b, R) dense. Sparse x sparse: every scalar
+    product a[r, c] * bt[c, j] is formed once (gathered rows of BT) and summed into the dense
+    output with one index_add, so the work is the number of co-occurring entries, not b x C x R.
+    (torch.sparse.mm on two CSR tensors leaks its output buffers in torch 2.13 on the CPU,
+    about 46 MB per call in our benchmark, hence this.)"""
+    from .sparse import gather_rows
+    a_crow, a_col, a_val = A.crow_indices(), A.col_indices(), A.values()
+    a_row = torch.repeat_interleave(torch.arange(A.shape[0], device=a_crow.device), a_crow[1:] - a_crow[:-1])
+    pos, entry = gather_rows(BT.crow_indices(), a_col)             # products: (P,), (P,)
+    R = BT.shape[1]
+    out = torch.zeros(A.shape[0] * R, dtype=a_val.dtype, device=a_val.device)
+    out.index_add_(0, a_row[entry] * R + BT.col_indices()[pos], a_val[entry] * BT.values()[pos])
+    return out.view(A.shape[0], R)
 
 
 def _t(X: torch.Tensor) -> torch.Tensor:
@@ -180,9 +190,9 @@ def _cut(products: list[float], max_rows: int, max_products: float) -> list[tupl
     return out
 
 
-def spgemm_bounded(A: torch.Tensor, BT: torch.Tensor, max_products: float = 20_000_000) -> torch.Tensor:
+def spgemm_bounded(A: torch.Tensor, BT: torch.Tensor, max_products: float = 5_000_000) -> torch.Tensor:
     """A (b, C) sparse @ BT (C, R) sparse -> (b, R) dense, in row groups of at most
-    max_products scalar products (torch's CPU sparse matmul materialises them)."""
+    max_products scalar products (they are materialised before being summed)."""
     parts = [_spgemm(_slice_rows(A, r0, r1), BT)
              for r0, r1 in _cut(_row_products(A, BT), A.shape[0], max_products)]
     if not parts:
@@ -192,21 +202,21 @@ def spgemm_bounded(A: torch.Tensor, BT: torch.Tensor, max_products: float = 20_0
 
 def _blocks(p: "_Prepared", block_size: int, max_products: int) -> list[tuple[int, int]]:
     """Row ranges of at most block_size rows whose sparse x sparse product has at most
-    max_products scalar products. The CPU sparse matmul materialises its products, so this,
-    not only block_size, bounds memory."""
+    max_products scalar products. The products are materialised, so this, not only
+    block_size, bounds memory."""
     X, XT = (p.A, p.AT) if p.similarity == "pearson" else (p.M, p.MT) if p.similarity == "jaccard" else (p.X, p.XT)
     return _cut(_row_products(X, XT), block_size, max_products)
 
 
 def similarity_matrix(X: torch.Tensor, similarity: str = "cosine", shrink: float = 0.0,
-                      block_size: int = 1024, max_products: int = 20_000_000) -> torch.Tensor:
+                      block_size: int = 1024, max_products: int = 5_000_000) -> torch.Tensor:
     """The dense (R, R) similarity matrix (diagonal included). Only for small R: tests, EASE-sized data."""
     p = _Prepared(X, similarity, shrink)
     return torch.cat([p.block(r0, r1) for r0, r1 in _blocks(p, block_size, max_products)])
 
 
 def topk_neighbours(X: torch.Tensor, similarity: str = "cosine", k: int = 100, shrink: float = 0.0,
-                    block_size: int = 1024, max_products: int = 20_000_000) -> torch.Tensor:
+                    block_size: int = 1024, max_products: int = 5_000_000) -> torch.Tensor:
     """Each row's k most similar other rows with similarity > 0, as a sparse CSR (R, R) matrix
     W with W[a, b] = sim(a, b) for b in the neighbourhood of a. Blocks hold at most block_size
     rows and max_products scalar products (see _blocks)."""
