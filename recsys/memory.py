@@ -5,7 +5,9 @@ score_users, forward, hist_* buffers), so they share ranking, evaluation, export
 
 Scores for a chunk of b users (H = the users' training histories as a (b, I) dense block):
 
-    itemknn      s[u, i] = sum_{j in H(u)} x[u, j] W[i, j]   W: each item's top-k item neighbours
+    itemknn      s[u, i] = sum_{j in H(u)} x[u, j] W[j, i]   W[j]: item j's top-k item neighbours
+                 (each history item votes for its own k neighbours, as in Deshpande & Karypis
+                 2004 and implicit: work nnz(H) x k, whatever the catalog)
     content_knn  the same with W from the items' TF-IDF token vectors (cold items get neighbours)
     userknn      s[u, i] = sum_{v in N(u)} W[u, v] x[v, i]
     (x = 1 with values=binary, the rating with values=rating)
@@ -21,7 +23,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .similarity import _dense_rows, _t, select_rows, spgemm_bounded, sparse_rows, topk_neighbours
+from .similarity import _dense_rows, _t, select_rows, sparse_rows, topk_neighbours
+from .spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, heavy_columns
 
 KNN_KINDS = ("itemknn", "userknn", "content_knn")
 
@@ -36,8 +39,9 @@ class MemoryConfig:
     shrink: float = 0.0
     values: str = "binary"        # binary | rating: the matrix the similarity is computed on
     normalize: bool = False
-    block_size: int = 1024
-    max_products: int = 5_000_000   # per similarity block: bounds the sparse matmul's memory
+    block_size: int = 256
+    max_products: int = 2_000_000   # scalar products materialised at once: bounds the kernel's memory
+    dense_ratio: float = DENSE_RATIO  # heavy-column threshold of the sparse kernel (spgemm.py)
     lam: float = 200.0            # EASE L2 weight
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
 
@@ -51,6 +55,8 @@ class MemoryConfig:
 
 class MemoryScorer(nn.Module):
     """Holds the user histories (CSR) plus the fitted item/user tables of one kind."""
+
+    parallel_chunks = True     # ranking may score chunks on several threads (per-thread tables["ws"])
 
     def __init__(self, config: MemoryConfig, buffers: dict[str, torch.Tensor]):
         super().__init__()
@@ -84,10 +90,10 @@ class MemoryScorer(nn.Module):
                 if tok_indptr is None:
                     raise ValueError("content_knn needs the items' token bags")
                 src = sparse_rows(tok_indptr.to(dev), tok_indices.to(dev), tok_weights.to(dev), n_tokens)
-            W = topk_neighbours(src, c.similarity, c.k, c.shrink, c.block_size, c.max_products)  # (I, I)
+            W = topk_neighbours(src, c.similarity, c.k, c.shrink, c.block_size, c.max_products, c.dense_ratio)  # (I, I)
             buffers.update(_csr_buffers(W, "w"))
         elif c.kind == "userknn":
-            W = topk_neighbours(X, c.similarity, c.k, c.shrink, c.block_size, c.max_products)    # (U, U)
+            W = topk_neighbours(X, c.similarity, c.k, c.shrink, c.block_size, c.max_products, c.dense_ratio)  # (U, U)
             buffers.update(_csr_buffers(W, "w"))
         elif c.kind == "ease":
             if c.n_items > c.max_items:
@@ -111,35 +117,48 @@ class MemoryScorer(nn.Module):
 
     # --- scoring ----------------------------------------------------------------------------
 
-    def item_tables(self) -> dict:
+    def _hist(self) -> torch.Tensor:
         c = self.config
-        t = {}
+        return torch.sparse_csr_tensor(self.hist_indptr, self.hist_indices, self.hist_values, (c.n_users, c.n_items))
+
+    def item_tables(self) -> dict:
+        """The right-hand operands of the scoring products, prepared once per ranking pass:
+        itemknn/content_knn score H @ W (H: histories, W: item neighbours), userknn W_u @ X."""
+        c = self.config
+        t: dict = {"ws": Workspace()}
         if c.kind in ("itemknn", "content_knn"):
             W = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_items, c.n_items))
-            t["WT"] = _t(W)                                                        # (I, I): WT[j, i] = W[i, j]
+            WT = _t(W)                                                                # (I, I): B in H @ B^T = H @ W
+            pop = torch.bincount(self.hist_indices, minlength=c.n_items)             # (I,) nnz of H's columns
+            heavy = heavy_columns(pop, column_counts(WT), c.n_users, c.n_items, c.dense_ratio)
+            t["WT"] = RightOperand(WT, heavy)
+            if c.normalize:
+                t["absWT"] = RightOperand(_abs(WT), heavy)
         if c.kind == "userknn":
-            t["W"] = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_users, c.n_users))
-            t["X"] = torch.sparse_csr_tensor(self.hist_indptr, self.hist_indices, self.hist_values,
-                                             (c.n_users, c.n_items))
+            W = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_users, c.n_users))
+            XT = _t(self._hist())                                                     # (I, U)
+            heavy = heavy_columns(column_counts(W), column_counts(XT), c.n_users, c.n_items, c.dense_ratio)
+            t["W"] = W
+            t["XT"] = RightOperand(XT, heavy)
+            if c.normalize:
+                t["MT"] = RightOperand(_ones(XT), heavy)
         return t
 
-    def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
-        """(b,) users -> (b, I) scores."""
+    def score_users(self, users: torch.Tensor, tables: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(b,) users -> (b, I) scores (written into `out` when given)."""
         c = self.config
         if c.kind == "userknn":
             Wb = select_rows(tables["W"], users)                                   # (b, U)
-            s = spgemm_bounded(Wb, tables["X"], c.max_products)                    # (b, I)
+            out = _out(out, len(users), c.n_items, Wb.values())
+            s = tables["XT"].product_bounded(Wb, out, tables.get("ws"), c.max_products)   # (b, I)
             if c.normalize:
-                X = tables["X"]
-                den = spgemm_bounded(_abs(Wb), torch.sparse_csr_tensor(X.crow_indices(), X.col_indices(),
-                                                                torch.ones_like(X.values()), X.shape), c.max_products)
+                den = tables["MT"].product_bounded(_abs(Wb), torch.empty_like(s), tables.get("ws"), c.max_products)
                 s = _normalise(s, den)
             return s
-        H = select_rows(torch.sparse_csr_tensor(self.hist_indptr, self.hist_indices, self.hist_values,
-                                                (c.n_users, c.n_items)), users)   # (b, I) sparse
-        return self.score_histories(H, tables)
+        H = select_rows(self._hist(), users)                                      # (b, I) sparse
+        return self.score_histories(H, tables, out)
 
-    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
+    def score_histories(self, H: torch.Tensor, tables: dict, out: torch.Tensor | None = None) -> torch.Tensor:
         """(b, I) sparse CSR history rows (of any users, known or not) -> (b, I) scores.
         Not for userknn, whose neighbourhoods are between known users."""
         c = self.config
@@ -148,10 +167,11 @@ class MemoryScorer(nn.Module):
         if c.kind == "ease":
             return torch.sparse.mm(H, self.ease_B)                                 # sparse (b, I) @ (I, I)
         if c.kind in ("itemknn", "content_knn"):
-            s = spgemm_bounded(H, tables["WT"], c.max_products)                    # (b, I)
+            out = _out(out, H.shape[0], c.n_items, H.values())
+            s = tables["WT"].product_bounded(H, out, tables.get("ws"), c.max_products)    # (b, I) = H @ W
             if c.normalize:
-                ones = torch.sparse_csr_tensor(H.crow_indices(), H.col_indices(), torch.ones_like(H.values()), H.shape)
-                s = _normalise(s, spgemm_bounded(ones, _abs(tables["WT"]), c.max_products))
+                den = tables["absWT"].product_bounded(_ones(H), torch.empty_like(s), tables.get("ws"), c.max_products)
+                s = _normalise(s, den)
             return s
         raise ValueError("userknn scores known users only (its neighbourhoods are users)")
 
@@ -175,12 +195,23 @@ def _csr_buffers(W: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
             f"{prefix}_values": W.values().float()}
 
 
+def _out(out: torch.Tensor | None, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    if out is None or out.shape != (rows, cols) or not out.is_contiguous():
+        return torch.empty(rows, cols, dtype=like.dtype, device=like.device)
+    return out
+
+
+def _ones(W: torch.Tensor) -> torch.Tensor:
+    return torch.sparse_csr_tensor(W.crow_indices(), W.col_indices(), torch.ones_like(W.values()), W.shape)
+
+
 def _abs(W: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(W.crow_indices(), W.col_indices(), W.values().abs(), W.shape)
 
 
 def _normalise(s: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, s / den.clamp(min=1e-12), torch.zeros_like(s))
+    """In place: s / den where den > 0, else 0."""
+    return s.div_(den.masked_fill_(den <= 0, float("inf")))
 
 
 @dataclass

@@ -2,11 +2,14 @@
 masked, top-k. Peak memory is O(chunk_size x n_items) floats whatever the number of users."""
 from __future__ import annotations
 
+import inspect
+import threading
 from typing import Iterator
 
 import torch
 
 from .sparse import gather_rows
+from .spgemm import Workspace
 
 
 def mask_seen(scores: torch.Tensor, users: torch.Tensor, seen_indptr: torch.Tensor,
@@ -15,6 +18,28 @@ def mask_seen(scores: torch.Tensor, users: torch.Tensor, seen_indptr: torch.Tens
     pos, row_of = gather_rows(seen_indptr, users)
     scores[row_of, seen_indices[pos]] = float("-inf")
     return scores
+
+
+def topk_rows(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk(s, k, dim=1) for a (b, n) score block, in two stages when n is large: the
+    maximum of each group of `size` consecutive columns, the k best groups, then the top k among
+    their elements (and the < size leftover columns). Every true top-k element lies in one of
+    the k best groups (otherwise k larger group maxima would outrank it), so the result is the
+    same values (ties may pick other indices); it reads the block once instead of sorting it,
+    which on a CPU is several times faster for a 20,000-item catalog."""
+    b, n = s.shape
+    size = max(32, min(128, int((n * k) ** 0.5) // 8))                    # 56 for 20,000 items, k = 10
+    groups = n // size
+    if groups < 4 * k or not s.is_contiguous():
+        return torch.topk(s, k, dim=1)
+    main = groups * size
+    gmax = s[:, :main].unflatten(1, (groups, size)).amax(dim=2)             # (b, groups)
+    g = torch.topk(gmax, k, dim=1).indices                                  # (b, k)
+    idx = (g[:, :, None] * size + torch.arange(size, device=s.device)).flatten(1)   # (b, k * size)
+    if main < n:
+        idx = torch.cat([idx, torch.arange(main, n, device=s.device).expand(b, -1)], 1)
+    v, j = torch.topk(torch.gather(s, 1, idx), k, dim=1)
+    return v, torch.gather(idx, 1, j)
 
 
 @torch.no_grad()
@@ -35,13 +60,41 @@ def iter_topk(scorer, users: torch.Tensor, k: int, seen: tuple[torch.Tensor, tor
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
     if tables is None:
         tables = scorer.item_tables()
-    for start in range(0, len(users), chunk_size):
+    # scorers that can write into a given buffer get one, reused from chunk to chunk: on a CPU a
+    # fresh (chunk, I) allocation costs page faults worth more than the scoring itself
+    reuse = "out" in inspect.signature(scorer.score_users).parameters
+    starts = range(0, len(users), chunk_size)
+    local = threading.local()
+
+    def chunk(start: int):
         u = users[start:start + chunk_size]
-        s = scorer.score_users(u, tables)                          # (b, I)
+        if reuse:
+            if getattr(local, "buf", None) is None:
+                local.buf = torch.empty(min(chunk_size, len(users)) * n_items, device=scorer.hist_indptr.device)
+                local.tables = dict(tables, ws=Workspace()) if "ws" in tables else tables
+            s = scorer.score_users(u, local.tables, out=local.buf[:len(u) * n_items].view(len(u), n_items))
+        else:
+            s = scorer.score_users(u, tables)                      # (b, I)
         if seen is not None:
             mask_seen(s, u, *seen)
-        v, i = torch.topk(s, k, dim=1)                             # (b, k)
-        yield u, i, v
+        v, i = topk_rows(s, k)                                     # (b, k)
+        return u, i, v
+
+    # Scorers whose work is partly single-threaded (the sparse KNN kernel) rank chunks on
+    # several threads on the CPU, each with its own buffers; results keep the chunk order.
+    workers = torch.get_num_threads() if (getattr(scorer, "parallel_chunks", False)
+                                          and scorer.hist_indptr.device.type == "cpu") else 1
+    if workers <= 1 or len(starts) <= 1:
+        for start in starts:
+            yield chunk(start)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as ex:
+        pending = [ex.submit(chunk, st) for st in starts[:2 * workers]]
+        for nxt in list(starts[2 * workers:]) + [None] * min(len(starts), 2 * workers):
+            yield pending.pop(0).result()
+            if nxt is not None:
+                pending.append(ex.submit(chunk, nxt))
 
 
 def topk(scorer, users: torch.Tensor, k: int, seen=None, chunk_size: int = 1024):

@@ -19,21 +19,27 @@ Shrinkage (significance weighting): sim * co / (co + shrink), so pairs with few 
 columns are pulled towards 0; shrink = 0 leaves sim unchanged.
 
 Neighbourhoods: each row keeps its k most similar other rows with similarity > 0 (a row is not
-its own neighbour). Blocks of `block_size` rows are compared with all R rows as one sparse x
-sparse matmul (work = co-occurring entries, as in implicit), densified to (block, R), then
-top-k'd, so peak memory for the similarity is about
+its own neighbour). Blocks of at most `block_size` rows are compared with all R rows by the
+sparse x sparse kernel of spgemm.py (scalar products for light columns, one GEMM for the few
+heavy ones), into a reused dense (block, R) buffer, which is then top-k'd. Peak memory of the
+similarity is about
 
-    nnz(X) x 12 bytes x 2 (X and its transpose; x3 for Pearson)
-    + block_size x R x 4 bytes x ~4 (the dense block, its sparse product, temporaries)
-    + max_products x ~40 bytes (the scalar products of a block are materialised before they
-      are summed; blocks are cut so that they hold at most max_products, default 5 million)
+    nnz(X) x 12 bytes x 2 (X and its light transpose; x3 for Pearson and shrinkage)
+    + R x n_heavy x 4 bytes (the heavy columns, dense; n_heavy <= 2048)
+    + workers x block_size x R x 4 bytes x 2 (a dense block and its scratch, per worker)
+    + workers x max_products x ~40 bytes (the scalar products of a block are materialised before
+      they are summed; blocks are cut so that they hold at most max_products, default 2 million)
     + R x k x 16 bytes (the kept neighbours),
 
-and the result does not depend on block_size.
+and the result does not depend on block_size, max_products or the heavy/light split.
+On the CPU, blocks run on `workers` Python threads (default: torch's thread count), because
+half of the kernel's steps (cumsum, scatter-add) are single-threaded.
 """
 from __future__ import annotations
 
 import torch
+
+from .spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, cut_rows, heavy_columns, slice_rows
 
 SIMILARITIES = ("cosine", "pearson", "euclidean", "jaccard")
 
@@ -56,13 +62,6 @@ def _dense_rows(X: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
     return out
 
 
-def _slice_rows(X: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-    """Rows r0:r1 of a sparse CSR matrix, still sparse CSR (no copy of the other rows)."""
-    crow = X.crow_indices()
-    a, b = int(crow[r0]), int(crow[r1])
-    return torch.sparse_csr_tensor(crow[r0:r1 + 1] - a, X.col_indices()[a:b], X.values()[a:b], (r1 - r0, X.shape[1]))
-
-
 def select_rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows `rows` (any order, repeats allowed) of a sparse CSR matrix, as sparse CSR (B, C)."""
     from .sparse import gather_rows
@@ -74,31 +73,6 @@ def select_rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(new_crow, X.col_indices()[pos], X.values()[pos], (len(rows), X.shape[1]))
 
 
-def _dense(S: torch.Tensor) -> torch.Tensor:
-    """Sparse CSR -> dense by one scatter (faster than Tensor.to_dense for CSR on the CPU)."""
-    crow = S.crow_indices()
-    rows = torch.repeat_interleave(torch.arange(S.shape[0], device=crow.device), crow[1:] - crow[:-1])
-    out = torch.zeros(S.shape, dtype=S.values().dtype, device=crow.device)
-    out[rows, S.col_indices()] = S.values()
-    return out
-
-
-def _spgemm(A: torch.Tensor, BT: torch.Tensor) -> torch.Tensor:
-    """A (b, C) sparse @ BT (C, R) sparse -> (b, R) dense. Sparse x sparse: every scalar
-    product a[r, c] * bt[c, j] is formed once (gathered rows of BT) and summed into the dense
-    output with one index_add, so the work is the number of co-occurring entries, not b x C x R.
-    (torch.sparse.mm on two CSR tensors leaks its output buffers in torch 2.13 on the CPU,
-    about 46 MB per call in our benchmark, hence this.)"""
-    from .sparse import gather_rows
-    a_crow, a_col, a_val = A.crow_indices(), A.col_indices(), A.values()
-    a_row = torch.repeat_interleave(torch.arange(A.shape[0], device=a_crow.device), a_crow[1:] - a_crow[:-1])
-    pos, entry = gather_rows(BT.crow_indices(), a_col)             # products: (P,), (P,)
-    R = BT.shape[1]
-    out = torch.zeros(A.shape[0] * R, dtype=a_val.dtype, device=a_val.device)
-    out.index_add_(0, a_row[entry] * R + BT.col_indices()[pos], a_val[entry] * BT.values()[pos])
-    return out.view(A.shape[0], R)
-
-
 def _t(X: torch.Tensor) -> torch.Tensor:
     return X.t().to_sparse_csr()
 
@@ -108,141 +82,171 @@ def _with_values(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 class _Prepared:
-    """Per-row statistics and the sparse matrices each similarity needs, computed once."""
+    """Per-row statistics and the sparse operands each similarity needs, computed once."""
 
-    def __init__(self, X: torch.Tensor, similarity: str, shrink: float):
+    def __init__(self, X: torch.Tensor, similarity: str, shrink: float, dense_ratio: float = DENSE_RATIO):
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity={similarity!r} is not one of {SIMILARITIES}")
         self.similarity, self.shrink = similarity, float(shrink)
+        R = X.shape[0]
+        if similarity == "euclidean":
+            # |x_a|^2 + |x_b|^2 - 2 x_a.x_b cancels badly in float32 (close rows, the diagonal)
+            X = _with_values(X, X.values().double())
         crow, val = X.crow_indices(), X.values()
         counts = (crow[1:] - crow[:-1])
-        row_of = torch.repeat_interleave(torch.arange(X.shape[0], device=val.device), counts)
+        row_of = torch.repeat_interleave(torch.arange(R, device=val.device), counts)
+        cc = column_counts(X)
+        heavy = heavy_columns(cc, cc, R, R, dense_ratio)
         self.X = X
         self.M = _with_values(X, torch.ones_like(val))                           # supports
         self.n = counts.to(val.dtype)                                           # (R,) |S_a|
+        self.ops: dict[str, RightOperand] = {}
         if similarity == "pearson":
             # float64 so that a constant row centres to exactly 0 (a float32 mean of 0.1s is not
             # 0.1, and rounding noise over rounding noise would give any Pearson value)
             v64 = val.double()
-            sums = torch.zeros(X.shape[0], dtype=torch.float64, device=val.device).index_add_(0, row_of, v64)
+            sums = torch.zeros(R, dtype=torch.float64, device=val.device).index_add_(0, row_of, v64)
             mean = sums / self.n.double().clamp(min=1)
             centred = (v64 - mean[row_of]).to(val.dtype)
             self.A = _with_values(X, centred)
             self.A2 = _with_values(X, centred * centred)
-            self.AT, self.A2T, self.MT = _t(self.A), _t(self.A2), _t(self.M)
+            for name in ("A", "A2", "M"):
+                self.ops[name] = RightOperand(getattr(self, name), heavy)
         else:
-            self.sq = torch.zeros(X.shape[0], dtype=val.dtype, device=val.device).index_add_(0, row_of, val * val)
-            self.XT = _t(X)
+            sq = torch.zeros(R, dtype=val.dtype, device=val.device).index_add_(0, row_of, val * val)
+            self.sq = sq
+            self.inv_norm = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))   # 0 for empty rows
+            self.ops["X"] = RightOperand(X, heavy)
             if similarity == "jaccard" or shrink > 0:
-                self.MT = _t(self.M)
+                self.ops["M"] = RightOperand(self.M, heavy)
+        if shrink > 0 and "M" not in self.ops:
+            self.ops["M"] = RightOperand(self.M, heavy)
+        self.products = next(iter(self.ops.values())).light_products(self.M).tolist()   # same support for all
 
-    def block(self, r0: int, r1: int) -> torch.Tensor:
-        """(r1 - r0, R) similarities of rows r0:r1 against every row."""
+    def _prod(self, left: str, right: str, r0: int, r1: int, ws: Workspace, name: str) -> torch.Tensor:
+        """(r1 - r0, R) = rows r0:r1 of matrix `left` @ matrix `right`^T, into ws buffer `name`."""
+        L = self.ops[left]                                  # same heavy columns as ops[right]
+        A = slice_rows(L.light, r0, r1)
+        out = ws.matrix(name, r1 - r0, self.X.shape[0], A.values().dtype, A.values().device)
+        return self.ops[right].product_split(A, L.dense[r0:r1], out, ws)
+
+    def block(self, r0: int, r1: int, ws: Workspace | None = None, row_scale_later: bool = False):
+        """(r1 - r0, R) similarities of rows r0:r1 against every row. The result lives in ws
+        (overwritten by the next block computed with the same ws). With row_scale_later, returns
+        (block, row factors (b,) or None): cosine leaves out the positive per-row factor, which
+        does not change a row's ranking, for the caller to apply to the values it keeps."""
+        ws = ws if ws is not None else Workspace()
         s = self.similarity
         co = None
         if s == "cosine":
-            num = _spgemm(_slice_rows(self.X, r0, r1), self.XT)                     # (b, R)
-            sim = _safe_div(num, torch.sqrt(self.sq[r0:r1, None] * self.sq[None, :]))
+            sim = self._prod("X", "X", r0, r1, ws, "num")
+            sim.mul_(self.inv_norm[None, :])
+            if row_scale_later and self.shrink == 0:
+                return sim, self.inv_norm[r0:r1]
+            sim.mul_(self.inv_norm[r0:r1, None])
         elif s == "euclidean":
-            num = _spgemm(_slice_rows(self.X, r0, r1), self.XT)
-            d2 = (self.sq[r0:r1, None] + self.sq[None, :] - 2 * num).clamp(min=0)
-            sim = 1.0 / (1.0 + torch.sqrt(d2))
+            sim = self._prod("X", "X", r0, r1, ws, "num")                      # then |x_a - x_b|^2
+            sim.mul_(-2).add_(self.sq[r0:r1, None]).add_(self.sq[None, :]).clamp_(min=0)
+            sim.sqrt_().add_(1).reciprocal_()
         elif s == "jaccard":
-            co = _spgemm(_slice_rows(self.M, r0, r1), self.MT)
-            sim = _safe_div(co, self.n[r0:r1, None] + self.n[None, :] - co)
+            co = self._prod("M", "M", r0, r1, ws, "co")
+            den = ws.matrix("den", r1 - r0, co.shape[1], co.dtype, co.device)
+            torch.add(self.n[r0:r1, None], self.n[None, :], out=den).sub_(co).clamp_(min=1)
+            sim = torch.div(co, den, out=ws.matrix("num", *co.shape, co.dtype, co.device))  # 0 when both empty
         else:  # pearson over co-rated entries
-            num = _spgemm(_slice_rows(self.A, r0, r1), self.AT)
-            ss_self = _spgemm(_slice_rows(self.A2, r0, r1), self.MT)   # sum over co-rated of (x_a - m_a)^2
-            ss_other = _spgemm(_slice_rows(self.M, r0, r1), self.A2T)  # ... of (x_b - m_b)^2
-            sim = _safe_div(num, torch.sqrt(ss_self * ss_other))
+            sim = self._prod("A", "A", r0, r1, ws, "num")
+            ss_self = self._prod("A2", "M", r0, r1, ws, "den")    # sum over co-rated of (x_a - m_a)^2
+            ss_other = self._prod("M", "A2", r0, r1, ws, "den2")  # ... of (x_b - m_b)^2
+            den = ss_self.mul_(ss_other).sqrt_()
+            den.masked_fill_(den <= 0, float("inf"))             # 0/0 -> 0 (num is 0 there too)
+            sim.div_(den)
         if self.shrink > 0:
             if co is None:
-                co = _spgemm(_slice_rows(self.M, r0, r1), self.MT)
-            sim = sim * co / (co + self.shrink)
-        return sim
+                co = self._prod("M", "M", r0, r1, ws, "co")
+            sim.mul_(co).div_(co.add_(self.shrink))
+        return (sim, None) if row_scale_later else sim
 
 
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+def _blocks(p: _Prepared, block_size: int, max_products: float) -> list[tuple[int, int]]:
+    """Row ranges of at most block_size rows and max_products materialised scalar products."""
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size} must be >= 1")
+    return cut_rows(p.products, block_size, max_products)
 
 
-def _row_products(A: torch.Tensor, BT: torch.Tensor) -> list[float]:
-    """Scalar products each row of A @ BT costs: sum over its entries of the matching row
-    lengths of BT. (R,) as a Python list."""
-    t_len = (BT.crow_indices()[1:] - BT.crow_indices()[:-1]).double()
-    crow = A.crow_indices()
-    row_of = torch.repeat_interleave(torch.arange(A.shape[0], device=crow.device), crow[1:] - crow[:-1])
-    out = torch.zeros(A.shape[0], dtype=torch.float64, device=crow.device)
-    return out.index_add_(0, row_of, t_len[A.col_indices()]).cpu().tolist()
+def _run_blocks(p: _Prepared, blocks: list[tuple[int, int]], fn, workers: int | None) -> list:
+    """fn(r0, r1, sim, row_scale) for every block (see _Prepared.block), in block order; blocks spread over `workers` threads on
+    the CPU (each with its own scratch), one thread on other devices."""
+    dev = p.X.values().device
+    if workers is None:
+        workers = torch.get_num_threads() if dev.type == "cpu" else 1
+    workers = max(1, min(int(workers), len(blocks)))
 
+    def run(part: list[tuple[int, int]]) -> list:
+        ws = Workspace()
+        return [fn(r0, r1, *p.block(r0, r1, ws, row_scale_later=True)) for r0, r1 in part]
 
-def _cut(products: list[float], max_rows: int, max_products: float) -> list[tuple[int, int]]:
-    """Consecutive row ranges of at most max_rows rows and max_products products each (a single
-    heavier row gets a range of its own)."""
-    out, start, acc = [], 0, 0.0
-    for r, f in enumerate(products):
-        if r > start and (r - start >= max_rows or acc + f > max_products):
-            out.append((start, r))
-            start, acc = r, 0.0
-        acc += f
-    if start < len(products):
-        out.append((start, len(products)))
+    if workers == 1:
+        return run(blocks)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as ex:
+        parts = list(ex.map(run, [blocks[t::workers] for t in range(workers)]))
+    out = [None] * len(blocks)
+    for t, part in enumerate(parts):
+        out[t::workers] = part
     return out
 
 
-def spgemm_bounded(A: torch.Tensor, BT: torch.Tensor, max_products: float = 5_000_000) -> torch.Tensor:
-    """A (b, C) sparse @ BT (C, R) sparse -> (b, R) dense, in row groups of at most
-    max_products scalar products (they are materialised before being summed)."""
-    parts = [_spgemm(_slice_rows(A, r0, r1), BT)
-             for r0, r1 in _cut(_row_products(A, BT), A.shape[0], max_products)]
-    if not parts:
-        return torch.zeros(A.shape[0], BT.shape[1], device=A.values().device)
-    return torch.cat(parts)
-
-
-def _blocks(p: "_Prepared", block_size: int, max_products: int) -> list[tuple[int, int]]:
-    """Row ranges of at most block_size rows whose sparse x sparse product has at most
-    max_products scalar products. The products are materialised, so this, not only
-    block_size, bounds memory."""
-    X, XT = (p.A, p.AT) if p.similarity == "pearson" else (p.M, p.MT) if p.similarity == "jaccard" else (p.X, p.XT)
-    return _cut(_row_products(X, XT), block_size, max_products)
+def _scaled_copy(r0: int, r1: int, sim: torch.Tensor, row_scale: torch.Tensor | None) -> torch.Tensor:
+    out = sim.to(torch.float32, copy=True)
+    return out if row_scale is None else out.mul_(row_scale[:, None])
 
 
 def similarity_matrix(X: torch.Tensor, similarity: str = "cosine", shrink: float = 0.0,
-                      block_size: int = 1024, max_products: int = 5_000_000) -> torch.Tensor:
+                      block_size: int = 256, max_products: float = 2_000_000,
+                      dense_ratio: float = DENSE_RATIO, workers: int | None = None) -> torch.Tensor:
     """The dense (R, R) similarity matrix (diagonal included). Only for small R: tests, EASE-sized data."""
-    p = _Prepared(X, similarity, shrink)
-    return torch.cat([p.block(r0, r1) for r0, r1 in _blocks(p, block_size, max_products)])
+    p = _Prepared(X, similarity, shrink, dense_ratio)
+    parts = _run_blocks(p, _blocks(p, block_size, max_products), _scaled_copy, workers)
+    if not parts:
+        return torch.zeros(0, 0, device=X.values().device)
+    return torch.cat(parts)
 
 
 def topk_neighbours(X: torch.Tensor, similarity: str = "cosine", k: int = 100, shrink: float = 0.0,
-                    block_size: int = 1024, max_products: int = 5_000_000) -> torch.Tensor:
+                    block_size: int = 256, max_products: float = 2_000_000,
+                    dense_ratio: float = DENSE_RATIO, workers: int | None = None) -> torch.Tensor:
     """Each row's k most similar other rows with similarity > 0, as a sparse CSR (R, R) matrix
     W with W[a, b] = sim(a, b) for b in the neighbourhood of a. Blocks hold at most block_size
-    rows and max_products scalar products (see _blocks)."""
+    rows and max_products scalar products; dense_ratio picks the heavy columns (spgemm.py)."""
     if k < 1:
         raise ValueError(f"k={k} must be >= 1")
-    if block_size < 1:
-        raise ValueError(f"block_size={block_size} must be >= 1")
-    p = _Prepared(X, similarity, shrink)
+    p = _Prepared(X, similarity, shrink, dense_ratio)
     R = X.shape[0]
     kk = min(k, max(R - 1, 1))
-    idx, val = [], []
-    for r0, r1 in _blocks(p, block_size, max_products):
-        sim = p.block(r0, r1)                                                  # (b, R)
+
+    def keep(r0: int, r1: int, sim: torch.Tensor, row_scale: torch.Tensor | None):
         rows = torch.arange(r1 - r0, device=sim.device)
         sim[rows, rows + r0] = float("-inf")                                   # not its own neighbour
-        v, i = torch.topk(sim, kk, dim=1)                                      # (b, kk)
-        idx.append(i)
-        val.append(v)
-    idx, val = torch.cat(idx), torch.cat(val)                                  # (R, kk)
-    keep = val > 0
-    counts = keep.sum(1)
+        v, i = torch.topk(sim, kk, dim=1)                                      # (b, kk) values, indices
+        if row_scale is not None:
+            v = torch.where(torch.isfinite(v), v * row_scale[:, None], v)
+        return v, i
+
+    parts = _run_blocks(p, _blocks(p, block_size, max_products), keep, workers)
+    dev = X.values().device
+    if not parts:
+        return torch.sparse_csr_tensor(torch.zeros(1, dtype=torch.long, device=dev),
+                                       torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, device=dev), (0, 0))
+    val = torch.cat([v for v, _ in parts])                                     # (R, kk)
+    idx = torch.cat([i for _, i in parts])
+    keep_ = val > 0
+    counts = keep_.sum(1)
     crow = torch.zeros(R + 1, dtype=torch.long, device=idx.device)
     crow[1:] = torch.cumsum(counts, 0)
     # within a row, order columns ascending (canonical CSR) so results compare exactly
-    col = torch.where(keep, idx, torch.full_like(idx, R))
+    col = torch.where(keep_, idx, torch.full_like(idx, R))
     col, order = torch.sort(col, dim=1)
     v = torch.gather(val, 1, order)
     mask = col < R
-    return torch.sparse_csr_tensor(crow, col[mask], v[mask], (R, R))
+    return torch.sparse_csr_tensor(crow, col[mask], v[mask].float(), (R, R))

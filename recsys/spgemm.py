@@ -1,0 +1,219 @@
+"""Sparse x sparse products A @ B^T written into dense row blocks, the kernel under the KNN
+models (similarities, and scores = histories @ neighbours^T).
+
+Both operands are sparse CSR with the same columns: A (b, C), B (R, C); the result is the dense
+(b, R) block A @ B^T. The columns are split in two:
+
+* light columns go through a gather + scatter-add kernel: every scalar product a[r, c] b[s, c]
+  is formed once and added into the output, so the work is the number of co-occurring entries
+  (as in implicit and every sparse library), about 5-10 ns a product on a CPU core;
+* heavy columns (a power-law item watched by half the users, a user who rated 5,000 films) are
+  gathered into small dense matrices and go through one GEMM, whose cost is b x R x n_heavy
+  multiply-adds at 50-100x the rate of the sparse kernel. A column c is heavy when its share of
+  sparse work, nnz_A(c) x nnz_B(c), exceeds the dense cost R_A x R_B divided by `dense_ratio`.
+  On a power-law dataset a few hundred heavy columns carry most of the work.
+
+Memory: the dense heavy part of B, R x n_heavy x 4 bytes (n_heavy capped by `max_heavy`); per
+block, the output (b, R) and max_products x ~40 bytes of materialised products (the caller cuts
+blocks to hold at most max_products). Scratch buffers are reused from block to block: on a CPU
+a fresh large allocation is paid in page faults that cost more than the arithmetic.
+
+(torch.sparse.mm on two CSR tensors leaks its output buffers in torch 2.13 on the CPU, about
+46 MB a call, and is slower than this kernel, hence our own.)
+"""
+from __future__ import annotations
+
+import torch
+
+DENSE_RATIO = 400.0   # cost of one sparse scalar product / one GEMM multiply-add, measured on a CPU core
+DENSE_FIXED = 16.0    # the GEMM's pass over the (b, R) output, in heavy columns' worth of work
+
+
+def heavy_columns(nnz_a: torch.Tensor, nnz_b: torch.Tensor, rows_a: int, rows_b: int,
+                  dense_ratio: float = DENSE_RATIO, max_heavy: int = 2048) -> torch.Tensor:
+    """Indices of the columns cheaper as one dense GEMM than as scalar products (at most
+    max_heavy, the most expensive), or none when the few there are do not pay for the GEMM's pass
+    over the output. nnz_a, nnz_b: (C,) entries per column over all rows of A and B."""
+    work = nnz_a.double() * nnz_b.double()                            # (C,) sparse products
+    per_column = float(rows_a) * float(rows_b) / max(dense_ratio, 1e-30)   # dense cost of one column
+    heavy = torch.nonzero(work > per_column).flatten()
+    if len(heavy) > max_heavy:
+        heavy = heavy[torch.topk(work[heavy], max_heavy).indices]
+    # the GEMM also passes over the whole output once: worth it only if enough work moves
+    if float(work[heavy].sum()) <= per_column * (len(heavy) + DENSE_FIXED):
+        return heavy[:0]
+    return heavy
+
+
+def column_counts(X: torch.Tensor) -> torch.Tensor:
+    """(C,) number of entries per column of a sparse CSR matrix."""
+    return torch.bincount(X.col_indices(), minlength=X.shape[1])
+
+
+class Workspace:
+    """Scratch vectors reused from call to call (one per thread: not shareable)."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """At least n elements named `name` (contents undefined), grown by 25% when too small."""
+        buf = self._bufs.get(name)
+        if buf is None or len(buf) < n or buf.dtype != dtype or buf.device != torch.device(device):
+            grow = int(1.25 * len(buf)) if buf is not None else 0
+            buf = torch.empty(max(n, grow), dtype=dtype, device=device)
+            self._bufs[name] = buf
+        return buf[:n]
+
+    def ones(self, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """n ones (never written to by callers, so filled once)."""
+        buf = self._bufs.get("__ones")
+        if buf is None or len(buf) < n or buf.dtype != dtype or buf.device != torch.device(device):
+            buf = torch.ones(max(n, int(1.25 * len(buf)) if buf is not None else 0), dtype=dtype, device=device)
+            self._bufs["__ones"] = buf
+        return buf[:n]
+
+    def matrix(self, name: str, rows: int, cols: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+        return self.get(name, rows * cols, dtype, device).view(rows, cols)
+
+
+def slice_rows(X: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """Rows r0:r1 of a sparse CSR matrix, still sparse CSR (views, no copy)."""
+    crow = X.crow_indices()
+    a, b = int(crow[r0]), int(crow[r1])
+    return torch.sparse_csr_tensor(crow[r0:r1 + 1] - a, X.col_indices()[a:b], X.values()[a:b], (r1 - r0, X.shape[1]))
+
+
+def cut_rows(products: list[float], max_rows: int, max_products: float) -> list[tuple[int, int]]:
+    """Consecutive row ranges of at most max_rows rows and max_products products each (a single
+    heavier row gets a range of its own)."""
+    out, start, acc = [], 0, 0.0
+    for r, f in enumerate(products):
+        if r > start and (r - start >= max_rows or acc + f > max_products):
+            out.append((start, r))
+            start, acc = r, 0.0
+        acc += f
+    if start < len(products):
+        out.append((start, len(products)))
+    return out
+
+
+class RightOperand:
+    """B (R, C) prepared for many products A_block @ B^T: its light columns transposed to CSR
+    (C, R), its heavy columns as a dense (R, n_heavy) matrix."""
+
+    def __init__(self, B: torch.Tensor, heavy: torch.Tensor | None = None):
+        R, C = B.shape
+        dev = B.values().device
+        self.R, self.C = R, C
+        self.heavy = heavy if heavy is not None else torch.zeros(0, dtype=torch.long, device=dev)
+        self.heavy_pos = torch.full((C,), -1, dtype=torch.long, device=dev)          # (C,)
+        self.heavy_pos[self.heavy] = torch.arange(len(self.heavy), device=dev)
+        crow, col, val = B.crow_indices(), B.col_indices(), B.values()
+        row = torch.repeat_interleave(torch.arange(R, device=dev), crow[1:] - crow[:-1])
+        is_h = self.heavy_pos[col] >= 0
+        self.dense = torch.zeros(R, len(self.heavy), dtype=val.dtype, device=dev)     # (R, n_heavy)
+        self.dense[row[is_h], self.heavy_pos[col[is_h]]] = val[is_h]
+        light = ~is_h
+        # transpose of the light part: CSR (C, R), rows = columns of B
+        lc, lr, lv = col[light], row[light], val[light]
+        order = torch.argsort(lc * R + lr)
+        self.t_col = lr[order].contiguous()                                           # (nnz_l,)
+        self.t_val = lv[order].contiguous()
+        self.t_crow = torch.zeros(C + 1, dtype=torch.long, device=dev)
+        self.t_crow[1:] = torch.cumsum(torch.bincount(lc, minlength=C), 0)
+        self.ones_b = bool((self.t_val == 1).all())
+        # B's light part in its own row order, for products where B (or a matrix with the same
+        # support) is also the left operand: no per-call split of A needed
+        self.light = torch.sparse_csr_tensor(
+            torch.cat([crow.new_zeros(1), torch.cumsum(torch.bincount(lr, minlength=R), 0)]), lc, lv, (R, C))
+
+    def light_products(self, A: torch.Tensor) -> torch.Tensor:
+        """(b,) number of light scalar products each row of A (b, C) costs."""
+        crow = A.crow_indices()
+        row = torch.repeat_interleave(torch.arange(A.shape[0], device=crow.device), crow[1:] - crow[:-1])
+        col = A.col_indices()
+        lens = (self.t_crow[col + 1] - self.t_crow[col]).double()
+        return torch.zeros(A.shape[0], dtype=torch.float64, device=crow.device).index_add_(0, row, lens)
+
+    def product_bounded(self, A: torch.Tensor, out: torch.Tensor, ws: Workspace | None = None,
+                        max_products: float = 2_000_000) -> torch.Tensor:
+        """product() in row groups of at most max_products light scalar products."""
+        for r0, r1 in cut_rows(self.light_products(A).tolist(), A.shape[0], max_products):
+            self.product(slice_rows(A, r0, r1), out[r0:r1], ws)
+        return out
+
+    def product_split(self, A_light: torch.Tensor, A_heavy: torch.Tensor, out: torch.Tensor,
+                      ws: Workspace | None = None) -> torch.Tensor:
+        """out = A @ B^T for A given already split: A_light (b, C) sparse with no entry in a heavy
+        column, A_heavy (b, n_heavy) dense (its heavy columns, in this operand's order)."""
+        if len(self.heavy):
+            torch.mm(A_heavy, self.dense.T, out=out)
+        else:
+            out.zero_()
+        crow = A_light.crow_indices()
+        row = torch.repeat_interleave(torch.arange(A_light.shape[0], device=crow.device), crow[1:] - crow[:-1])
+        self._scatter(row, A_light.col_indices(), A_light.values(), out, ws if ws is not None else Workspace())
+        return out
+
+    def product(self, A: torch.Tensor, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
+        """out (b, R) = A (b, C) sparse CSR @ B^T, dense. `out` (contiguous rows) is overwritten
+        when given; ws: scratch reused between calls (a fresh one when None)."""
+        b = A.shape[0]
+        R = self.R
+        crow, col, val = A.crow_indices(), A.col_indices(), A.values()
+        dev = val.device
+        if out is None:
+            out = torch.empty(b, R, dtype=val.dtype, device=dev)
+        row = torch.repeat_interleave(torch.arange(b, device=dev), crow[1:] - crow[:-1])  # (nA,)
+        is_h = self.heavy_pos[col] >= 0 if len(self.heavy) else None
+        if is_h is not None and bool(is_h.any()):
+            Ah = torch.zeros(b, len(self.heavy), dtype=val.dtype, device=dev)           # (b, n_heavy)
+            Ah[row[is_h], self.heavy_pos[col[is_h]]] = val[is_h]
+            torch.mm(Ah, self.dense.T, out=out)                                         # overwrites out
+            light = ~is_h
+            row, col, val = row[light], col[light], val[light]
+        else:
+            out.zero_()
+        self._scatter(row, col, val, out, ws if ws is not None else Workspace())
+        return out
+
+    def _scatter(self, row, col, val, out, ws: Workspace):
+        """out[row, j] += val * B^T[col, j] for every light entry (row, col, val) of A."""
+        if len(col) == 0:
+            return
+        start = self.t_crow[col]                                                        # (nA,)
+        lens = self.t_crow[col + 1] - start
+        nz = lens > 0                                                                   # drop empty segments
+        row, val, start, lens = row[nz], val[nz], start[nz], lens[nz]
+        if len(lens) == 0:
+            return
+        seg_start = torch.cumsum(lens, 0) - lens                                        # (nA,)
+        total = int(seg_start[-1] + lens[-1])
+        if total == 0:
+            return
+        dev, long = out.device, torch.long
+        # Piecewise-constant per-segment quantities expanded to the P products without a
+        # repeat_interleave: put each segment's increment at its first product, cumsum.
+        # pos[p] = start[seg(p)] + (p - seg_start[seg(p)]): increments of 1, plus the jumps
+        d = ws.get("d", total, long, dev).fill_(1)
+        d[0] = 0
+        shift = start - seg_start
+        d.index_add_(0, seg_start, torch.diff(shift, prepend=shift.new_zeros(1)))
+        pos = torch.cumsum(d, 0, out=ws.get("pos", total, long, dev))             # (P,)
+        key = torch.index_select(self.t_col, 0, pos, out=ws.get("key", total, long, dev))
+        rowR = row * self.R
+        d.zero_().index_add_(0, seg_start, torch.diff(rowR, prepend=rowR.new_zeros(1)))
+        key += torch.cumsum(d, 0, out=ws.get("off", total, long, dev))            # flat index in out
+        a_ones = bool((val == 1).all())
+        if self.ones_b and a_ones:                                                      # co-occurrence counts
+            prod = ws.ones(total, out.dtype, dev)
+        elif a_ones:                                                                    # binary histories
+            prod = torch.index_select(self.t_val, 0, pos, out=ws.get("prod", total, out.dtype, dev))
+        else:
+            # the segment of each product, exactly (an integer cumsum), for the float values
+            d.zero_().index_add_(0, seg_start, torch.ones_like(seg_start))
+            seg = torch.cumsum(d, 0, out=ws.get("off", total, long, dev)).sub_(1)
+            prod = torch.index_select(self.t_val, 0, pos, out=ws.get("prod", total, out.dtype, dev))
+            prod *= torch.index_select(val, 0, seg, out=ws.get("vseg", total, out.dtype, dev))
+        out.view(-1).scatter_add_(0, key, prod)
