@@ -2,6 +2,7 @@
 
     python evaluate.py run_dir=outputs/2026-11-28/10-00-00
     python evaluate.py export=path/to/export test=test.csv [user_col=user item_col=item]
+    python evaluate.py compare=[RUN_A,RUN_B]     (paired per-user differences, bootstrap CI, p-value)
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ log = logging.getLogger("evaluate")
 
 
 def run(cfg: DictConfig) -> dict:
+    if cfg.get("compare"):
+        return compare(cfg)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     rec = Recommender.from_pretrained(cfg.export, device=device)
     df = read_interactions(cfg.test, cfg.user_col, cfg.item_col, rating_col=None, time_col=None)
@@ -29,6 +32,20 @@ def run(cfg: DictConfig) -> dict:
     if cfg.out:
         write_json_atomic(cfg.out, {**metrics, "report": report})
     return metrics
+
+
+def compare(cfg: DictConfig) -> dict:
+    from recsys.compare import compare_runs, format_comparison
+    from recsys.io import DataError
+    runs = list(cfg.compare)
+    if len(runs) != 2:
+        raise DataError(f"compare= needs exactly two run folders, got {len(runs)}: {runs}")
+    table, info = compare_runs(runs[0], runs[1], int(cfg.bootstrap), int(cfg.seed))
+    print(format_comparison(table, info, runs[0], runs[1]))
+    out = {"runs": runs, **info, "metrics": table.to_dict(orient="records")}
+    if cfg.out:
+        write_json_atomic(cfg.out, out)
+    return out
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")

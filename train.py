@@ -14,8 +14,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.build import build_memory, build_scorer, eval_sets
-from recsys.evaluation import evaluate, format_table
+from recsys.build import build_memory, build_scorer, eval_sets, report_context
+from recsys.evaluation import evaluate, evaluate_report, format_table
 from recsys.export import save_export, write_json_atomic
 from recsys.training import RecsysModule, train_loader, user_loader
 
@@ -64,12 +64,63 @@ def fit_closed_form(cfg: DictConfig, prep, sets, model: dict, loggers):
     fit_s = time.perf_counter() - t0
     on = {k: tuple(t.to(device) for t in v) for k, v in sets.items()}
     val, _ = evaluate(scorer, on["val_target"], on["val_seen"], list(cfg.ks), cfg.eval_chunk, "val/")
-    test, _ = evaluate(scorer, on["test_target"], on["test_seen"], list(cfg.ks), cfg.eval_chunk, "test/")
     for lg in loggers:
-        lg.log_metrics({**val, **test, "fit/seconds": fit_s}, step=0)
-        lg.finalize("success")
+        lg.log_metrics({**val, "fit/seconds": fit_s}, step=0)
     log.info("fitted %s in %.2f s on %s", model.get("kind"), fit_s, device)
-    return scorer.cpu(), {**test, "fit/seconds": fit_s}, val.get(cfg.optimized_metric, float("nan"))
+    # test metrics: final_report(), like the learned models
+    return scorer.cpu(), {"fit/seconds": fit_s}, val.get(cfg.optimized_metric, float("nan"))
+
+
+def final_report(cfg: DictConfig, scorer, prep, sets, loggers, logged=()) -> tuple[dict, dict]:
+    """Test metrics with slices (history length, cold/warm items) and beyond-accuracy metrics,
+    from one more full-ranking pass of the final model; logged to every logger under test/
+    (except the names in `logged`, which Lightning's test loop has logged already)."""
+    use_cuda = cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    scorer = scorer.to(device)
+    ctx = report_context(prep, cfg.report.history_buckets, cfg.report.head_share)
+    report, per_user = evaluate_report(scorer, tuple(t.to(device) for t in sets["test_target"]),
+                                       tuple(t.to(device) for t in sets["test_seen"]), list(cfg.ks),
+                                       cfg.eval_chunk, "test/", **ctx)
+    scorer.cpu()
+    for lg in loggers:
+        lg.log_metrics({k: v for k, v in report.items() if k not in logged}, step=0)
+        if cfg.report.projector:
+            _projector(lg, scorer, prep)
+        lg.finalize("success")
+    return report, per_user
+
+
+def _projector(lg, scorer, prep) -> None:
+    """Item embeddings in TensorBoard's Projector, labelled with item titles (learned models)."""
+    exp = getattr(lg, "experiment", None)
+    if exp is None or not hasattr(exp, "add_embedding"):
+        return
+    tables = {}
+    if getattr(scorer, "config", None) is not None and hasattr(scorer, "item_emb"):
+        tables["items/collaborative"] = scorer.item_emb.weight.detach()
+    if hasattr(scorer, "item_content") and getattr(scorer.config, "uses_content", False):
+        with torch.no_grad():
+            tables["items/content"] = scorer.item_content().detach()
+    titles = [str(t).replace("\t", " ").replace("\n", " ") or "(untitled)" for t in prep.item_titles]
+    for tag, mat in tables.items():
+        exp.add_embedding(mat.cpu(), metadata=titles, tag=tag)
+
+
+def write_per_user(path: str, per_user: dict, prep, buckets) -> None:
+    """Per-user test metrics (external user ids) for paired run comparisons (evaluate.py compare=)."""
+    import pandas as pd
+    from recsys.evaluation import bucket_labels
+    df = pd.DataFrame({"user": [prep.users.ids[int(u)] for u in per_user["user"]]})
+    if "bucket" in per_user:
+        labels = bucket_labels(sorted(buckets))
+        df["history"] = [labels[int(b)] for b in per_user["bucket"]]
+    for name, v in per_user.items():
+        if "@" in name:
+            df[name] = v.double().numpy()
+    tmp = path + ".tmp"
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -93,8 +144,11 @@ def run(cfg: DictConfig) -> dict:
     else:
         scorer, metrics, best = fit_closed_form(cfg, prep, sets, model, loggers)
     metrics[f"best/{cfg.optimized_metric}"] = best
+    report, per_user = final_report(cfg, scorer, prep, sets, loggers, logged=set(metrics))
+    metrics.update(report)
     metrics["data"] = prep.report
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+    write_per_user(os.path.join(out, "per_user.csv"), per_user, prep, cfg.report.history_buckets)
 
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         os.makedirs(os.path.join(out, "split"), exist_ok=True)

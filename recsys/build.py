@@ -66,3 +66,21 @@ def _csr_with_values(prep: Prepared):
     indptr, indices, vals = csr_from_pairs(prep.train[:, 0], prep.train[:, 1], prep.n_users, prep.train_ratings)
     return (torch.from_numpy(indptr), torch.from_numpy(indices),
             None if vals is None else torch.from_numpy(np.asarray(vals, dtype=np.float32)))
+
+
+def report_context(prep: Prepared, history_buckets: list[int] | None = (5, 20), head_share: float = 0.8) -> dict:
+    """The evaluate_report() extras for a prepared dataset: training-history lengths and their
+    buckets, cold items (no training interaction), and the beyond-accuracy inputs (training
+    popularity, unit TF-IDF item vectors)."""
+    from .beyond import unit_rows
+    users = torch.from_numpy(prep.train[:, 0])
+    items = torch.from_numpy(prep.train[:, 1])
+    return {
+        "hist_len": torch.bincount(users, minlength=prep.n_users),
+        "buckets": list(history_buckets) if history_buckets else None,
+        "item_cold": torch.from_numpy(~prep.item_warm()),
+        "beyond": {"train_user_counts": torch.bincount(items, minlength=prep.n_items), "n_users": prep.n_users,
+                   "unit_vectors": unit_rows(torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
+                                             torch.from_numpy(prep.bags.weights), len(prep.tokens)),
+                   "head_share": float(head_share)},
+    }

@@ -55,6 +55,89 @@ def evaluate(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, prefix: 
     return acc.compute(prefix), per_user
 
 
+def restrict_target(target: tuple[torch.Tensor, torch.Tensor], keep_item: torch.Tensor):
+    """The CSR target (indptr, indices) keeping only entries whose item has keep_item[item]."""
+    indptr, indices = target
+    keep = keep_item[indices]
+    row = torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr[1:] - indptr[:-1])
+    counts = torch.bincount(row[keep], minlength=len(indptr) - 1)
+    new = torch.zeros_like(indptr)
+    new[1:] = torch.cumsum(counts, 0)
+    return new, indices[keep]
+
+
+def bucket_labels(edges: list[int]) -> list[str]:
+    """[5, 20] -> ["1-5", "6-20", "21+"] (training-history lengths, inclusive)."""
+    out, lo = [], 1
+    for e in edges:
+        out.append(f"{lo}-{e}")
+        lo = e + 1
+    return out + [f"{lo}+"]
+
+
+@torch.no_grad()
+def evaluate_report(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/",
+                    hist_len: torch.Tensor | None = None, buckets: list[int] | None = None,
+                    item_cold: torch.Tensor | None = None, beyond: dict | None = None
+                    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """evaluate() plus, from the same ranked lists (one full-ranking pass):
+
+    - slices by training-history length: hist_len (n_users,), buckets edges e.g. [5, 20] ->
+      `{prefix}hist_1-5/ndcg@10`, `.../users`;
+    - cold and warm items: item_cold (n_items,) bool; the target restricted to cold (warm) items,
+      users with at least one such target, same lists -> `{prefix}cold_items/recall@20`, ...;
+    - beyond-accuracy metrics of the lists (coverage, gini, novelty, ild, tail; beyond.py):
+      beyond = {"train_user_counts": (I,), "n_users": int, "unit_vectors": CSR or None,
+      "head_share": float}.
+    Per-user values come back with "user" and, with buckets, "bucket" (index into the labels).
+    """
+    from .beyond import beyond_accuracy
+    ks = sorted(ks)
+    n_items = scorer.config.n_items
+    users = users_with_targets(target[0])
+    acc, per = MetricSums(), {}
+    parts = {}
+    if item_cold is not None:
+        item_cold = item_cold.to(target[1].device)
+        parts = {"cold_items": restrict_target(target, item_cold), "warm_items": restrict_target(target, ~item_cold)}
+    part_acc = {name: MetricSums() for name in parts}
+    lists = []
+    for u, top, _ in iter_topk(scorer, users, max(ks), seen, chunk_size):
+        hits, n_t = hits_matrix(top, u, *target, n_items)
+        m = per_user_metrics(hits, n_t, ks)
+        acc.update(m)
+        for name, v in m.items():
+            per.setdefault(name, []).append(v.cpu())
+        lists.append(top.cpu())
+        for name, t in parts.items():
+            h, nt = hits_matrix(top, u, *t, n_items)
+            has = nt > 0
+            if bool(has.any()):
+                part_acc[name].update(per_user_metrics(h[has], nt[has], ks))
+    per_user = {name: torch.cat(v) for name, v in per.items()}
+    per_user["user"] = users.cpu()
+    means = acc.compute(prefix)
+    means[f"{prefix}users"] = float(len(users))
+    for name, a in part_acc.items():
+        means.update(a.compute(f"{prefix}{name}/"))
+        means[f"{prefix}{name}/users"] = float(a.n_users)
+    if hist_len is not None and buckets:
+        edges = torch.tensor(sorted(buckets), dtype=torch.long)
+        b = torch.bucketize(hist_len.cpu()[users.cpu()], edges, right=False)   # len <= e -> bucket of e
+        per_user["bucket"] = b
+        for i, label in enumerate(bucket_labels(sorted(buckets))):
+            sel = b == i
+            means[f"{prefix}hist_{label}/users"] = float(sel.sum())
+            if bool(sel.any()):
+                for name, v in per_user.items():
+                    if "@" in name:
+                        means[f"{prefix}hist_{label}/{name}"] = float(v[sel].double().mean())
+    if beyond is not None:
+        L = torch.cat(lists) if lists else torch.zeros(0, max(ks), dtype=torch.long)
+        means.update(beyond_accuracy(L, ks, n_items, prefix=prefix, **beyond))
+    return means, per_user
+
+
 def format_table(metrics: dict, prefix: str = "test/") -> str:
     """Metrics {"test/ndcg@10": ...} as a text table, one row per metric, one column per K."""
     keys = [k for k in metrics if k.startswith(prefix) and "@" in k]

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .similarity import _dense_rows, _t, select_rows, sparse_rows, topk_neighbours
+from .similarity import _t, select_rows, sparse_rows, topk_neighbours
 from .spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, heavy_columns
 
 KNN_KINDS = ("itemknn", "userknn", "content_knn")
@@ -99,16 +99,24 @@ class MemoryScorer(nn.Module):
             if c.n_items > c.max_items:
                 raise ValueError(f"EASE needs {3 * 4 * c.n_items ** 2 / 2 ** 30:.1f} GiB for {c.n_items} items "
                                  f"(O(items^2)); model.max_items={c.max_items}. Raise it if the memory is there.")
-            # G = X^T X in column blocks, sparse x dense: work nnz(X) x I, not users x I^2
+            # G = X^T X with the sparse kernel (heavy users by GEMM), row block by row block,
+            # written straight into G; then P = G^-1 by Cholesky (G + lambda I is symmetric
+            # positive definite), in place of G where possible
             XT = _t(X)                                                                   # (I, U)
-            G = torch.empty(c.n_items, c.n_items, device=dev)
-            for c0 in range(0, c.n_items, c.block_size):
-                c1 = min(c0 + c.block_size, c.n_items)
-                G[:, c0:c1] = torch.sparse.mm(XT, _dense_rows(XT, c0, c1).T)             # (I, b)
+            cc = column_counts(XT)
+            op = RightOperand(XT, heavy_columns(cc, cc, c.n_items, c.n_items, c.dense_ratio))
+            G = torch.empty(c.n_items, c.n_items, dtype=XT.values().dtype, device=dev)
+            ws = Workspace()
+            op.product_bounded(XT, G, ws, c.max_products)
+            del ws
             G.diagonal().add_(c.lam)
-            P = torch.linalg.inv(G)
+            L = torch.linalg.cholesky(G)
             del G
-            B = P / (-P.diagonal())[None, :]
+            P = torch.cholesky_inverse(L)
+            del L
+            if not P.is_contiguous():    # LAPACK hands back column-major; P is symmetric, so P.T
+                P = P.T if P.T.is_contiguous() else P.contiguous()   # is the same matrix, row-major
+            B = P.div_((-P.diagonal()).clone()[None, :])                                 # in place
             B.diagonal().zero_()
             buffers["ease_B"] = B
         else:  # popularity
@@ -165,7 +173,15 @@ class MemoryScorer(nn.Module):
         if c.kind == "popularity":
             return self.pop.expand(H.shape[0], -1).clone()
         if c.kind == "ease":
-            return torch.sparse.mm(H, self.ease_B)                                 # sparse (b, I) @ (I, I)
+            # s[u] = sum_j x_uj B[j]: a weighted sum of rows of B per user (an embedding bag),
+            # work nnz(H) x I reads, no (b, I) temporary besides the result
+            s = torch.nn.functional.embedding_bag(H.col_indices(), self.ease_B, H.crow_indices()[:-1],
+                                                  mode="sum", per_sample_weights=H.values().to(self.ease_B.dtype),
+                                                  include_last_offset=False)
+            if out is not None:
+                out.copy_(s)
+                return out
+            return s
         if c.kind in ("itemknn", "content_knn"):
             out = _out(out, H.shape[0], c.n_items, H.values())
             s = tables["WT"].product_bounded(H, out, tables.get("ws"), c.max_products)    # (b, I) = H @ W

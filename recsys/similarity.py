@@ -52,16 +52,6 @@ def sparse_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
     return torch.sparse_csr_tensor(indptr, indices, values.float(), (len(indptr) - 1, n_cols))
 
 
-def _dense_rows(X: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-    """Rows r0:r1 of a sparse CSR matrix as a dense (r1 - r0, C) tensor."""
-    crow, col, val = X.crow_indices(), X.col_indices(), X.values()
-    a, b = int(crow[r0]), int(crow[r1])
-    out = torch.zeros(r1 - r0, X.shape[1], dtype=val.dtype, device=val.device)
-    rows = torch.repeat_interleave(torch.arange(r1 - r0, device=val.device), crow[r0 + 1:r1 + 1] - crow[r0:r1])
-    out[rows, col[a:b]] = val[a:b]
-    return out
-
-
 def select_rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows `rows` (any order, repeats allowed) of a sparse CSR matrix, as sparse CSR (B, C)."""
     from .sparse import gather_rows

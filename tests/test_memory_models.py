@@ -56,6 +56,8 @@ def test_ease_equals_the_numpy_closed_form(tmp_path):
     B = np.eye(12) - P / np.diag(P)[None, :]
     got = model(torch.arange(15)).double().numpy()
     np.testing.assert_allclose(got, X @ B, atol=1e-4)
+    # row-major: scoring reads rows of B (a column-major B made synth scoring 50x slower)
+    assert model.ease_B.is_contiguous()
 
 
 def test_ease_refuses_a_catalog_past_max_items():

@@ -55,6 +55,42 @@ def test_run_writes_metrics_export_split_and_tensorboard(movielens_run):
     assert len(scalars["val/recall@10"]) == 2
     assert scalars["test/ndcg@10"] == [pytest.approx(metrics["test/ndcg@10"], rel=1e-5)]
     assert "train/loss_epoch" in scalars
+    # the report: slices and beyond-accuracy metrics, in metrics.json and TensorBoard
+    for name in ("test/cold_items/recall@20", "test/warm_items/ndcg@10", "test/hist_6-20/ndcg@10",
+                 "test/hist_21+/recall@10", "test/coverage@10", "test/gini@10", "test/novelty@10",
+                 "test/ild@10", "test/tail@10"):
+        assert name in saved, name
+        assert scalars[name] == [pytest.approx(saved[name], rel=1e-5)], name
+    assert saved["test/cold_items/users"] > 0              # the default split has cold test items
+    assert sum(saved[f"test/hist_{b}/users"] for b in ("1-5", "6-20", "21+")) == saved["test/users"]
+    # per-user metrics for paired comparisons
+    import pandas as pd
+    per = pd.read_csv(os.path.join(out, "per_user.csv"))
+    assert len(per) == saved["test/users"]
+    assert per["ndcg@10"].mean() == pytest.approx(saved["test/ndcg@10"], abs=1e-9)
+    # item embeddings labelled with titles in the Projector
+    proj = os.path.join(out, "tensorboard", "projector_config.pbtxt")
+    assert os.path.exists(proj) and "items/collaborative" in open(proj).read()
+    metas = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(out, "tensorboard")) for f in fs if f == "metadata.tsv"]
+    assert metas and "Toy Story (1995)" in open(metas[0]).read()
+
+
+def test_compare_two_runs_cli(movielens_run, tmp_path, capsys):
+    """evaluate.py compare=[A,B] pairs users of two runs; a run against itself differs by 0."""
+    out, metrics = movielens_run
+    from omegaconf import OmegaConf
+    import evaluate
+    cfg = OmegaConf.load(os.path.join(ROOT, "configs", "evaluate.yaml"))
+    del cfg["hydra"]
+    cfg.compare = [out, out]
+    cfg.bootstrap = 500
+    cfg.out = str(tmp_path / "cmp.json")
+    res = evaluate.run(cfg)
+    assert res["users"] == metrics["test/users"] and res["only_a"] == 0
+    row = next(r for r in res["metrics"] if r["metric"] == "ndcg@10")
+    assert row["diff"] == 0 and row["lo"] == 0 and row["hi"] == 0
+    assert "95% CI" in capsys.readouterr().out
+    assert json.load(open(cfg.out))["users"] == res["users"]
 
 
 def test_evaluate_py_recomputes_the_run_metrics(movielens_run):
@@ -66,9 +102,11 @@ def test_evaluate_py_recomputes_the_run_metrics(movielens_run):
     del cfg["hydra"]
     cfg.run_dir = out
     again = evaluate.run(cfg)
-    for k, v in metrics.items():
-        if k.startswith("test/"):
-            assert again[k] == pytest.approx(v, abs=1e-9), k
+    accuracy = [k for k in metrics if k.startswith("test/") and k.count("/") == 1
+                and k.split("/")[1].split("@")[0] in ("recall", "precision", "ndcg", "hit", "mrr", "map")]
+    assert "test/ndcg@10" in accuracy
+    for k in accuracy:
+        assert again[k] == pytest.approx(metrics[k], abs=1e-9), k
 
 
 def test_export_loads_in_a_process_without_hydra_or_lightning(movielens_run):
