@@ -169,7 +169,7 @@ def _implicit(df: pd.DataFrame, min_rating: float | None, what: str) -> pd.DataF
 def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
            items: pd.DataFrame | None, text_cols: list[str], tags: pd.DataFrame | None,
            tokenizer: WordTokenizer, min_count: int, max_tokens: int | None,
-           report: dict) -> Prepared:
+           report: dict, untagged: set | None = None) -> Prepared:
     # users: everybody with a training interaction, sorted for a deterministic order
     users = Vocab(sorted(pd.unique(train["user"])))
     # catalog: the item table plus every training item
@@ -229,6 +229,10 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         leak = key.isin(pd.MultiIndex.from_frame(held))
         report["tags_dropped_as_leaks"] = int(leak.sum())
         t = tags[~leak]
+        if untagged:   # held-out cold items: a new item has no user tags yet
+            cold = t["item"].isin(untagged)
+            report["tags_dropped_cold_items"] = int(cold.sum())
+            t = t[~cold]
         t = t[t["item"].isin(set(item_vocab.ids))]
         joined = t.groupby("item")["tag"].apply(lambda x: " ".join(map(str, x)))
         for n, txt in zip(item_vocab.index(joined.index), joined.tolist()):
@@ -296,9 +300,12 @@ def prepare_movielens(path: str, min_rating: float | None = None, use_tags: bool
                              "item": _clean_ids(t["movieId"], "tags.csv"),
                              "tag": t["tag"].fillna("").astype(str)})
     df = _dedupe(_implicit(ratings, min_rating, "ratings.csv"), "ratings.csv", report)
-    tr, va, te = _split(df, split or {"kind": "random", "valid": 0.1, "test": 0.1, "seed": 2026})
+    split = split or {"kind": "random", "valid": 0.1, "test": 0.1, "seed": 2026}
+    tr, va, te = _split(df, split)
     tok, mc, ms = _tokenizer(tokens or {"prefix_fields": ["genres"], "min_count": 2})
-    return _build(tr, va, te, items, ["title", "genres"], tags, tok, mc, ms, report)
+    # cold-item protocol: the held-out items lose all user tags, not only the held-out pairs'
+    untagged = set(te["item"]) - set(tr["item"]) - set(va["item"]) if split.get("kind") == "colditems" else None
+    return _build(tr, va, te, items, ["title", "genres"], tags, tok, mc, ms, report, untagged)
 
 
 def prepare_files(interactions: str | None = None, train: str | None = None,

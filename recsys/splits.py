@@ -75,4 +75,26 @@ def temporal_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed
     return label
 
 
-SPLITS = {"random": random_split, "leave_last": leave_last_split, "temporal": temporal_split}
+def cold_items_split(df: pd.DataFrame, cold: float = 0.1, valid: float = 0.1, test: float = 0.1,
+                     seed: int = 0) -> np.ndarray:
+    """Cold-item protocol: a seeded `cold` fraction of the distinct items is held out entirely,
+    every interaction with them goes to test (none to train or valid), so they can only be
+    recommended from their content. The other rows are split per user at random (valid, test),
+    so test also holds warm items and the warm/cold slices are measured on the same users."""
+    if not 0 < cold < 1:
+        raise ValueError(f"data.split.cold={cold} must be in (0, 1)")
+    _check_ratios(valid, test)
+    rng = np.random.default_rng(seed)
+    codes, uniq = pd.factorize(df["item"].to_numpy(), sort=True)
+    held = np.zeros(len(uniq), dtype=bool)
+    held[rng.choice(len(uniq), int(np.floor(len(uniq) * cold + 0.5)), replace=False)] = True
+    is_cold = held[codes]
+    label = np.full(len(df), TEST, dtype=np.int8)
+    warm = df[~is_cold].reset_index(drop=True)
+    if len(warm):
+        label[~is_cold] = random_split(warm, valid, test, seed + 1)
+    return label
+
+
+SPLITS = {"random": random_split, "leave_last": leave_last_split, "temporal": temporal_split,
+          "colditems": cold_items_split}

@@ -143,3 +143,20 @@ def test_temporal_split_rejects_bad_ratios():
     df = pd.DataFrame({"user": np.arange(10) % 3, "item": np.arange(10), "timestamp": np.arange(10)})
     with pytest.raises(ValueError):
         temporal_split(df, valid=0.6, test=0.6)
+
+
+def test_cold_items_split_holds_out_whole_items():
+    """A seeded fraction of items has every row in test; the rest is split per user."""
+    from recsys.splits import TEST, TRAIN, cold_items_split
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user": rng.integers(0, 50, 3000), "item": rng.integers(0, 200, 3000)}).drop_duplicates()
+    lab = cold_items_split(df, cold=0.2, valid=0.1, test=0.1, seed=5)
+    assert np.array_equal(lab, cold_items_split(df, cold=0.2, valid=0.1, test=0.1, seed=5))
+    per_item = pd.DataFrame({"item": df["item"].to_numpy(), "lab": lab}).groupby("item")["lab"]
+    all_test = per_item.apply(lambda x: bool((x == TEST).all()))
+    n_items = df["item"].nunique()
+    assert all_test.sum() >= round(0.2 * n_items)                # the held-out items (plus rare natural ones)
+    assert all_test.sum() < round(0.2 * n_items) + 10
+    assert (lab == TRAIN).mean() > 0.6                            # warm rows are mostly train
+    with pytest.raises(ValueError, match="cold"):
+        cold_items_split(df, cold=0.0)
