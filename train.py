@@ -123,9 +123,35 @@ def write_per_user(path: str, per_user: dict, prep, buckets) -> None:
     os.replace(tmp, path)
 
 
+def _sha256(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_info(cfg: DictConfig) -> dict:
+    """What is needed to reproduce the run: resolved config, versions, data checksums, seeds."""
+    import platform
+    import recsys
+    files = []
+    d = cfg.data
+    if d.get("path"):
+        files += sorted(os.path.join(d.path, f) for f in os.listdir(d.path) if f.endswith((".csv", ".parquet")))
+    files += [d.get(k) for k in ("interactions", "train", "valid", "test", "items") if d.get(k)]
+    return {"recsys": recsys.__version__, "torch": torch.__version__, "lightning": L.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "seed": int(cfg.seed), "split": OmegaConf.to_container(d.get("split"), resolve=True) if d.get("split") else None,
+            "data_sha256": {os.path.abspath(f): _sha256(f) for f in files if os.path.exists(f)},
+            "config": OmegaConf.to_container(cfg, resolve=True)}
+
+
 def run(cfg: DictConfig) -> dict:
     out = cfg.paths.output_dir
     os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, "run_info.json"), run_info(cfg))
     L.seed_everything(cfg.seed, workers=True)
     prep = hydra.utils.instantiate(cfg.data)
     sets = eval_sets(prep)

@@ -24,9 +24,9 @@ MEMORY = {
     "UserKNN (cosine, k 50)": ["model=userknn"],
     "ItemKNN (cosine, k 100)": ["model=itemknn"],
     "EASE (lambda 200)": ["model=ease"],
-    "blend EASE + content KNN, alpha 0.9": ["model=blend", "model.alpha=0.9"],
-    "blend ItemKNN + content KNN, alpha 0.9": ["model=blend", "model.alpha=0.9", "~model.first",
-                                               "+model.first.kind=itemknn", "+model.first.k=100"],
+    "blend EASE + content KNN (max norm, alpha 0.9)": ["model=blend"],
+    "blend ItemKNN + content KNN (max norm, alpha 0.9)": ["model=blend", "~model.first",
+                                                          "+model.first.kind=itemknn", "+model.first.k=100"],
 }
 LEARNED = {
     "learned content": ["model=content"],
@@ -37,7 +37,7 @@ LEARNED = {
 
 def run(name: str, overrides: list[str], extra: list[str], out_root: str) -> dict:
     slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
-    run_dir = os.path.join(out_root, slug)
+    run_dir = os.path.join(out_root, "_".join(x.replace("=", "-").replace("/", "") for x in extra) or "default", slug)
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *overrides, *extra, f"hydra.run.dir={run_dir}",
            "logger=none", "trainer.enable_progress_bar=false"]
     t0 = time.perf_counter()
@@ -62,14 +62,16 @@ def main():
     if a.only:
         keep = set(a.only.split(","))
         variants = {k: v for k, v in variants.items() if k in keep}
-    print("| model | test NDCG@10 | test Recall@10 | test Recall@20 | wall s | command |")
-    print("|---|---|---|---|---|---|")
+    print("| model | NDCG@10 | Recall@10 | Recall@20 | cold-item Recall@20 | coverage@10 | novelty@10 | wall s | command |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, ov in variants.items():
         m = run(name, ov, a.extra, a.out)
         if "error" in m:
-            print(f"| {name} | — | — | — | — | {m['error']} |", flush=True)
+            print(f"| {name} | — | — | — | — | — | — | — | {m['error']} |", flush=True)
             continue
+        cold = m.get("test/cold_items/recall@20", float("nan"))
         print(f"| {name} | {m['test/ndcg@10']:.4f} | {m['test/recall@10']:.4f} | {m['test/recall@20']:.4f} | "
+              f"{cold:.4f} | {m.get('test/coverage@10', float('nan')):.3f} | {m.get('test/novelty@10', float('nan')):.2f} | "
               f"{m['wall_s']:.0f} | `{m['cmd']}` |", flush=True)
 
 

@@ -54,7 +54,7 @@ def build_memory(prep: Prepared, model: dict, device: str = "cpu"):
     if kind == "blend":
         first = build_memory(prep, model["first"], device)
         second = build_memory(prep, model["second"], device)
-        return Blend(first, second, model.get("alpha", 0.5))
+        return Blend(first, second, model.get("alpha", 0.5), model.get("norm", "zscore"))
     hist_indptr, hist_indices, values = _csr_with_values(prep)
     cfg = MemoryConfig(n_users=prep.n_users, n_items=prep.n_items, **model)
     return MemoryScorer.fit(cfg, hist_indptr, hist_indices, values,

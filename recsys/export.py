@@ -157,7 +157,7 @@ def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> torch.nn.Modu
         def sub(prefix):
             return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
         return Blend(model_from_state(cfg["first"], sub("first")), model_from_state(cfg["second"], sub("second")),
-                     cfg["alpha"])
+                     cfg["alpha"], cfg.get("norm", "zscore"))
     if kind in (*KNN_KINDS, "ease", "popularity"):
         return MemoryScorer.from_export(cfg, state)
     scorer = Scorer(ScorerConfig(**cfg), {k: state[k] for k in BUFFERS})

@@ -5,9 +5,14 @@ score_users, forward, hist_* buffers), so they share ranking, evaluation, export
 
 Scores for a chunk of b users (H = the users' training histories as a (b, I) dense block):
 
-    itemknn      s[u, i] = sum_{j in H(u)} x[u, j] W[j, i]   W[j]: item j's top-k item neighbours
-                 (each history item votes for its own k neighbours, as in Deshpande & Karypis
-                 2004 and implicit: work nnz(H) x k, whatever the catalog)
+    itemknn      direction=candidate (default): s[u, i] = sum_{j in H(u) and N_k(i)} x[u, j] sim(i, j),
+                 a candidate sums the similarities of the user's items among its own k
+                 neighbours (Sarwar et al. 2001);
+                 direction=history: s[u, i] = sum_{j in H(u), i in N_k(j)} x[u, j] sim(j, i),
+                 each history item votes for its own k neighbours (Deshpande & Karypis 2004,
+                 implicit). Same W, read in the two directions; on ml-latest-small candidate
+                 ranks better (NDCG@10 0.235 vs 0.168), history costs less (nnz(H) x k products;
+                 candidate: popular items are in many neighbourhoods)
     content_knn  the same with W from the items' TF-IDF token vectors (cold items get neighbours)
     userknn      s[u, i] = sum_{v in N(u)} W[u, v] x[v, i]
     (x = 1 with values=binary, the rating with values=rating)
@@ -42,6 +47,7 @@ class MemoryConfig:
     block_size: int = 256
     max_products: int = 2_000_000   # scalar products materialised at once: bounds the kernel's memory
     dense_ratio: float = DENSE_RATIO  # heavy-column threshold of the sparse kernel (spgemm.py)
+    direction: str = "candidate"  # itemknn / content_knn: candidate | history (see module docstring)
     lam: float = 200.0            # EASE L2 weight
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
 
@@ -78,6 +84,8 @@ class MemoryScorer(nn.Module):
         dev = torch.device(device)
         hist_indptr, hist_indices = hist_indptr.to(dev), hist_indices.to(dev)
         vals = hist_values.to(dev).float() if (hist_values is not None and c.values == "rating") else None
+        if c.direction not in ("candidate", "history"):
+            raise ValueError(f"model.direction={c.direction!r} must be 'candidate' or 'history'")
         if c.values not in ("binary", "rating"):
             raise ValueError(f"model.values={c.values!r} must be 'binary' or 'rating'")
         buffers = {"hist_indptr": hist_indptr, "hist_indices": hist_indices,
@@ -131,17 +139,18 @@ class MemoryScorer(nn.Module):
 
     def item_tables(self) -> dict:
         """The right-hand operands of the scoring products, prepared once per ranking pass:
-        itemknn/content_knn score H @ W (H: histories, W: item neighbours), userknn W_u @ X."""
+        itemknn/content_knn score H @ W^T or H @ W (direction), userknn W_u @ X."""
         c = self.config
         t: dict = {"ws": Workspace()}
         if c.kind in ("itemknn", "content_knn"):
             W = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_items, c.n_items))
-            WT = _t(W)                                                                # (I, I): B in H @ B^T = H @ W
+            # scores = H @ B^T: B = W (candidate direction) or W^T (history direction)
+            B = W if c.direction == "candidate" else _t(W)                            # (I, I)
             pop = torch.bincount(self.hist_indices, minlength=c.n_items)             # (I,) nnz of H's columns
-            heavy = heavy_columns(pop, column_counts(WT), c.n_users, c.n_items, c.dense_ratio)
-            t["WT"] = RightOperand(WT, heavy)
+            heavy = heavy_columns(pop, column_counts(B), c.n_users, c.n_items, c.dense_ratio)
+            t["WT"] = RightOperand(B, heavy)
             if c.normalize:
-                t["absWT"] = RightOperand(_abs(WT), heavy)
+                t["absWT"] = RightOperand(_abs(B), heavy)
         if c.kind == "userknn":
             W = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_users, c.n_users))
             XT = _t(self._hist())                                                     # (I, U)
@@ -184,7 +193,7 @@ class MemoryScorer(nn.Module):
             return s
         if c.kind in ("itemknn", "content_knn"):
             out = _out(out, H.shape[0], c.n_items, H.values())
-            s = tables["WT"].product_bounded(H, out, tables.get("ws"), c.max_products)    # (b, I) = H @ W
+            s = tables["WT"].product_bounded(H, out, tables.get("ws"), c.max_products)    # (b, I)
             if c.normalize:
                 den = tables["absWT"].product_bounded(_ones(H), torch.empty_like(s), tables.get("ws"), c.max_products)
                 s = _normalise(s, den)
@@ -238,6 +247,7 @@ class BlendConfig:
     first: dict
     second: dict
     kind: str = "blend"
+    norm: str = "zscore"          # per-user normalisation of each part: zscore | max
 
     @property
     def variant(self) -> str:
@@ -247,17 +257,26 @@ class BlendConfig:
         return asdict(self)
 
 
-class Blend(nn.Module):
-    """alpha * z_u(first) + (1 - alpha) * z_u(second): the per-user standardised blend of any two
-    scorers (see scorer.py for why z_u). Typically a collaborative model and a content model."""
+BLEND_NORMS = ("zscore", "max")
 
-    def __init__(self, first: nn.Module, second: nn.Module, alpha: float):
+
+class Blend(nn.Module):
+    """alpha * n_u(first) + (1 - alpha) * n_u(second), n_u a per-user normalisation over the
+    catalog, for any two scorers (typically a collaborative model and a content model):
+
+    zscore  (s - mean_u) / std_u, as in the learned hybrid (scorer.py): right for dense scores;
+    max     s / max_u |s|: right for sparse scores such as KNN votes, where most items score 0
+            and the z-score of the few voted items is huge (it would swamp the other part)."""
+
+    def __init__(self, first: nn.Module, second: nn.Module, alpha: float, norm: str = "zscore"):
         super().__init__()
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"model.alpha={alpha} is outside [0, 1]")
+        if norm not in BLEND_NORMS:
+            raise ValueError(f"model.norm={norm!r} is not one of {BLEND_NORMS}")
         self.first, self.second = first, second
         self.config = BlendConfig(first.config.n_users, first.config.n_items, float(alpha),
-                                  first.config.to_json(), second.config.to_json())
+                                  first.config.to_json(), second.config.to_json(), norm=norm)
 
     @property
     def hist_indptr(self) -> torch.Tensor:
@@ -271,10 +290,16 @@ class Blend(nn.Module):
         return {"first": self.first.item_tables(), "second": self.second.item_tables()}
 
     def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
-        from .scorer import Scorer
         a = self.config.alpha
-        return (a * Scorer.standardise(self.first.score_users(users, tables["first"]))
-                + (1 - a) * Scorer.standardise(self.second.score_users(users, tables["second"])))
+        return (a * self._norm(self.first.score_users(users, tables["first"]))
+                + (1 - a) * self._norm(self.second.score_users(users, tables["second"])))
+
+    def _norm(self, s: torch.Tensor) -> torch.Tensor:
+        if self.config.norm == "max":
+            top = s.abs().amax(dim=1, keepdim=True)                                  # (b, 1)
+            return s / torch.where(top > 0, top, torch.ones_like(top))
+        from .scorer import Scorer
+        return Scorer.standardise(s)
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         return self.score_users(users, self.item_tables())

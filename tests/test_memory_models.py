@@ -66,15 +66,16 @@ def test_ease_refuses_a_catalog_past_max_items():
         MemoryScorer.fit(MemoryConfig("ease", 2, 50, max_items=10), torch.tensor([0, 1, 2]), torch.tensor([0, 1]))
 
 
-def test_itemknn_scores_equal_the_sum_over_history_of_neighbour_similarities():
-    """s[u, i] = sum_{j in H(u)} x[u, j] W[j, i] with W[j] the top-k cosine neighbours of j (dense
-    reference; real-valued entries so no two similarities tie)."""
+@pytest.mark.parametrize("direction", ["candidate", "history"])
+def test_itemknn_scores_equal_the_sum_over_history_of_neighbour_similarities(direction):
+    """candidate: s[u, i] = sum_j x[u, j] W[i, j]; history: sum_j x[u, j] W[j, i]; W[a] the top-k
+    cosine neighbours of a (dense reference; real-valued entries so no two similarities tie)."""
     rng = np.random.default_rng(1)
     X = (rng.random((10, 8)) < 0.4) * rng.uniform(1, 5, (10, 8))
     pairs = np.argwhere(X > 0)
     indptr = torch.from_numpy(np.concatenate([[0], np.cumsum((X > 0).sum(1))]).astype(np.int64))
     k = 3
-    model = MemoryScorer.fit(MemoryConfig("itemknn", 10, 8, k=k, values="rating"), indptr,
+    model = MemoryScorer.fit(MemoryConfig("itemknn", 10, 8, k=k, values="rating", direction=direction), indptr,
                              torch.from_numpy(pairs[:, 1]), torch.from_numpy(X[X > 0]))
     n = np.linalg.norm(X, axis=0)
     S = (X.T @ X) / np.where(np.outer(n, n) > 0, np.outer(n, n), 1)
@@ -83,7 +84,8 @@ def test_itemknn_scores_equal_the_sum_over_history_of_neighbour_similarities():
     for i in range(8):
         nb = np.argsort(-S[i], kind="stable")[:k]
         W[i, nb] = np.where(S[i, nb] > 0, S[i, nb], 0)
-    np.testing.assert_allclose(model(torch.arange(10)).double().numpy(), X @ W, atol=1e-5)
+    want = X @ W.T if direction == "candidate" else X @ W
+    np.testing.assert_allclose(model(torch.arange(10)).double().numpy(), want, atol=1e-5)
     assert not np.allclose(X @ W, X @ W.T)    # the direction matters on this data
 
 
@@ -107,18 +109,42 @@ def test_chunked_equals_unchunked_and_export_round_trips(kind, tmp_path, tiny_fi
     assert ids.tolist() == np.asarray(prep.items.ids, dtype=object)[ref_i[:3].numpy()].tolist()
 
 
-def test_blend_alpha_one_and_zero_rank_like_each_part(tiny_files):
+@pytest.mark.parametrize("norm", ["zscore", "max"])
+def test_blend_alpha_one_and_zero_rank_like_each_part(tiny_files, norm):
     """alpha = 1 ranks exactly like the first model, alpha = 0 like the second."""
     prep = prepare_files(train=tiny_files["train"], test=tiny_files["test"], items=tiny_files["items"])
     a = build_memory(prep, {"kind": "itemknn", "k": 10})
     b = build_memory(prep, {"kind": "content_knn", "k": 10})
     users = torch.arange(prep.n_users)
     for alpha, part in ((1.0, a), (0.0, b)):
-        blend = Blend(a, b, alpha)
+        blend = Blend(a, b, alpha, norm)
         np.testing.assert_array_equal(torch.argsort(blend(users), dim=1, stable=True).numpy()[:, -5:],
                                       torch.argsort(part(users), dim=1, stable=True).numpy()[:, -5:])
     with pytest.raises(ValueError, match="alpha"):
         Blend(a, b, 1.5)
+    with pytest.raises(ValueError, match="norm"):
+        Blend(a, b, 0.5, "rank")
+
+
+def test_blend_max_norm_hand_computed():
+    """norm=max divides each part by the user's largest absolute score: known answer."""
+    class Fixed(torch.nn.Module):
+        def __init__(self, S):
+            super().__init__()
+            self.S = S
+            self.config = MemoryConfig("popularity", S.shape[0], S.shape[1])
+            self.hist_indptr = torch.zeros(S.shape[0] + 1, dtype=torch.long)
+
+        def item_tables(self):
+            return {}
+
+        def score_users(self, users, tables):
+            return self.S[users]
+    a = Fixed(torch.tensor([[2.0, -4.0, 0.0], [0.0, 0.0, 0.0]]))
+    b = Fixed(torch.tensor([[0.0, 10.0, 5.0], [1.0, 0.0, 0.0]]))
+    got = Blend(a, b, 0.25, "max")(torch.arange(2))
+    want = torch.tensor([[0.25 * 0.5, 0.25 * -1 + 0.75 * 1, 0.75 * 0.5], [0.75, 0.0, 0.0]])
+    torch.testing.assert_close(got, want)
 
 
 def test_rating_values_change_itemknn(tiny_files):
@@ -142,3 +168,17 @@ def test_product_budget_cuts_blocks_without_changing_the_result(similarity):
     got = topk_neighbours(X, similarity, k=4, block_size=1000, max_products=1)
     assert torch.equal(got.crow_indices(), ref.crow_indices())
     torch.testing.assert_close(got.values(), ref.values(), atol=1e-6, rtol=0)
+
+
+def test_blend_export_round_trip_keeps_norm(tmp_path, tiny_files):
+    """A blend (with norm=max) reloads from its export to identical scores and config."""
+    prep = prepare_files(train=tiny_files["train"], test=tiny_files["test"], items=tiny_files["items"])
+    blend = build_memory(prep, {"kind": "blend", "alpha": 0.7, "norm": "max",
+                                "first": {"kind": "itemknn", "k": 10}, "second": {"kind": "content_knn", "k": 10}})
+    sets = eval_sets(prep)
+    path = save_export(str(tmp_path / "export"), blend, prep.users, prep.items, prep.tokens, prep.tokenizer,
+                       sets["test_seen"], torch.from_numpy(prep.bags.idf))
+    rec = Recommender.from_pretrained(path)
+    assert rec.scorer.config.norm == "max" and rec.scorer.config.alpha == 0.7
+    users = torch.arange(prep.n_users)
+    assert torch.equal(rec.scorer(users), blend(users))

@@ -63,6 +63,11 @@ def test_run_writes_metrics_export_split_and_tensorboard(movielens_run):
         assert scalars[name] == [pytest.approx(saved[name], rel=1e-5)], name
     assert saved["test/cold_items/users"] > 0              # the default split has cold test items
     assert sum(saved[f"test/hist_{b}/users"] for b in ("1-5", "6-20", "21+")) == saved["test/users"]
+    # what reproduces the run
+    info = json.load(open(os.path.join(out, "run_info.json")))
+    assert info["seed"] == 2026 and info["split"]["seed"] == 2026 and info["torch"]
+    assert any(p.endswith("ratings.csv") and len(h) == 64 for p, h in info["data_sha256"].items())
+    assert info["config"]["model"]["variant"] == "hybrid"
     # per-user metrics for paired comparisons
     import pandas as pd
     per = pd.read_csv(os.path.join(out, "per_user.csv"))

@@ -123,3 +123,17 @@ def test_report_slices_equal_separate_evaluations():
         assert rep[f"test/hist_{labels[b]}/users"] == float(sel.sum())
         if sel.any():
             assert rep[f"test/hist_{labels[b]}/ndcg@10"] == pytest.approx(float(per["ndcg@10"][sel].double().mean()))
+
+
+def test_worked_example_of_docs_metrics():
+    """The worked example table of docs/metrics.md: T = {B, D}, list A B C D E."""
+    from recsys.metrics import per_user_metrics
+    m = per_user_metrics(torch.tensor([[False, True, False, True, False]]), torch.tensor([2]), [3, 5])
+    want = {"recall@3": 0.5, "precision@3": 1 / 3, "hit@3": 1, "mrr@3": 0.5,
+            "ndcg@3": (1 / math.log2(3)) / (1 + 1 / math.log2(3)), "map@3": 0.25,
+            "recall@5": 1, "precision@5": 0.4, "hit@5": 1, "mrr@5": 0.5,
+            "ndcg@5": (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)), "map@5": 0.5}
+    for k, v in want.items():
+        assert float(m[k][0]) == pytest.approx(v, abs=1e-12), k
+    assert float(m["ndcg@3"][0]) == pytest.approx(0.3869, abs=1e-4)
+    assert float(m["ndcg@5"][0]) == pytest.approx(0.6509, abs=1e-4)
