@@ -191,3 +191,15 @@ def test_closed_form_models_run_through_the_cli(model, tiny_files, tmp_path):
     rec = Recommender.from_pretrained(str(run_dir / "export"))
     ids, _ = rec.recommend("u1", k=3)
     assert len(ids) == 3
+
+
+def test_same_seed_same_metrics_on_the_cpu(movielens_run, tmp_path):
+    """The same config and seed give identical metrics in a second run (CPU)."""
+    from tests.conftest import compose_train
+    import train
+    _, first = movielens_run
+    again = train.run(compose_train([*FAST, "trainer.max_epochs=2", "logger=none"], str(tmp_path)))
+    keys = [k for k in first if k.startswith(("test/", "best/"))]
+    assert len(keys) > 20
+    for k in keys:
+        assert again[k] == first[k], k
