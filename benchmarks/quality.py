@@ -24,8 +24,8 @@ MEMORY = {
     "UserKNN (cosine, k 50)": ["model=userknn"],
     "ItemKNN (cosine, k 100)": ["model=itemknn"],
     "EASE (lambda 200)": ["model=ease"],
-    "blend EASE + content KNN (max norm, alpha 0.9)": ["model=blend"],
-    "blend ItemKNN + content KNN (max norm, alpha 0.9)": ["model=blend", "~model.first",
+    "blend EASE + content KNN (max norm, alpha 0.8)": ["model=blend"],
+    "blend ItemKNN + content KNN (max norm, alpha 0.8)": ["model=blend", "~model.first",
                                                           "+model.first.kind=itemknn", "+model.first.k=100"],
 }
 LEARNED = {
@@ -54,13 +54,13 @@ def run(name: str, overrides: list[str], extra: list[str], out_root: str) -> dic
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--learned", action="store_true", help="also train the learned variants")
-    ap.add_argument("--only", help="comma-separated subset of variant names")
+    ap.add_argument("--only", help='subset of variant names, separated by |')
     ap.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every run")
     ap.add_argument("--out", default=os.path.join(ROOT, "outputs", "quality"))
     a = ap.parse_args()
     variants = {**MEMORY, **(LEARNED if a.learned else {})}
     if a.only:
-        keep = set(a.only.split(","))
+        keep = set(a.only.split("|"))
         variants = {k: v for k, v in variants.items() if k in keep}
     print("| model | NDCG@10 | Recall@10 | Recall@20 | cold-item Recall@20 | coverage@10 | novelty@10 | wall s | command |")
     print("|---|---|---|---|---|---|---|---|---|")
