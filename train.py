@@ -14,8 +14,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.build import build_memory, build_scorer, eval_sets, report_context
-from recsys.evaluation import evaluate, evaluate_report, format_table
+from recsys.build import build_memory, build_scorer, eval_sets, new_user_sets, report_context
+from recsys.evaluation import evaluate, evaluate_histories, evaluate_report, format_table
 from recsys.export import save_export, write_json_atomic
 from recsys.training import RecsysModule, train_loader, user_loader
 
@@ -82,6 +82,14 @@ def final_report(cfg: DictConfig, scorer, prep, sets, loggers, logged=()) -> tup
     report, per_user = evaluate_report(scorer, tuple(t.to(device) for t in sets["test_target"]),
                                        tuple(t.to(device) for t in sets["test_seen"]), list(cfg.ks),
                                        cfg.eval_chunk, "test/", **ctx)
+    new = new_user_sets(prep)
+    if new is not None:   # new-user protocol: scored from their given history, no retraining
+        try:
+            more, _ = evaluate_histories(scorer, tuple(t.to(device) for t in new["given"]),
+                                         tuple(t.to(device) for t in new["target"]), list(cfg.ks), cfg.eval_chunk)
+            report.update(more)
+        except ValueError as e:       # userknn: neighbourhoods are between known users
+            log.warning("new users not evaluated: %s", e)
     scorer.cpu()
     for lg in loggers:
         lg.log_metrics({k: v for k, v in report.items() if k not in logged}, step=0)

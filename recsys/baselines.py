@@ -30,5 +30,8 @@ class Popularity(nn.Module):
     def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
         return tables["counts"].expand(len(users), -1).clone()   # (B, I)
 
+    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
+        return tables["counts"].expand(H.shape[0], -1).clone()   # (b, I): the same for anybody
+
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         return self.score_users(users, self.item_tables())

@@ -84,3 +84,11 @@ def report_context(prep: Prepared, history_buckets: list[int] | None = (5, 20), 
                                              torch.from_numpy(prep.bags.weights), len(prep.tokens)),
                    "head_share": float(head_share)},
     }
+
+
+def new_user_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """CSR given histories and targets of the new-user protocol's users (None without it)."""
+    if prep.new_users is None:
+        return None
+    n = len(prep.new_users)
+    return {"given": csr(prep.new_given, n), "target": csr(prep.new_target, n)}

@@ -27,7 +27,7 @@ import pandas as pd
 
 from .content import TokenBags, tfidf_bags
 from .io import DataError, read_table, require_columns
-from .splits import SPLITS, TEST, TRAIN, VALID
+from .splits import NEW_GIVEN, NEW_TARGET, SPLITS, TEST, TRAIN, VALID
 from .tokenize import WordTokenizer
 from .vocab import Vocab
 
@@ -47,6 +47,12 @@ class Prepared:
     item_titles: list[str]     # a readable label per item (first text field)
     report: dict = field(default_factory=dict)
     train_ratings: np.ndarray | None = None   # (N_train,) float32 rating of each train pair, if given
+    # new-user protocol (data.split.kind=newusers): users never seen in training, their given
+    # history (handed to the model at inference) and their held-out targets, (N, 2) int64 pairs
+    # of (new-user index, item index)
+    new_users: Vocab | None = None
+    new_given: np.ndarray | None = None
+    new_target: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -169,7 +175,7 @@ def _implicit(df: pd.DataFrame, min_rating: float | None, what: str) -> pd.DataF
 def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
            items: pd.DataFrame | None, text_cols: list[str], tags: pd.DataFrame | None,
            tokenizer: WordTokenizer, min_count: int, max_tokens: int | None,
-           report: dict, untagged: set | None = None) -> Prepared:
+           report: dict, untagged: set | None = None, new_parts: dict | None = None) -> Prepared:
     # users: everybody with a training interaction, sorted for a deterministic order
     users = Vocab(sorted(pd.unique(train["user"])))
     # catalog: the item table plus every training item
@@ -227,6 +233,8 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         held = pd.concat([valid[["user", "item"]], test[["user", "item"]]])
         key = pd.MultiIndex.from_frame(tags[["user", "item"]])
         leak = key.isin(pd.MultiIndex.from_frame(held))
+        if new_parts:   # new users are not in the system at training time: none of their tags
+            leak |= tags["user"].isin(set(new_parts["given"]["user"]) | set(new_parts["target"]["user"])).to_numpy()
         report["tags_dropped_as_leaks"] = int(leak.sum())
         t = tags[~leak]
         if untagged:   # held-out cold items: a new item has no user tags yet
@@ -246,6 +254,8 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     bags = tfidf_bags(docs, tokens)
     prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
                     bags, titles, report, ratings)
+    if new_parts:
+        _add_new_users(prep, new_parts, report)
     report.update(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(tokens),
                   n_train=len(tr), n_valid=len(parts["valid"]), n_test=len(parts["test"]),
                   n_cold_items=int((~prep.item_warm()).sum()))
@@ -253,13 +263,37 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     return prep
 
 
-def _split(df: pd.DataFrame, split: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _add_new_users(prep: Prepared, new_parts: dict, report: dict) -> None:
+    """The new-user protocol's users: their own vocabulary (never the training one), given
+    history and targets as index pairs; items outside the catalog are dropped and counted."""
+    g, t = new_parts["given"], new_parts["target"]
+    vocab = Vocab(sorted(set(g["user"]) | set(t["user"])))
+    out = {}
+    for what, df in (("given", g), ("target", t)):
+        i = prep.items.index(df["item"], missing="drop_flag")
+        if (i < 0).any():
+            report[f"new_{what}_rows_unknown_item"] = int((i < 0).sum())
+        u = vocab.index(df["user"])
+        out[what] = np.stack([u[i >= 0], i[i >= 0]], axis=1).astype(np.int64)
+    prep.new_users, prep.new_given, prep.new_target = vocab, out["given"], out["target"]
+    report.update(n_new_users=len(vocab), n_new_given=len(out["given"]), n_new_target=len(out["target"]))
+
+
+def _split(df: pd.DataFrame, split: dict, new_parts: dict | None = None
+           ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, valid, test) frames; the new-user protocol's given/target frames go into
+    new_parts (when given) as "given" and "target"."""
     split = dict(split)
     kind = split.pop("kind", "random")
     if kind not in SPLITS:
         raise DataError(f"data.split.kind={kind!r} is not one of {sorted(SPLITS)}")
-    label = SPLITS[kind](df.reset_index(drop=True), **split)
+    try:
+        label = SPLITS[kind](df.reset_index(drop=True), **split)
+    except TypeError as e:
+        raise DataError(f"data.split: {e}") from None
     df = df.reset_index(drop=True)
+    if new_parts is not None and (label >= NEW_GIVEN).any():
+        new_parts["given"], new_parts["target"] = df[label == NEW_GIVEN], df[label == NEW_TARGET]
     return df[label == TRAIN], df[label == VALID], df[label == TEST]
 
 
@@ -301,11 +335,12 @@ def prepare_movielens(path: str, min_rating: float | None = None, use_tags: bool
                              "tag": t["tag"].fillna("").astype(str)})
     df = _dedupe(_implicit(ratings, min_rating, "ratings.csv"), "ratings.csv", report)
     split = split or {"kind": "random", "valid": 0.1, "test": 0.1, "seed": 2026}
-    tr, va, te = _split(df, split)
+    new_parts: dict = {}
+    tr, va, te = _split(df, split, new_parts)
     tok, mc, ms = _tokenizer(tokens or {"prefix_fields": ["genres"], "min_count": 2})
     # cold-item protocol: the held-out items lose all user tags, not only the held-out pairs'
     untagged = set(te["item"]) - set(tr["item"]) - set(va["item"]) if split.get("kind") == "colditems" else None
-    return _build(tr, va, te, items, ["title", "genres"], tags, tok, mc, ms, report, untagged)
+    return _build(tr, va, te, items, ["title", "genres"], tags, tok, mc, ms, report, untagged, new_parts)
 
 
 def prepare_files(interactions: str | None = None, train: str | None = None,
@@ -328,7 +363,8 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
     if interactions is not None:
         if train is not None or test is not None:
             raise DataError("give either data.interactions or data.train/data.test, not both")
-        tr, va, te = _split(load(interactions, "interactions"), split or {"kind": "random"})
+        new_parts: dict = {}
+        tr, va, te = _split(load(interactions, "interactions"), split or {"kind": "random"}, new_parts)
     elif train is not None and test is not None:
         tr, te = load(train, "train"), load(test, "test")
         if valid is not None:
@@ -342,4 +378,5 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
         item_df = read_items(items, items_item_col or item_col, text_cols, encoding)
         text_cols = [c for c in item_df.columns if c != "item"]
     tok, mc, ms = _tokenizer(tokens)
-    return _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report)
+    return _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report,
+                  new_parts=new_parts if interactions is not None else None)

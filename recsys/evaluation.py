@@ -55,6 +55,39 @@ def evaluate(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, prefix: 
     return acc.compute(prefix), per_user
 
 
+@torch.no_grad()
+def evaluate_histories(scorer, given, target, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/new_users/"
+                       ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The new-user protocol: users outside the model's vocabulary, each scored from the
+    history `given` hands it at inference time (scorer.score_histories, no retraining), that
+    history masked, ranked against the whole catalog, measured on `target`. given/target: CSR
+    (indptr, indices) over the new users."""
+    from .ranking import mask_seen, topk_rows
+    from .similarity import select_rows
+    ks = sorted(ks)
+    n_items = scorer.config.n_items
+    users = users_with_targets(target[0])
+    H_all = torch.sparse_csr_tensor(given[0], given[1], torch.ones(len(given[1]), device=given[1].device),
+                                    (len(given[0]) - 1, n_items))
+    tables = scorer.item_tables()
+    acc, per = MetricSums(), {}
+    for start in range(0, len(users), chunk_size):
+        u = users[start:start + chunk_size]
+        s = scorer.score_histories(select_rows(H_all, u), tables)               # (b, I)
+        mask_seen(s, u, *given)
+        _, top = topk_rows(s, max(ks))
+        hits, n_t = hits_matrix(top, u, *target, n_items)
+        m = per_user_metrics(hits, n_t, ks)
+        acc.update(m)
+        for name, v in m.items():
+            per.setdefault(name, []).append(v.cpu())
+    out = acc.compute(prefix)
+    out[f"{prefix}users"] = float(len(users))
+    per_user = {name: torch.cat(v) for name, v in per.items()}
+    per_user["user"] = users.cpu()
+    return out, per_user
+
+
 def restrict_target(target: tuple[torch.Tensor, torch.Tensor], keep_item: torch.Tensor):
     """The CSR target (indptr, indices) keeping only entries whose item has keep_item[item]."""
     indptr, indices = target

@@ -294,6 +294,12 @@ class Blend(nn.Module):
         return (a * self._norm(self.first.score_users(users, tables["first"]))
                 + (1 - a) * self._norm(self.second.score_users(users, tables["second"])))
 
+    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
+        """Histories of any users ((b, I) sparse CSR) -> (b, I), if both parts can score them."""
+        a = self.config.alpha
+        return (a * self._norm(self.first.score_histories(H, tables["first"]))
+                + (1 - a) * self._norm(self.second.score_histories(H, tables["second"])))
+
     def _norm(self, s: torch.Tensor) -> torch.Tensor:
         if self.config.norm == "max":
             top = s.abs().amax(dim=1, keepdim=True)                                  # (b, 1)

@@ -179,7 +179,50 @@ class Scorer(nn.Module):
 
     def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
         """(B,) user indices -> (B, I) scores against the whole catalog."""
-        parts = self.component_scores(users, tables)
+        return self._combine(self.component_scores(users, tables))
+
+    def fold_in(self, H: torch.Tensor, V: torch.Tensor, lam: float = 1.0, sub: int = 64) -> torch.Tensor:
+        """User vectors for histories H ((b, I) sparse CSR) against fixed item vectors V (I, D):
+        the ridge least-squares fit u = argmin sum_{j in H} (1 - u . v_j)^2 + lam |u|^2, i.e.
+        u = (V_H^T V_H + lam I)^-1 V_H^T 1 (one D x D solve per user, no retraining; an empty
+        history gives u = 0). Padded per `sub` users: memory sub x max history x D floats."""
+        crow, col = H.crow_indices(), H.col_indices()
+        b, D = H.shape[0], V.shape[1]
+        out = torch.zeros(b, D, dtype=V.dtype, device=V.device)
+        eye = lam * torch.eye(D, dtype=V.dtype, device=V.device)
+        for s0 in range(0, b, sub):
+            s1 = min(b, s0 + sub)
+            rows = torch.arange(s0, s1, device=crow.device)
+            lens = crow[rows + 1] - crow[rows]
+            L = int(lens.max()) if len(lens) else 0
+            if L == 0:
+                continue
+            pos, row_of = gather_rows(crow, rows)
+            within = pos - crow[rows][row_of]
+            Vp = torch.zeros(s1 - s0, L, D, dtype=V.dtype, device=V.device)            # (b', L, D)
+            Vp[row_of, within] = V[col[pos]]
+            G = Vp.transpose(1, 2) @ Vp + eye                                           # (b', D, D)
+            out[s0:s1] = torch.linalg.solve(G, Vp.sum(1))
+        return out
+
+    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
+        """(b, I) sparse CSR histories of users who need not be in the vocabulary -> (b, I)
+        scores, without retraining: the content profile is the mean content vector of the
+        history's items (exactly as for a known user); the collaborative vector is folded in
+        (fold_in) against the trained item vectors."""
+        rows = torch.arange(H.shape[0], device=H.crow_indices().device)
+        parts = {}
+        if self.config.uses_cf:
+            V = tables["V"]
+            parts["cf"] = self.fold_in(H, V) @ V.T
+            if tables["b"] is not None:
+                parts["cf"] = parts["cf"] + tables["b"]
+        if self.config.uses_content:
+            C = tables["C"]
+            parts["content"] = self.profile_from_items(H.crow_indices(), H.col_indices(), rows, C) @ C.T
+        return self._combine(parts)
+
+    def _combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         if "cf" in parts:
             parts["cf"] = self.neutralise_cold(parts["cf"])
         if self.config.variant == "collaborative":

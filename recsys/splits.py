@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 TRAIN, VALID, TEST = 0, 1, 2
+NEW_GIVEN, NEW_TARGET = 3, 4     # new-user protocol: history given at inference / held-out target
 
 
 def _rank_within_user(df: pd.DataFrame, key: np.ndarray):
@@ -96,5 +97,34 @@ def cold_items_split(df: pd.DataFrame, cold: float = 0.1, valid: float = 0.1, te
     return label
 
 
+def new_users_split(df: pd.DataFrame, new: float = 0.1, given: float = 0.5, valid: float = 0.1,
+                    test: float = 0.1, seed: int = 0) -> np.ndarray:
+    """New-user protocol: a seeded `new` fraction of the users is held out of training entirely.
+    Each new user's rows are split at random into NEW_GIVEN (a `given` share, at least one row:
+    the history handed to the model at inference time, no retraining) and NEW_TARGET (the rest,
+    at least one row when the user has two or more). The other users are split per user at
+    random (valid, test) as usual."""
+    if not 0 < new < 1:
+        raise ValueError(f"data.split.new={new} must be in (0, 1)")
+    if not 0 < given < 1:
+        raise ValueError(f"data.split.given={given} must be in (0, 1)")
+    _check_ratios(valid, test)
+    rng = np.random.default_rng(seed)
+    codes, uniq = pd.factorize(df["user"].to_numpy(), sort=True)
+    held = np.zeros(len(uniq), dtype=bool)
+    held[rng.choice(len(uniq), int(np.floor(len(uniq) * new + 0.5)), replace=False)] = True
+    is_new = held[codes]
+    label = np.empty(len(df), dtype=np.int8)
+    old = df[~is_new].reset_index(drop=True)
+    if len(old):
+        label[~is_new] = random_split(old, valid, test, seed + 1)
+    if is_new.any():
+        sub = df[is_new].reset_index(drop=True)
+        c, n, pos = _rank_within_user(sub, rng.random(len(sub)))
+        n_given = np.clip(np.floor(n * given + 0.5).astype(np.int64), 1, np.maximum(n - 1, 1))
+        label[is_new] = np.where(pos < n_given[c], NEW_GIVEN, NEW_TARGET)
+    return label
+
+
 SPLITS = {"random": random_split, "leave_last": leave_last_split, "temporal": temporal_split,
-          "colditems": cold_items_split}
+          "colditems": cold_items_split, "newusers": new_users_split}

@@ -203,3 +203,13 @@ def test_same_seed_same_metrics_on_the_cpu(movielens_run, tmp_path):
     assert len(keys) > 20
     for k in keys:
         assert again[k] == first[k], k
+
+
+def test_new_user_protocol_through_the_cli(tmp_path):
+    """experiment=newusers: train.py reports test/new_users/* for the held-out users."""
+    from tests.conftest import compose_train
+    import train
+    m = train.run(compose_train(["experiment=newusers", "model=itemknn", "model.k=20", "logger=none"], str(tmp_path)))
+    assert m["test/new_users/users"] == 61
+    assert 0 < m["test/new_users/ndcg@10"] <= 1
+    assert m["data"]["n_new_users"] == 61

@@ -1,0 +1,116 @@
+"""The new-user protocol: held-out users never reach training, and every scorer scores a
+history it is handed at inference exactly as it scores a known user with that history."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys.build import build_memory, build_scorer, eval_sets, new_user_sets
+from recsys.data import prepare_movielens
+from recsys.evaluation import evaluate_histories
+from recsys.similarity import select_rows
+from recsys.splits import NEW_GIVEN, NEW_TARGET, new_users_split
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLIT = {"kind": "newusers", "new": 0.1, "given": 0.5, "valid": 0.1, "test": 0.1, "seed": 3}
+
+
+def test_new_users_split_labels():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user": rng.integers(0, 100, 4000), "item": rng.integers(0, 300, 4000)}).drop_duplicates()
+    lab = new_users_split(df, new=0.2, given=0.3, seed=1)
+    assert np.array_equal(lab, new_users_split(df, new=0.2, given=0.3, seed=1))
+    by_user = pd.DataFrame({"user": df["user"].to_numpy(), "lab": lab}).groupby("user")["lab"]
+    new = by_user.apply(lambda x: bool((x >= NEW_GIVEN).all()))
+    assert new.sum() == 20                                              # 20% of 100 users
+    assert not by_user.apply(lambda x: bool((x >= NEW_GIVEN).any() and (x < NEW_GIVEN).any())).any()
+    for u in new[new].index:
+        x = by_user.get_group(u).to_numpy()
+        assert (x == NEW_GIVEN).sum() >= 1 and (x == NEW_TARGET).sum() >= 1
+
+
+@pytest.fixture(scope="module")
+def prep():
+    return prepare_movielens(os.path.join(ROOT, "data", "ml-latest-small"), split=SPLIT)
+
+
+def test_new_users_never_reach_training(prep):
+    """No new user is in the training vocabulary, none of their ratings is in train/valid/test,
+    and every tag they wrote is dropped from the item text."""
+    assert prep.new_users is not None and len(prep.new_users) == 61
+    assert not set(prep.new_users.ids) & set(prep.users.ids)
+    assert len(prep.new_given) > 0 and len(prep.new_target) > 0
+    tags = pd.read_csv(os.path.join(ROOT, "data", "ml-latest-small", "tags.csv"))
+    by_new = int(tags["userId"].isin(set(prep.new_users.ids)).sum())
+    assert by_new > 0 and prep.report["tags_dropped_as_leaks"] >= by_new
+
+
+KINDS = [{"kind": "itemknn", "k": 20}, {"kind": "itemknn", "k": 20, "direction": "history"},
+         {"kind": "content_knn", "k": 20}, {"kind": "ease", "lam": 100.0}, {"kind": "popularity"},
+         {"kind": "blend", "alpha": 0.7, "norm": "max", "first": {"kind": "itemknn", "k": 20},
+          "second": {"kind": "content_knn", "k": 20}}]
+
+
+@pytest.mark.parametrize("model", KINDS, ids=lambda m: m["kind"] + m.get("direction", ""))
+def test_history_scores_equal_known_user_scores_memory(prep, model):
+    """Handing a known user's own training history to score_histories gives its score_users."""
+    scorer = build_memory(prep, model)
+    users = torch.arange(0, prep.n_users, 37)
+    tables = scorer.item_tables()
+    H = torch.sparse_csr_tensor(scorer.hist_indptr, scorer.hist_indices,
+                                torch.ones(len(scorer.hist_indices)), (prep.n_users, prep.n_items))
+    torch.testing.assert_close(scorer.score_histories(select_rows(H, users), tables),
+                               scorer.score_users(users, tables), atol=1e-5, rtol=1e-5)
+
+
+def test_history_scores_equal_known_user_scores_learned_content(prep):
+    torch.manual_seed(0)
+    scorer = build_scorer(prep, variant="content", dim=16)
+    users = torch.arange(0, prep.n_users, 37)
+    tables = scorer.item_tables()
+    H = torch.sparse_csr_tensor(scorer.hist_indptr, scorer.hist_indices,
+                                torch.ones(len(scorer.hist_indices)), (prep.n_users, prep.n_items))
+    torch.testing.assert_close(scorer.score_histories(select_rows(H, users), tables),
+                               scorer.score_users(users, tables), atol=1e-5, rtol=1e-5)
+
+
+def test_fold_in_known_answer(prep):
+    """Orthonormal item vectors: u = (V_H^T V_H + lam I)^-1 V_H^T 1 puts 1 / (1 + lam) on the
+    history's items and 0 elsewhere; an empty history gives 0."""
+    scorer = build_scorer(prep, variant="collaborative", dim=8)
+    V = torch.eye(8)
+    H = torch.tensor([[1, 0, 1, 0, 0, 0, 0, 0], [0] * 8, [0, 0, 0, 0, 0, 0, 0, 1]], dtype=torch.float32).to_sparse_csr()
+    u = scorer.fold_in(H, V, lam=1.0, sub=2)
+    want = torch.tensor([[0.5, 0, 0.5, 0, 0, 0, 0, 0], [0] * 8, [0, 0, 0, 0, 0, 0, 0, 0.5]])
+    torch.testing.assert_close(u, want)
+
+
+@pytest.mark.parametrize("variant", ["collaborative", "hybrid"])
+def test_new_user_evaluation_runs_for_learned_models(prep, variant):
+    torch.manual_seed(0)
+    scorer = build_scorer(prep, variant=variant, dim=16)
+    new = new_user_sets(prep)
+    m, per = evaluate_histories(scorer, new["given"], new["target"], [10], 16)
+    assert m["test/new_users/users"] == 61 and 0 <= m["test/new_users/ndcg@10"] <= 1
+    assert len(per["ndcg@10"]) == 61
+
+
+def test_new_user_ranking_masks_the_given_history(prep):
+    """Items handed as history never come back in the top K (they are masked)."""
+    scorer = build_memory(prep, {"kind": "popularity"})
+    new = new_user_sets(prep)
+    from recsys.ranking import mask_seen, topk_rows
+    H = torch.sparse_csr_tensor(new["given"][0], new["given"][1], torch.ones(len(new["given"][1])),
+                                (len(prep.new_users), prep.n_items))
+    users = torch.arange(len(prep.new_users))
+    s = scorer.score_histories(select_rows(H, users), scorer.item_tables())
+    mask_seen(s, users, *new["given"])
+    _, top = topk_rows(s, 50)
+    for u in range(len(users)):
+        given = set(new["given"][1][new["given"][0][u]:new["given"][0][u + 1]].tolist())
+        assert not given & set(top[u].tolist())
