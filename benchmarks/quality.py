@@ -4,6 +4,7 @@ its own run folder) and prints a Markdown table of the test metrics from each me
     python benchmarks/quality.py                          # default protocol, memory-based models
     python benchmarks/quality.py --learned                # ... and the learned ones (~2 min each)
     python benchmarks/quality.py --extra experiment=random80 data.valid_ratio=0
+    python benchmarks/quality.py --learned --extra experiment=newusers     # new-user NDCG@10
 
 Extra arguments are Hydra overrides given to every run. Runs go under outputs/quality/.
 """
@@ -62,16 +63,17 @@ def main():
     if a.only:
         keep = set(a.only.split("|"))
         variants = {k: v for k, v in variants.items() if k in keep}
-    print("| model | NDCG@10 | Recall@10 | Recall@20 | cold-item Recall@20 | coverage@10 | novelty@10 | wall s | command |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | NDCG@10 | Recall@10 | Recall@20 | cold-item Recall@20 | new-user NDCG@10 | coverage@10 | novelty@10 | wall s | command |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, ov in variants.items():
         m = run(name, ov, a.extra, a.out)
         if "error" in m:
-            print(f"| {name} | — | — | — | — | — | — | — | {m['error']} |", flush=True)
+            print(f"| {name} | — | — | — | — | — | — | — | — | {m['error']} |", flush=True)
             continue
         cold = m.get("test/cold_items/recall@20", float("nan"))
+        new = m.get("test/new_users/ndcg@10", float("nan"))
         print(f"| {name} | {m['test/ndcg@10']:.4f} | {m['test/recall@10']:.4f} | {m['test/recall@20']:.4f} | "
-              f"{cold:.4f} | {m.get('test/coverage@10', float('nan')):.3f} | {m.get('test/novelty@10', float('nan')):.2f} | "
+              f"{cold:.4f} | {new:.4f} | {m.get('test/coverage@10', float('nan')):.3f} | {m.get('test/novelty@10', float('nan')):.2f} | "
               f"{m['wall_s']:.0f} | `{m['cmd']}` |", flush=True)
 
 

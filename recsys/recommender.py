@@ -71,6 +71,43 @@ class Recommender:
         sc = sc.cpu().numpy()
         return (ids[0], sc[0]) if single else (ids, sc)
 
+    @torch.no_grad()
+    def recommend_for_history(self, items, k: int = 10, exclude_given: bool = True, unknown: str = "error"):
+        """Top-k items for a user who is not in the model, from the items they interacted with
+        (external ids), without retraining: one history (a list of ids) -> ((k,) ids, (k,)
+        scores); a list of histories -> ((B, k), (B, k)). The history's items are excluded
+        unless exclude_given=False. unknown="error" refuses item ids outside the catalog,
+        "ignore" drops them. UserKNN cannot do this (its neighbourhoods are known users)."""
+        from .ranking import mask_seen, topk_rows
+        from .similarity import select_rows
+        single = len(items) == 0 or np.isscalar(items[0]) or isinstance(items[0], (str, bytes))
+        hists = [list(items)] if single else [list(h) for h in items]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer, got {k!r}")
+        if not 0 < k <= len(self.items):
+            raise ValueError(f"k={k} must be between 1 and the catalog size {len(self.items)}")
+        if unknown not in ("error", "ignore"):
+            raise ValueError(f"unknown={unknown!r} must be 'error' or 'ignore'")
+        rows = []
+        for h in hists:
+            idx = self.items.index(h, missing="drop_flag") if h else np.zeros(0, np.int64)
+            if unknown == "error" and (idx < 0).any():
+                bad = [x for x, j in zip(h, idx) if j < 0][:5]
+                raise KeyError(f"unknown item id(s) {bad} in the history (pass unknown='ignore' to drop them)")
+            rows.append(np.unique(idx[idx >= 0]))
+        pairs = np.array([(r, j) for r, h in enumerate(rows) for j in h], dtype=np.int64).reshape(-1, 2)
+        indptr, indices = (t.to(self.device) for t in csr(pairs, len(rows)))
+        H = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), device=self.device),
+                                    (len(rows), len(self.items)))
+        s = self.scorer.score_histories(select_rows(H, torch.arange(len(rows), device=self.device)),
+                                        self.scorer.item_tables())
+        if exclude_given:
+            mask_seen(s, torch.arange(len(rows), device=self.device), indptr, indices)
+        sc, idx = topk_rows(s, int(k))
+        ids = self._item_ids[idx.cpu().numpy()]
+        sc = sc.cpu().numpy()
+        return (ids[0], sc[0]) if single else (ids, sc)
+
     def evaluate(self, users, items, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/"):
         """Full-ranking metrics of held-out (user, item) pairs given as external ids, with each
         user's seen items masked. Pairs whose user or item the model does not know, and pairs

@@ -114,3 +114,29 @@ def test_new_user_ranking_masks_the_given_history(prep):
     for u in range(len(users)):
         given = set(new["given"][1][new["given"][0][u]:new["given"][0][u + 1]].tolist())
         assert not given & set(top[u].tolist())
+
+
+def test_recommend_for_history_matches_a_known_user(tmp_path, prep):
+    """Recommender.recommend_for_history(a known user's training items) == recommend(user) for
+    ItemKNN, in a reloaded export; unknown ids are refused or ignored as asked; batches work."""
+    from recsys import Recommender
+    from recsys.export import save_export
+    scorer = build_memory(prep, {"kind": "itemknn", "k": 20})
+    sets = eval_sets(prep)
+    # exclude exactly the training items, so that both calls mask the same set
+    train_seen = sets["val_seen"]
+    path = save_export(str(tmp_path / "export"), scorer, prep.users, prep.items, prep.tokens, prep.tokenizer,
+                       train_seen, torch.from_numpy(prep.bags.idf))
+    rec = Recommender.from_pretrained(path)
+    for u in (0, 5, 40):
+        hist = [prep.items.ids[j] for j in prep.train[prep.train[:, 0] == u, 1]]
+        ids_h, sc_h = rec.recommend_for_history(hist, k=10)
+        ids_u, sc_u = rec.recommend(prep.users.ids[u], k=10)
+        np.testing.assert_allclose(sc_h, sc_u, atol=1e-5)
+        assert not set(ids_h.tolist()) & set(hist)
+    with pytest.raises(KeyError, match="unknown item"):
+        rec.recommend_for_history(hist + ["no such movie"], k=5)
+    ids, _ = rec.recommend_for_history(hist + ["no such movie"], k=5, unknown="ignore")
+    assert len(ids) == 5
+    ids, sc = rec.recommend_for_history([hist, hist[:3], []], k=4)
+    assert ids.shape == (3, 4) and sc.shape == (3, 4)
