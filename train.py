@@ -32,8 +32,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers):
-    """Train the learned scorer with Lightning; returns (scorer, test metrics, best val metric)."""
+def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers, test: bool = True):
+    """Train the learned scorer with Lightning; returns (scorer, test metrics, best val metric).
+    test=False skips Lightning's test loop (a blend part: the blend is tested, not the part)."""
     optim = model.pop("optim")
     batch_size = optim.pop("batch_size")
     scorer = build_scorer(prep, **model)
@@ -49,10 +50,11 @@ def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers):
     if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
         state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=True)
-    trainer.test(module, user_loader(sets["test_target"][0], cfg.eval_chunk), verbose=False)
+    if test:
+        trainer.test(module, user_loader(sets["test_target"][0], cfg.eval_chunk), verbose=False)
     best = next((c.best_model_score for c in callbacks if getattr(c, "best_model_score", None) is not None), None)
     best = float(best) if best is not None else float(trainer.callback_metrics.get(cfg.optimized_metric, float("nan")))
-    return scorer.cpu(), dict(module.last_test_metrics), best
+    return scorer.cpu(), dict(module.last_test_metrics) if test else {}, best
 
 
 def fit_closed_form(cfg: DictConfig, prep, sets, model: dict, loggers):
@@ -69,6 +71,22 @@ def fit_closed_form(cfg: DictConfig, prep, sets, model: dict, loggers):
     log.info("fitted %s in %.2f s on %s", model.get("kind"), fit_s, device)
     # test metrics: final_report(), like the learned models
     return scorer.cpu(), {"fit/seconds": fit_s}, val.get(cfg.optimized_metric, float("nan"))
+
+
+def fit_learned_blend(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers):
+    """A blend with a learned part: train that part with Lightning (early stopping on its own
+    val/ndcg@10), fit the other part without epochs, blend them (recsys.memory.Blend)."""
+    from recsys.memory import Blend
+    parts = {}
+    best = float("nan")
+    for name in ("first", "second"):
+        sub = dict(model[name])
+        if sub.get("kind") == "learned":
+            sub.pop("kind")
+            parts[name], _, best = fit_learned(cfg, prep, sets, sub, callbacks, loggers, test=False)
+        else:
+            parts[name] = build_memory(prep, sub)
+    return Blend(parts["first"], parts["second"], model.get("alpha", 0.5), model.get("norm", "zscore")), {}, best
 
 
 def final_report(cfg: DictConfig, scorer, prep, sets, loggers, logged=()) -> tuple[dict, dict]:
@@ -175,6 +193,8 @@ def run(cfg: DictConfig) -> dict:
     if model.get("kind", "learned") == "learned":
         model.pop("kind", None)
         scorer, metrics, best = fit_learned(cfg, prep, sets, model, callbacks, loggers)
+    elif model.get("kind") == "blend" and "learned" in (model["first"].get("kind"), model["second"].get("kind")):
+        scorer, metrics, best = fit_learned_blend(cfg, prep, sets, model, callbacks, loggers)
     else:
         scorer, metrics, best = fit_closed_form(cfg, prep, sets, model, loggers)
     metrics[f"best/{cfg.optimized_metric}"] = best

@@ -251,7 +251,8 @@ class BlendConfig:
 
     @property
     def variant(self) -> str:
-        return f"blend({self.first.get('kind')},{self.second.get('kind')})"
+        name = lambda part: part.get("kind") or part.get("variant")        # learned parts: their variant
+        return f"blend({name(self.first)},{name(self.second)})"
 
     def to_json(self) -> dict:
         return asdict(self)

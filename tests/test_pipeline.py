@@ -213,3 +213,19 @@ def test_new_user_protocol_through_the_cli(tmp_path):
     assert m["test/new_users/users"] == 61
     assert 0 < m["test/new_users/ndcg@10"] <= 1
     assert m["data"]["n_new_users"] == 61
+
+
+def test_blend_with_a_learned_part(tmp_path):
+    """model=blend_mf: the MF part trains with Lightning, content KNN fits, the blend is tested,
+    exported and reloads to the same scores."""
+    from tests.conftest import compose_train
+    import train
+    from recsys import Recommender
+    m = train.run(compose_train([*FAST, "model=blend_mf", "model.second.k=20"], str(tmp_path)))
+    assert 0 <= m["test/ndcg@10"] <= 1 and "test/cold_items/recall@20" in m
+    rec = Recommender.from_pretrained(os.path.join(str(tmp_path), "export"))
+    assert rec.scorer.config.variant == "blend(collaborative,content_knn)"
+    import pandas as pd
+    test = pd.read_csv(os.path.join(str(tmp_path), "split", "test.csv"))
+    again, _ = rec.evaluate(test["user"], test["item"], ks=[10, 20])
+    assert again["test/ndcg@10"] == pytest.approx(m["test/ndcg@10"], abs=1e-6)
