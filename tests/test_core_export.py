@@ -234,3 +234,31 @@ def test_save_over_existing_export_and_save_pretrained(tmp_path):
     a, b = rec.recommend(prep.users.ids, k=3), again.recommend(prep.users.ids, k=3)
     assert a[0].tolist() == b[0].tolist() and np.array_equal(a[1], b[1])
     assert again.titles == rec.titles and again.meta == {"note": "x"}
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file named in its argument."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "extras.safetensors", "model.pt", "pytorch_model.bin"])
+def test_planted_pickle_payload_is_never_run(tmp_path, target):
+    """A pickle payload put in place of a weights file is refused with ExportError (and one
+    dropped next to them is ignored); in no case is it unpickled (its side effect never happens)."""
+    import pickle
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep))
+    marker = tmp_path / "PWNED"
+    with open(os.path.join(path, target), "wb") as fh:
+        pickle.dump(_Payload(str(marker)), fh)
+    if target.endswith(".safetensors"):
+        with pytest.raises(ExportError, match=target):
+            Recommender.from_pretrained(path)
+    else:
+        Recommender.from_pretrained(path).recommend("u1", k=2)     # extra files are not read
+    assert not marker.exists()
