@@ -56,19 +56,36 @@ class Recommender:
         return self.scorer(self.user_index(batch))
 
     @torch.no_grad()
-    def recommend(self, users, k: int = 10, exclude_seen: bool = True, chunk_size: int = 1024):
+    def recommend(self, users, k: int = 10, exclude_seen: bool = True, chunk_size: int = 1024,
+                  unknown: str = "error"):
         """Top-k items for one user id (-> (k,) ids, (k,) scores) or a list of ids (-> (B, k)).
-        exclude_seen drops the items each user interacted with in training."""
+        exclude_seen drops the items each user interacted with in training. A user id not in
+        the model: unknown="error" raises KeyError naming it; unknown="popular" gives that user
+        the k items with the most training interactions (score = their count)."""
         single = np.isscalar(users) or isinstance(users, (str, bytes))
         batch = [users] if single else list(users)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an integer, got {k!r}")
         if not 0 < k <= len(self.items):
             raise ValueError(f"k={k} must be between 1 and the catalog size {len(self.items)}")
-        u = self.user_index(batch)
-        idx, sc = topk(self.scorer, u, int(k), self.seen if exclude_seen else None, chunk_size)
-        ids = self._item_ids[idx.cpu().numpy()]
-        sc = sc.cpu().numpy()
+        if unknown not in ("error", "popular"):
+            raise ValueError(f"unknown={unknown!r} must be 'error' or 'popular'")
+        if unknown == "error":
+            u = self.user_index(batch)
+        else:
+            u = torch.as_tensor(self.users.index(batch, missing="drop_flag"), device=self.device)
+        known = u >= 0
+        ids = np.empty((len(batch), int(k)), dtype=self._item_ids.dtype)
+        sc = np.zeros((len(batch), int(k)), dtype=np.float32)
+        if bool(known.any()):
+            idx, s = topk(self.scorer, u[known], int(k), self.seen if exclude_seen else None, chunk_size)
+            ids[known.cpu().numpy()] = self._item_ids[idx.cpu().numpy()]
+            sc[known.cpu().numpy()] = s.cpu().numpy()
+        if not bool(known.all()):
+            pop = torch.bincount(self.seen[1], minlength=len(self.items)).float()
+            v, i = torch.topk(pop, int(k))
+            ids[~known.cpu().numpy()] = self._item_ids[i.cpu().numpy()]
+            sc[~known.cpu().numpy()] = v.cpu().numpy()
         return (ids[0], sc[0]) if single else (ids, sc)
 
     @torch.no_grad()
