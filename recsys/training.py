@@ -33,6 +33,20 @@ class RecsysModule(L.LightningModule):
         self._sums: MetricSums | None = None
         self._tables: dict | None = None
 
+    # --- resuming: the negatives come from torch's global generator; its state travels in
+    # the checkpoint, so a resumed run draws the negatives the uninterrupted one would have
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["recsys_rng"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["recsys_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("recsys_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
     def csr(self, name: str):
         return getattr(self, f"{name}_indptr"), getattr(self, f"{name}_indices")
 
@@ -116,13 +130,27 @@ class RecsysModule(L.LightningModule):
         self._eval_end("test/")
 
 
+class _EpochBatches(BatchSampler):
+    """BatchSampler over a seeded RandomSampler whose shuffle for epoch e is the e-th draw of
+    its generator whatever happened before: Lightning calls set_epoch(e) at every epoch start,
+    also after resuming from a checkpoint, so a resumed run sees the same batches."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.seed, self.n = seed, n
+        super().__init__(RandomSampler(range(n), generator=torch.Generator().manual_seed(seed)),
+                         batch_size, drop_last=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        g = self.sampler.generator.manual_seed(self.seed)
+        for _ in range(int(epoch)):              # skip the earlier epochs' permutations
+            torch.randperm(self.n, generator=g)
+
+
 def train_loader(pairs, batch_size: int, seed: int) -> DataLoader:
     """Shuffled batches of (user, item) pairs, (B, 2). The sampler yields a list of indices per
     batch and the dataset slices them at once (no per-interaction collate)."""
     ds = TensorDataset(torch.as_tensor(pairs, dtype=torch.long))
-    g = torch.Generator().manual_seed(seed)
-    sampler = BatchSampler(RandomSampler(ds, generator=g), batch_size, drop_last=False)
-    return DataLoader(ds, sampler=sampler, batch_size=None)
+    return DataLoader(ds, sampler=_EpochBatches(len(ds), batch_size, seed), batch_size=None)
 
 
 def user_loader(indptr: torch.Tensor, chunk_size: int) -> DataLoader:
