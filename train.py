@@ -43,8 +43,9 @@ def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers, te
     ckpt = cfg.ckpt_path
     if ckpt == "last":
         ckpt = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    # weights_only: a checkpoint to resume from is read without unpickling code objects
     trainer.fit(module, train_loader(prep.train, batch_size, cfg.seed),
-                user_loader(sets["val_target"][0], cfg.eval_chunk), ckpt_path=ckpt)
+                user_loader(sets["val_target"][0], cfg.eval_chunk), ckpt_path=ckpt, weights_only=True)
     best_ckpt = next((c.best_model_path for c in callbacks
                       if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
     if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives

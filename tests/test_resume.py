@@ -53,3 +53,26 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert len(keys) > 20
     for k in keys:
         assert b[k] == pytest.approx(a[k], abs=1e-6), k
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_pickle_checkpoint_is_refused_not_run(tmp_path):
+    """Resuming from a .ckpt that holds a pickle payload fails without running it."""
+    import pickle
+    from tests.conftest import compose_train
+    import train
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    marker = tmp_path / "PWNED"
+    with open(out / "checkpoints" / "last.ckpt", "wb") as fh:
+        pickle.dump({"state_dict": _Payload(str(marker))}, fh)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|Unsupported"):
+        train.run(compose_train([*ARGS, "ckpt_path=last"], str(out)))
+    assert not marker.exists()
