@@ -262,3 +262,36 @@ def test_planted_pickle_payload_is_never_run(tmp_path, target):
     else:
         Recommender.from_pretrained(path).recommend("u1", k=2)     # extra files are not read
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("fail_at", ["items.json", "extras.safetensors"])
+def test_crash_mid_write_leaves_the_old_export_intact(tmp_path, monkeypatch, fail_at):
+    """A save that dies half way (here: an error while writing one of the files) leaves the
+    previous export at the path untouched and loadable, and no half directory behind."""
+    import recsys.export as ex
+    prep = prepared(tmp_path, string_ids=True)
+    first = trained_like(prep, seed=0)
+    path, _ = export(tmp_path, prep, first)
+    before = {n: open(os.path.join(path, n), "rb").read() for n in os.listdir(path)}
+    real_json, real_st = ex._write_json, ex.save_file
+
+    def boom_json(p, obj):
+        if p.endswith(fail_at):
+            raise OSError("disk full")
+        return real_json(p, obj)
+
+    def boom_st(tensors, p, *a, **k):
+        if p.endswith(fail_at):
+            raise OSError("disk full")
+        return real_st(tensors, p, *a, **k)
+
+    monkeypatch.setattr(ex, "_write_json", boom_json)
+    monkeypatch.setattr(ex, "save_file", boom_st)
+    with pytest.raises(OSError, match="disk full"):
+        export(tmp_path, prep, trained_like(prep, seed=1))
+    assert {n: open(os.path.join(path, n), "rb").read() for n in os.listdir(path)} == before
+    monkeypatch.undo()
+    rec = Recommender.from_pretrained(path)
+    with torch.no_grad():
+        assert torch.equal(rec.scores(prep.users.ids), first(torch.arange(prep.n_users)))
+    assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".")]
