@@ -49,6 +49,12 @@ class Recommender:
             raise KeyError(f"unknown user id(s) {e.args[0].split(': ', 1)[-1]}: not in the training data") from None
         return torch.as_tensor(idx, device=self.device)
 
+    def _check_k(self, k) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer, got {k!r}")
+        if not 0 < k <= len(self.items):
+            raise ValueError(f"k={k} must be between 1 and the catalog size {len(self.items)}")
+
     @torch.no_grad()
     def scores(self, users) -> torch.Tensor:
         """(B, n_items) scores of users (one id or a list) against the whole catalog (nothing masked)."""
@@ -64,10 +70,7 @@ class Recommender:
         the k items with the most training interactions (score = their count)."""
         single = np.isscalar(users) or isinstance(users, (str, bytes))
         batch = [users] if single else list(users)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an integer, got {k!r}")
-        if not 0 < k <= len(self.items):
-            raise ValueError(f"k={k} must be between 1 and the catalog size {len(self.items)}")
+        self._check_k(k)
         if unknown not in ("error", "popular"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'popular'")
         if unknown == "error":
@@ -99,10 +102,7 @@ class Recommender:
         from .similarity import select_rows
         single = len(items) == 0 or np.isscalar(items[0]) or isinstance(items[0], (str, bytes))
         hists = [list(items)] if single else [list(h) for h in items]
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an integer, got {k!r}")
-        if not 0 < k <= len(self.items):
-            raise ValueError(f"k={k} must be between 1 and the catalog size {len(self.items)}")
+        self._check_k(k)
         if unknown not in ("error", "ignore"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'ignore'")
         rows = []

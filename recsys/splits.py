@@ -76,6 +76,14 @@ def temporal_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed
     return label
 
 
+def _held_out(values: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """(N,) bool: the rows whose value is among a seeded `share` (rounded) of the distinct values."""
+    codes, uniq = pd.factorize(values, sort=True)
+    held = np.zeros(len(uniq), dtype=bool)
+    held[rng.choice(len(uniq), int(np.floor(len(uniq) * share + 0.5)), replace=False)] = True
+    return held[codes]
+
+
 def cold_items_split(df: pd.DataFrame, cold: float = 0.1, valid: float = 0.1, test: float = 0.1,
                      seed: int = 0) -> np.ndarray:
     """Cold-item protocol: a seeded `cold` fraction of the distinct items is held out entirely,
@@ -86,10 +94,7 @@ def cold_items_split(df: pd.DataFrame, cold: float = 0.1, valid: float = 0.1, te
         raise ValueError(f"data.split.cold={cold} must be in (0, 1)")
     _check_ratios(valid, test)
     rng = np.random.default_rng(seed)
-    codes, uniq = pd.factorize(df["item"].to_numpy(), sort=True)
-    held = np.zeros(len(uniq), dtype=bool)
-    held[rng.choice(len(uniq), int(np.floor(len(uniq) * cold + 0.5)), replace=False)] = True
-    is_cold = held[codes]
+    is_cold = _held_out(df["item"].to_numpy(), cold, rng)
     label = np.full(len(df), TEST, dtype=np.int8)
     warm = df[~is_cold].reset_index(drop=True)
     if len(warm):
@@ -110,10 +115,7 @@ def new_users_split(df: pd.DataFrame, new: float = 0.1, given: float = 0.5, vali
         raise ValueError(f"data.split.given={given} must be in (0, 1)")
     _check_ratios(valid, test)
     rng = np.random.default_rng(seed)
-    codes, uniq = pd.factorize(df["user"].to_numpy(), sort=True)
-    held = np.zeros(len(uniq), dtype=bool)
-    held[rng.choice(len(uniq), int(np.floor(len(uniq) * new + 0.5)), replace=False)] = True
-    is_new = held[codes]
+    is_new = _held_out(df["user"].to_numpy(), new, rng)
     label = np.empty(len(df), dtype=np.int8)
     old = df[~is_new].reset_index(drop=True)
     if len(old):

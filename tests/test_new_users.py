@@ -56,27 +56,24 @@ KINDS = [{"kind": "itemknn", "k": 20}, {"kind": "itemknn", "k": 20, "direction":
           "second": {"kind": "content_knn", "k": 20}}]
 
 
-@pytest.mark.parametrize("model", KINDS, ids=lambda m: m["kind"] + m.get("direction", ""))
-def test_history_scores_equal_known_user_scores_memory(prep, model):
-    """Handing a known user's own training history to score_histories gives its score_users."""
-    scorer = build_memory(prep, model)
+def _assert_history_scores_equal_known_user_scores(scorer, prep):
     users = torch.arange(0, prep.n_users, 37)
     tables = scorer.item_tables()
     H = torch.sparse_csr_tensor(scorer.hist_indptr, scorer.hist_indices,
                                 torch.ones(len(scorer.hist_indices)), (prep.n_users, prep.n_items))
     torch.testing.assert_close(scorer.score_histories(select_rows(H, users), tables),
                                scorer.score_users(users, tables), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", KINDS, ids=lambda m: m["kind"] + m.get("direction", ""))
+def test_history_scores_equal_known_user_scores_memory(prep, model):
+    """Handing a known user's own training history to score_histories gives its score_users."""
+    _assert_history_scores_equal_known_user_scores(build_memory(prep, model), prep)
 
 
 def test_history_scores_equal_known_user_scores_learned_content(prep):
     torch.manual_seed(0)
-    scorer = build_scorer(prep, variant="content", dim=16)
-    users = torch.arange(0, prep.n_users, 37)
-    tables = scorer.item_tables()
-    H = torch.sparse_csr_tensor(scorer.hist_indptr, scorer.hist_indices,
-                                torch.ones(len(scorer.hist_indices)), (prep.n_users, prep.n_items))
-    torch.testing.assert_close(scorer.score_histories(select_rows(H, users), tables),
-                               scorer.score_users(users, tables), atol=1e-5, rtol=1e-5)
+    _assert_history_scores_equal_known_user_scores(build_scorer(prep, variant="content", dim=16), prep)
 
 
 def test_fold_in_known_answer(prep):
