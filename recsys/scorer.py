@@ -120,7 +120,8 @@ class Scorer(nn.Module):
 
     def item_tables(self) -> dict[str, torch.Tensor]:
         """Everything item-side the user scores need; reuse it across user chunks."""
-        t = {}
+        from .spgemm import Workspace
+        t: dict = {"ws": Workspace()}
         if self.config.uses_cf:
             t["V"] = self.item_emb.weight                                         # (I, D)
             t["b"] = self.item_bias if self.item_bias is not None else None        # (I,)
@@ -177,9 +178,46 @@ class Scorer(nn.Module):
             std, mean = torch.std_mean(s, dim=1, keepdim=True)
         return (s - mean) / (std + 1e-8)
 
-    def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
-        """(B,) user indices -> (B, I) scores against the whole catalog."""
-        return self._combine(self.component_scores(users, tables))
+    def score_users(self, users: torch.Tensor, tables: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) user indices -> (B, I) scores against the whole catalog. With `out` (and no
+        autograd), written into it with in-place steps and one reused scratch block instead of
+        the half-dozen (B, I) temporaries of the plain expression (on a CPU each fresh one costs
+        page faults worth more than the matmul); the values are bitwise the same."""
+        if out is None or torch.is_grad_enabled():
+            return self._combine(self.component_scores(users, tables))
+        return self._score_into(users, tables, out)
+
+    def _score_into(self, users: torch.Tensor, tables: dict, out: torch.Tensor) -> torch.Tensor:
+        from .spgemm import Workspace
+        c = self.config
+        ws = tables.get("ws") or Workspace()
+        scratch = ws.matrix("scorer", out.shape[0], out.shape[1], out.dtype, out.device)    # (b, I)
+        cf = content = None
+        if c.uses_cf:
+            cf = torch.mm(self.user_emb(users), tables["V"].T, out=out)
+            if tables["b"] is not None:
+                cf.add_(tables["b"])
+            warm = self.item_warm
+            if not bool(warm.all()):                       # neutralise_cold, in place
+                mean = torch.mul(cf, warm, out=scratch).sum(1, keepdim=True) / warm.sum().clamp(min=1)
+                cold = torch.nonzero(~warm).flatten()
+                cf[:, cold] = mean.expand(-1, len(cold))
+            if c.variant == "collaborative":
+                return cf
+        if c.uses_content:
+            C = tables["C"]
+            content = torch.mm(self.user_profile(users, C), C.T, out=scratch if cf is not None else out)
+            if c.variant == "content":
+                return content
+        a = self.alpha
+        z_cf, z_content = self._standardise_(cf), self._standardise_(content)
+        z_content.mul_(1 - a)
+        return z_cf.mul_(a).add_(z_content)
+
+    @staticmethod
+    def _standardise_(s: torch.Tensor) -> torch.Tensor:
+        std, mean = torch.std_mean(s, dim=1, keepdim=True)
+        return s.sub_(mean).div_(std + 1e-8)
 
     def fold_in(self, H: torch.Tensor, V: torch.Tensor, lam: float = 1.0, sub: int = 64) -> torch.Tensor:
         """User vectors for histories H ((b, I) sparse CSR) against fixed item vectors V (I, D):
