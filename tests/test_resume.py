@@ -76,3 +76,19 @@ def test_planted_pickle_checkpoint_is_refused_not_run(tmp_path):
     with pytest.raises(Exception, match="(?i)weights_only|unpickl|Unsupported"):
         train.run(compose_train([*ARGS, "ckpt_path=last"], str(out)))
     assert not marker.exists()
+
+
+def test_epoch_batches_depend_only_on_seed_and_epoch():
+    """The shuffle of epoch e is the same whatever was iterated before (what makes resuming exact)."""
+    from recsys.training import _EpochBatches
+
+    def batches(s, epoch):
+        s.set_epoch(epoch)
+        return [list(b) for b in s]
+    a, b = _EpochBatches(50, 8, seed=3), _EpochBatches(50, 8, seed=3)
+    e0, e1 = batches(a, 0), batches(a, 1)
+    assert e0 != e1 and sorted(sum(e0, [])) == list(range(50))
+    batches(b, 5)
+    next(iter(b))                                   # a partial epoch in between
+    assert batches(b, 1) == e1 and batches(b, 0) == e0
+    assert batches(_EpochBatches(50, 8, seed=4), 0) != e0
