@@ -36,6 +36,25 @@ def chunk_metrics(scorer, users, k_list, target, seen, tables=None) -> dict[str,
     return per_user_metrics(hits, n_t, ks)
 
 
+def _measure(scorer, users, ranked, target, ks, on_chunk=None) -> tuple[MetricSums, dict[str, torch.Tensor]]:
+    """Per-user metrics of ranked lists: `ranked` yields (users (b,), top-k items (b, K)) chunk
+    by chunk; on_chunk(users, top) sees every chunk too. Returns the running sums and the
+    per-user values (with the user indices under "user")."""
+    n_items = scorer.config.n_items
+    acc, per = MetricSums(), {}
+    for u, top in ranked:
+        hits, n_t = hits_matrix(top, u, *target, n_items)
+        m = per_user_metrics(hits, n_t, ks)
+        acc.update(m)
+        for name, v in m.items():
+            per.setdefault(name, []).append(v.cpu())
+        if on_chunk is not None:
+            on_chunk(u, top)
+    per_user = {name: torch.cat(v) for name, v in per.items()}
+    per_user["user"] = users.cpu()
+    return acc, per_user
+
+
 @torch.no_grad()
 def evaluate(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/"
              ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -43,15 +62,8 @@ def evaluate(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, prefix: 
     under "user"). target/seen: CSR (indptr, indices) tensors on the scorer's device."""
     ks = sorted(ks)
     users = users_with_targets(target[0])
-    acc, per = MetricSums(), {}
-    for u, top, _ in iter_topk(scorer, users, max(ks), seen, chunk_size):
-        hits, n_t = hits_matrix(top, u, *target, scorer.config.n_items)
-        m = per_user_metrics(hits, n_t, ks)
-        acc.update(m)
-        for name, v in m.items():
-            per.setdefault(name, []).append(v.cpu())
-    per_user = {name: torch.cat(v) for name, v in per.items()}
-    per_user["user"] = users.cpu()
+    ranked = ((u, top) for u, top, _ in iter_topk(scorer, users, max(ks), seen, chunk_size))
+    acc, per_user = _measure(scorer, users, ranked, target, ks)
     return acc.compute(prefix), per_user
 
 
@@ -62,29 +74,15 @@ def evaluate_histories(scorer, given, target, ks=(10, 20), chunk_size: int = 102
     history `given` hands it at inference time (scorer.score_histories, no retraining), that
     history masked, ranked against the whole catalog, measured on `target`. given/target: CSR
     (indptr, indices) over the new users."""
-    from .ranking import mask_seen, topk_rows
-    from .similarity import select_rows
+    from .ranking import topk_histories
     ks = sorted(ks)
-    n_items = scorer.config.n_items
     users = users_with_targets(target[0])
-    H_all = torch.sparse_csr_tensor(given[0], given[1], torch.ones(len(given[1]), device=given[1].device),
-                                    (len(given[0]) - 1, n_items))
     tables = scorer.item_tables()
-    acc, per = MetricSums(), {}
-    for start in range(0, len(users), chunk_size):
-        u = users[start:start + chunk_size]
-        s = scorer.score_histories(select_rows(H_all, u), tables)               # (b, I)
-        mask_seen(s, u, *given)
-        _, top = topk_rows(s, max(ks))
-        hits, n_t = hits_matrix(top, u, *target, n_items)
-        m = per_user_metrics(hits, n_t, ks)
-        acc.update(m)
-        for name, v in m.items():
-            per.setdefault(name, []).append(v.cpu())
+    ranked = ((u, topk_histories(scorer, given, u, max(ks), tables=tables)[1])
+              for u in users.split(chunk_size))
+    acc, per_user = _measure(scorer, users, ranked, target, ks)
     out = acc.compute(prefix)
     out[f"{prefix}users"] = float(len(users))
-    per_user = {name: torch.cat(v) for name, v in per.items()}
-    per_user["user"] = users.cpu()
     return out, per_user
 
 
@@ -128,27 +126,23 @@ def evaluate_report(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, p
     ks = sorted(ks)
     n_items = scorer.config.n_items
     users = users_with_targets(target[0])
-    acc, per = MetricSums(), {}
     parts = {}
     if item_cold is not None:
         item_cold = item_cold.to(target[1].device)
         parts = {"cold_items": restrict_target(target, item_cold), "warm_items": restrict_target(target, ~item_cold)}
     part_acc = {name: MetricSums() for name in parts}
     lists = []
-    for u, top, _ in iter_topk(scorer, users, max(ks), seen, chunk_size):
-        hits, n_t = hits_matrix(top, u, *target, n_items)
-        m = per_user_metrics(hits, n_t, ks)
-        acc.update(m)
-        for name, v in m.items():
-            per.setdefault(name, []).append(v.cpu())
+
+    def extras(u, top):
         lists.append(top.cpu())
         for name, t in parts.items():
             h, nt = hits_matrix(top, u, *t, n_items)
             has = nt > 0
             if bool(has.any()):
                 part_acc[name].update(per_user_metrics(h[has], nt[has], ks))
-    per_user = {name: torch.cat(v) for name, v in per.items()}
-    per_user["user"] = users.cpu()
+
+    ranked = ((u, top) for u, top, _ in iter_topk(scorer, users, max(ks), seen, chunk_size))
+    acc, per_user = _measure(scorer, users, ranked, target, ks, extras)
     means = acc.compute(prefix)
     means[f"{prefix}users"] = float(len(users))
     for name, a in part_acc.items():

@@ -184,13 +184,9 @@ class MemoryScorer(nn.Module):
         if c.kind == "ease":
             # s[u] = sum_j x_uj B[j]: a weighted sum of rows of B per user (an embedding bag),
             # work nnz(H) x I reads, no (b, I) temporary besides the result
-            s = torch.nn.functional.embedding_bag(H.col_indices(), self.ease_B, H.crow_indices()[:-1],
-                                                  mode="sum", per_sample_weights=H.values().to(self.ease_B.dtype),
-                                                  include_last_offset=False)
-            if out is not None:
-                out.copy_(s)
-                return out
-            return s
+            # (`out` is not used: embedding_bag has no out=, and a copy would be one more pass)
+            return torch.nn.functional.embedding_bag(H.col_indices(), self.ease_B, H.crow_indices()[:-1],
+                                                     mode="sum", per_sample_weights=H.values().to(self.ease_B.dtype))
         if c.kind in ("itemknn", "content_knn"):
             out = _out(out, H.shape[0], c.n_items, H.values())
             s = tables["WT"].product_bounded(H, out, tables.get("ws"), c.max_products)    # (b, I)

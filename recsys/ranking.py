@@ -88,13 +88,33 @@ def iter_topk(scorer, users: torch.Tensor, k: int, seen: tuple[torch.Tensor, tor
         for start in starts:
             yield chunk(start)
         return
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(workers) as ex:
-        pending = [ex.submit(chunk, st) for st in starts[:2 * workers]]
-        for nxt in list(starts[2 * workers:]) + [None] * min(len(starts), 2 * workers):
-            yield pending.pop(0).result()
+    todo = iter(starts)
+    with ThreadPoolExecutor(workers) as ex:          # at most 2 chunks per worker in flight
+        pending = deque(ex.submit(chunk, st) for _, st in zip(range(2 * workers), todo))
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(todo, None)
             if nxt is not None:
                 pending.append(ex.submit(chunk, nxt))
+
+
+@torch.no_grad()
+def topk_histories(scorer, given: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, k: int,
+                   exclude_given: bool = True, tables: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k for users outside the model, each scored from a history handed over at inference
+    (scorer.score_histories, no retraining): `given` is a CSR (indptr, indices) of histories,
+    `rows` (b,) the ones to rank. The given items are masked unless exclude_given=False.
+    Returns (scores (b, k), items (b, k))."""
+    from .similarity import select_rows
+    indptr, indices = given
+    H = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), device=indices.device),
+                                (len(indptr) - 1, scorer.config.n_items))
+    s = scorer.score_histories(select_rows(H, rows), scorer.item_tables() if tables is None else tables)
+    if exclude_given:
+        mask_seen(s, rows, indptr, indices)
+    return topk_rows(s, k)
 
 
 def topk(scorer, users: torch.Tensor, k: int, seen=None, chunk_size: int = 1024):

@@ -77,18 +77,17 @@ class Recommender:
             u = self.user_index(batch)
         else:
             u = torch.as_tensor(self.users.index(batch, missing="drop_flag"), device=self.device)
-        known = u >= 0
+        known = (u >= 0).cpu().numpy()
         ids = np.empty((len(batch), int(k)), dtype=self._item_ids.dtype)
         sc = np.zeros((len(batch), int(k)), dtype=np.float32)
-        if bool(known.any()):
-            idx, s = topk(self.scorer, u[known], int(k), self.seen if exclude_seen else None, chunk_size)
-            ids[known.cpu().numpy()] = self._item_ids[idx.cpu().numpy()]
-            sc[known.cpu().numpy()] = s.cpu().numpy()
-        if not bool(known.all()):
+        if known.any():
+            idx, s = topk(self.scorer, u[torch.from_numpy(known).to(u.device)], int(k),
+                          self.seen if exclude_seen else None, chunk_size)
+            ids[known], sc[known] = self._item_ids[idx.cpu().numpy()], s.cpu().numpy()
+        if not known.all():
             pop = torch.bincount(self.seen[1], minlength=len(self.items)).float()
             v, i = torch.topk(pop, int(k))
-            ids[~known.cpu().numpy()] = self._item_ids[i.cpu().numpy()]
-            sc[~known.cpu().numpy()] = v.cpu().numpy()
+            ids[~known], sc[~known] = self._item_ids[i.cpu().numpy()], v.cpu().numpy()
         return (ids[0], sc[0]) if single else (ids, sc)
 
     @torch.no_grad()
@@ -98,8 +97,7 @@ class Recommender:
         scores); a list of histories -> ((B, k), (B, k)). The history's items are excluded
         unless exclude_given=False. unknown="error" refuses item ids outside the catalog,
         "ignore" drops them. UserKNN cannot do this (its neighbourhoods are known users)."""
-        from .ranking import mask_seen, topk_rows
-        from .similarity import select_rows
+        from .ranking import topk_histories
         single = len(items) == 0 or np.isscalar(items[0]) or isinstance(items[0], (str, bytes))
         hists = [list(items)] if single else [list(h) for h in items]
         self._check_k(k)
@@ -113,14 +111,9 @@ class Recommender:
                 raise KeyError(f"unknown item id(s) {bad} in the history (pass unknown='ignore' to drop them)")
             rows.append(np.unique(idx[idx >= 0]))
         pairs = np.array([(r, j) for r, h in enumerate(rows) for j in h], dtype=np.int64).reshape(-1, 2)
-        indptr, indices = (t.to(self.device) for t in csr(pairs, len(rows)))
-        H = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), device=self.device),
-                                    (len(rows), len(self.items)))
-        s = self.scorer.score_histories(select_rows(H, torch.arange(len(rows), device=self.device)),
-                                        self.scorer.item_tables())
-        if exclude_given:
-            mask_seen(s, torch.arange(len(rows), device=self.device), indptr, indices)
-        sc, idx = topk_rows(s, int(k))
+        given = tuple(t.to(self.device) for t in csr(pairs, len(rows)))
+        sc, idx = topk_histories(self.scorer, given, torch.arange(len(rows), device=self.device), int(k),
+                                 exclude_given)
         ids = self._item_ids[idx.cpu().numpy()]
         sc = sc.cpu().numpy()
         return (ids[0], sc[0]) if single else (ids, sc)

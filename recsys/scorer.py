@@ -162,13 +162,19 @@ class Scorer(nn.Module):
             out["content"] = _dot(self.user_profile(users, C), C, items)
         return out
 
-    def neutralise_cold(self, s_cf: torch.Tensor) -> torch.Tensor:
-        """(B, I) collaborative scores with cold items set to the user's mean over warm items."""
+    def neutralise_cold(self, s_cf: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, I) collaborative scores with cold items set to the user's mean over warm items.
+        With a (B, I) scratch block: in place in s_cf (no autograd), the same values."""
         warm = self.item_warm
         if bool(warm.all()):
             return s_cf
-        mean = (s_cf * warm).sum(1, keepdim=True) / warm.sum().clamp(min=1)        # (B, 1)
-        return torch.where(warm, s_cf, mean)
+        masked = s_cf * warm if scratch is None else torch.mul(s_cf, warm, out=scratch)
+        mean = masked.sum(1, keepdim=True) / warm.sum().clamp(min=1)               # (B, 1)
+        if scratch is None:
+            return torch.where(warm, s_cf, mean)
+        cold = torch.nonzero(~warm).flatten()
+        s_cf[:, cold] = mean.expand(-1, len(cold))
+        return s_cf
 
     @staticmethod
     def standardise(s: torch.Tensor, mean: torch.Tensor | None = None,
@@ -197,11 +203,7 @@ class Scorer(nn.Module):
             cf = torch.mm(self.user_emb(users), tables["V"].T, out=out)
             if tables["b"] is not None:
                 cf.add_(tables["b"])
-            warm = self.item_warm
-            if not bool(warm.all()):                       # neutralise_cold, in place
-                mean = torch.mul(cf, warm, out=scratch).sum(1, keepdim=True) / warm.sum().clamp(min=1)
-                cold = torch.nonzero(~warm).flatten()
-                cf[:, cold] = mean.expand(-1, len(cold))
+            cf = self.neutralise_cold(cf, scratch)
             if c.variant == "collaborative":
                 return cf
         if c.uses_content:
