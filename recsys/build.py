@@ -15,9 +15,9 @@ def csr(pairs: np.ndarray, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(indptr), torch.from_numpy(indices)
 
 
-def scorer_buffers(prep: Prepared) -> dict[str, torch.Tensor]:
+def scorer_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> dict[str, torch.Tensor]:
     hist_indptr, hist_indices = csr(prep.train, prep.n_users)
-    return {
+    return {**fill_buffers(prep, cold_k, cold_scale),
         "tok_indptr": torch.from_numpy(prep.bags.indptr),
         "tok_indices": torch.from_numpy(prep.bags.indices),
         "tok_weights": torch.from_numpy(prep.bags.weights),
@@ -27,10 +27,20 @@ def scorer_buffers(prep: Prepared) -> dict[str, torch.Tensor]:
     }
 
 
+def fill_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """The cold items' fill matrix (coldstart.py) as buffers: each cold item's cold_k most
+    content-similar warm items."""
+    from .coldstart import fill_matrix
+    indptr, indices, weights = fill_matrix(torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
+                                           torch.from_numpy(prep.bags.weights), len(prep.tokens),
+                                           torch.from_numpy(prep.item_warm()), cold_k, cold_scale)
+    return {"fill_indptr": indptr, "fill_indices": indices, "fill_weights": weights}
+
+
 def build_scorer(prep: Prepared, **model) -> Scorer:
     """model: ScorerConfig fields other than the sizes (variant, dim, alpha, ...)."""
     cfg = ScorerConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
-    return Scorer(cfg, scorer_buffers(prep))
+    return Scorer(cfg, scorer_buffers(prep, cfg.cold_k if cfg.uses_cf else 0, cfg.cold_scale))
 
 
 def eval_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -48,7 +58,7 @@ def eval_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def build_memory(prep: Prepared, model: dict, device: str = "cpu"):
     """Fit a memory-based / closed-form model (itemknn, userknn, content_knn, ease, popularity)
     or a `blend` of two of them, from plain config values."""
-    from .memory import Blend, MemoryConfig, MemoryScorer
+    from .memory import FILLED_KINDS, Blend, MemoryConfig, MemoryScorer
     model = dict(model)
     kind = model.get("kind")
     if kind == "blend":
@@ -57,9 +67,12 @@ def build_memory(prep: Prepared, model: dict, device: str = "cpu"):
         return Blend(first, second, model.get("alpha", 0.5), model.get("norm", "zscore"))
     hist_indptr, hist_indices, values = _csr_with_values(prep)
     cfg = MemoryConfig(n_users=prep.n_users, n_items=prep.n_items, **model)
-    return MemoryScorer.fit(cfg, hist_indptr, hist_indices, values,
-                            torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
-                            torch.from_numpy(prep.bags.weights), len(prep.tokens), device=device)
+    m = MemoryScorer.fit(cfg, hist_indptr, hist_indices, values,
+                         torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
+                         torch.from_numpy(prep.bags.weights), len(prep.tokens), device=device)
+    if cfg.cold_k > 0 and cfg.kind in FILLED_KINDS:
+        m.set_fill(**{k: v.to(device) for k, v in fill_buffers(prep, cfg.cold_k, cfg.cold_scale).items()})
+    return m
 
 
 def _csr_with_values(prep: Prepared):

@@ -151,7 +151,7 @@ def load_export(path: str, device: str = "cpu") -> dict:
 def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Rebuild any recsys model from its JSON config and its state_dict tensors."""
     from .memory import KNN_KINDS, Blend, MemoryConfig, MemoryScorer
-    from .scorer import BUFFERS
+    from .scorer import BUFFERS, FILL
     kind = cfg.get("kind", "learned")
     if kind == "blend":
         def sub(prefix):
@@ -160,6 +160,6 @@ def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> torch.nn.Modu
                      cfg["alpha"], cfg.get("norm", "zscore"))
     if kind in (*KNN_KINDS, "ease", "popularity"):
         return MemoryScorer.from_export(cfg, state)
-    scorer = Scorer(ScorerConfig(**cfg), {k: state[k] for k in BUFFERS})
+    scorer = Scorer(ScorerConfig(**cfg), {k: state[k] for k in BUFFERS + FILL if k in state})
     scorer.load_state_dict(state, strict=True)
     return scorer

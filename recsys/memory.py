@@ -32,6 +32,7 @@ from .similarity import _t, select_rows, sparse_rows, topk_neighbours
 from .spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, heavy_columns
 
 KNN_KINDS = ("itemknn", "userknn", "content_knn")
+FILLED_KINDS = ("itemknn", "userknn", "ease")    # collaborative kinds that can fill cold items (coldstart.py)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class MemoryConfig:
     direction: str = "candidate"  # itemknn / content_knn: candidate | history (see module docstring)
     lam: float = 200.0            # EASE L2 weight
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
+    cold_k: int = 0               # itemknn/userknn/ease: cold items borrow the scores of this many
+    cold_scale: float = 1.0       # content neighbours, times cold_scale (coldstart.py)
 
     @property
     def variant(self) -> str:
@@ -131,6 +134,17 @@ class MemoryScorer(nn.Module):
             buffers["pop"] = torch.bincount(hist_indices, minlength=c.n_items).float()
         return cls(c, buffers)
 
+    def set_fill(self, fill_indptr: torch.Tensor, fill_indices: torch.Tensor, fill_weights: torch.Tensor) -> None:
+        """The cold items' fill matrix (coldstart.py), applied to every score block."""
+        for name, t in (("fill_indptr", fill_indptr), ("fill_indices", fill_indices), ("fill_weights", fill_weights)):
+            self.register_buffer(name, t.clone())
+
+    def _fill(self, s: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "fill_indptr"):
+            return s
+        from .coldstart import fill_scores
+        return fill_scores(s, self.fill_indptr, self.fill_indices, self.fill_weights)
+
     # --- scoring ----------------------------------------------------------------------------
 
     def _hist(self) -> torch.Tensor:
@@ -171,7 +185,7 @@ class MemoryScorer(nn.Module):
             if c.normalize:
                 den = tables["MT"].product_bounded(_abs(Wb), torch.empty_like(s), tables.get("ws"), c.max_products)
                 s = _normalise(s, den)
-            return s
+            return self._fill(s)
         H = select_rows(self._hist(), users)                                      # (b, I) sparse
         return self.score_histories(H, tables, out)
 
@@ -185,15 +199,16 @@ class MemoryScorer(nn.Module):
             # s[u] = sum_j x_uj B[j]: a weighted sum of rows of B per user (an embedding bag),
             # work nnz(H) x I reads, no (b, I) temporary besides the result
             # (`out` is not used: embedding_bag has no out=, and a copy would be one more pass)
-            return torch.nn.functional.embedding_bag(H.col_indices(), self.ease_B, H.crow_indices()[:-1],
-                                                     mode="sum", per_sample_weights=H.values().to(self.ease_B.dtype))
+            return self._fill(torch.nn.functional.embedding_bag(
+                H.col_indices(), self.ease_B, H.crow_indices()[:-1],
+                mode="sum", per_sample_weights=H.values().to(self.ease_B.dtype)))
         if c.kind in ("itemknn", "content_knn"):
             out = _out(out, H.shape[0], c.n_items, H.values())
             s = tables["WT"].product_bounded(H, out, tables.get("ws"), c.max_products)    # (b, I)
             if c.normalize:
                 den = tables["absWT"].product_bounded(_ones(H), torch.empty_like(s), tables.get("ws"), c.max_products)
                 s = _normalise(s, den)
-            return s
+            return self._fill(s) if c.kind == "itemknn" else s
         raise ValueError("userknn scores known users only (its neighbourhoods are users)")
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
@@ -208,7 +223,10 @@ class MemoryScorer(nn.Module):
         missing = [n for n in need if n not in state]
         if missing:
             raise KeyError(f"missing tensors {missing}")
-        return cls(cfg, {n: state[n] for n in need})
+        m = cls(cfg, {n: state[n] for n in need})
+        if "fill_indptr" in state:
+            m.set_fill(state["fill_indptr"], state["fill_indices"], state["fill_weights"])
+        return m
 
 
 def _csr_buffers(W: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:

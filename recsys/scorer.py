@@ -16,7 +16,9 @@ because z_u is increasing, alpha = 1 ranks exactly as `collaborative` and alpha 
 
 Cold items (no training interaction) have never been a positive, so V[i] carries no signal: their
 collaborative score is set to the user's mean collaborative score over the warm items
-("neutral"), which is z = 0 after standardisation. They are ranked by content alone.
+("neutral"), which is z = 0 after standardisation, and they are ranked by content alone; or,
+with cold_k > 0, at ranking time (eval mode) V[c] and b[c] are borrowed from the cold item's
+cold_k most content-similar warm items (coldstart.py), so the collaborative part has a view too.
 
 Worked example (shapes): 3 users, 5 items, 7 tokens, dim 4; `Scorer(cfg, bags..., history...)`;
 `scorer(torch.tensor([0, 2]))` -> (2, 5) scores of users 0 and 2 against every item.
@@ -46,6 +48,8 @@ class ScorerConfig:
     learn_alpha: bool = False   # learn alpha (through a sigmoid) instead of fixing it
     item_bias: bool = True      # b[i] in the collaborative score
     init_std: float = 0.1
+    cold_k: int = 0             # cold items borrow V, b from this many content neighbours (coldstart.py)
+    cold_scale: float = 1.0     # ... times this factor
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -69,6 +73,13 @@ class ScorerConfig:
 
 # names of the data buffers a Scorer holds (all saved in its state_dict, so an export is complete)
 BUFFERS = ("tok_indptr", "tok_indices", "tok_weights", "hist_indptr", "hist_indices", "item_warm")
+# the cold items' fill matrix (coldstart.py); empty (no filled item) when absent
+FILL = ("fill_indptr", "fill_indices", "fill_weights")
+
+
+def empty_fill(n_items: int) -> dict[str, torch.Tensor]:
+    return {"fill_indptr": torch.zeros(n_items + 1, dtype=torch.long),
+            "fill_indices": torch.zeros(0, dtype=torch.long), "fill_weights": torch.zeros(0)}
 
 
 class Scorer(nn.Module):
@@ -81,9 +92,10 @@ class Scorer(nn.Module):
         missing = [b for b in BUFFERS if b not in buffers]
         if missing:
             raise ValueError(f"Scorer needs buffers {missing}")
-        for name in BUFFERS:
+        buffers = {**empty_fill(c.n_items), **buffers}
+        for name in BUFFERS + FILL:
             t = torch.as_tensor(buffers[name])
-            t = t.bool() if name == "item_warm" else (t.float() if name == "tok_weights" else t.long())
+            t = t.bool() if name == "item_warm" else (t.float() if name.endswith("_weights") else t.long())
             self.register_buffer(name, t.clone())
         if len(self.tok_indptr) != c.n_items + 1 or len(self.hist_indptr) != c.n_users + 1:
             raise ValueError("buffer sizes do not match n_users / n_items in the config")
@@ -121,10 +133,15 @@ class Scorer(nn.Module):
     def item_tables(self) -> dict[str, torch.Tensor]:
         """Everything item-side the user scores need; reuse it across user chunks."""
         from .spgemm import Workspace
+        from .coldstart import fill_table
         t: dict = {"ws": Workspace()}
         if self.config.uses_cf:
             t["V"] = self.item_emb.weight                                         # (I, D)
             t["b"] = self.item_bias if self.item_bias is not None else None        # (I,)
+            if not self.training:                  # cold items borrow from content neighbours
+                fill = (self.fill_indptr, self.fill_indices, self.fill_weights)
+                t["V"] = fill_table(t["V"], *fill)
+                t["b"] = None if t["b"] is None else fill_table(t["b"], *fill)
         if self.config.uses_content:
             t["C"] = self.item_content()                                          # (I, D)
         return t
@@ -163,16 +180,21 @@ class Scorer(nn.Module):
         return out
 
     def neutralise_cold(self, s_cf: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, I) collaborative scores with cold items set to the user's mean over warm items.
+        """(B, I) collaborative scores with cold items set to the user's mean over warm items,
+        except (in eval mode) cold items with a fill row, which keep their borrowed score.
         With a (B, I) scratch block: in place in s_cf (no autograd), the same values."""
         warm = self.item_warm
-        if bool(warm.all()):
+        keep = warm
+        if not self.training and len(self.fill_indices):
+            from .coldstart import filled_rows
+            keep = warm | filled_rows(self.fill_indptr)
+        if bool(keep.all()):
             return s_cf
         masked = s_cf * warm if scratch is None else torch.mul(s_cf, warm, out=scratch)
         mean = masked.sum(1, keepdim=True) / warm.sum().clamp(min=1)               # (B, 1)
         if scratch is None:
-            return torch.where(warm, s_cf, mean)
-        cold = torch.nonzero(~warm).flatten()
+            return torch.where(keep, s_cf, mean)
+        cold = torch.nonzero(~keep).flatten()
         s_cf[:, cold] = mean.expand(-1, len(cold))
         return s_cf
 
