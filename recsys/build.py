@@ -38,9 +38,18 @@ def fill_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> di
 
 
 def build_scorer(prep: Prepared, **model) -> Scorer:
-    """model: ScorerConfig fields other than the sizes (variant, dim, alpha, ...)."""
+    """model: ScorerConfig fields other than the sizes (variant, dim, alpha, ...). With the
+    pretrained tokenizer, the content-token table starts from the model's token embeddings
+    (frozen unless the tokenizer config says freeze: false)."""
+    buffers = {}
+    variant = model.get("variant", "hybrid")
+    if getattr(prep.tokenizer, "kind", "word") == "pretrained" and variant in ("content", "hybrid"):
+        pre = torch.from_numpy(prep.tokenizer.embedding_rows(prep.tokens.ids))          # (T, d_pre)
+        buffers["token_pre"] = pre
+        model = {**model, "token_pre_dim": int(pre.shape[1]), "token_pre_train": not prep.tokenizer.freeze}
     cfg = ScorerConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
-    return Scorer(cfg, scorer_buffers(prep, cfg.cold_k if cfg.uses_cf else 0, cfg.cold_scale))
+    buffers.update(scorer_buffers(prep, cfg.cold_k if cfg.uses_cf else 0, cfg.cold_scale))
+    return Scorer(cfg, buffers)
 
 
 def eval_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

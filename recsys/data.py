@@ -28,7 +28,7 @@ import pandas as pd
 from .content import TokenBags, tfidf_bags
 from .io import DataError, read_table, require_columns
 from .splits import NEW_GIVEN, NEW_TARGET, SPLITS, TEST, TRAIN, VALID
-from .tokenize import WordTokenizer
+from .tokenize import WordTokenizer, make_tokenizer
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -245,12 +245,16 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         joined = t.groupby("item")["tag"].apply(lambda x: " ".join(map(str, x)))
         for n, txt in zip(item_vocab.index(joined.index), joined.tolist()):
             fields[n]["tags"] = txt
+    tokenizer.fit(fields)               # bpe learns its subwords from this very text
     docs = [tokenizer.tokenize_fields(f) for f in fields]
     empty = sum(1 for d in docs if not d)
     if empty:
         report["items_without_text"] = empty
         log.warning("%d catalog items have no text; their content vector is zero", empty)
-    tokens = Vocab.build_tokens(docs, min_count=min_count, max_size=max_tokens)
+    if tokenizer.kind == "pretrained":  # the model's whole vocabulary: later items meet no unknown token
+        tokens = Vocab(tokenizer.vocabulary(), unk="[UNK]")
+    else:
+        tokens = Vocab.build_tokens(docs, min_count=min_count, max_size=max_tokens)
     bags = tfidf_bags(docs, tokens)
     prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
                     bags, titles, report, ratings)
@@ -307,12 +311,12 @@ def _carve_valid(train: pd.DataFrame, valid_ratio: float, seed: int):
 
 def _tokenizer(tokens: dict) -> tuple[WordTokenizer, int, int | None]:
     tokens = dict(tokens or {})
-    kind = tokens.pop("kind", "word")
-    if kind != "word":
-        raise DataError(f"data.tokens.kind={kind!r}: only 'word' is available")
     min_count = int(tokens.pop("min_count", 1))
     max_size = tokens.pop("max_size", None)
-    return WordTokenizer(**tokens), min_count, max_size
+    try:
+        return make_tokenizer(**tokens), min_count, max_size
+    except TypeError as e:
+        raise DataError(f"data.tokens: {e}") from None
 
 
 def prepare_movielens(path: str, min_rating: float | None = None, use_tags: bool = True,

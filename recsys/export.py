@@ -8,6 +8,11 @@
                             and token_idf (for tokenising items added later)
       users.json / items.json / tokens.json   vocabularies: JSON lists, index = position
                             (items.json also holds a readable title per item)
+      tokenizer.json        bpe / pretrained tokenizers only: the Hugging Face tokenizer file
+                            (so loading needs neither the training data nor the model package)
+
+A pretrained token table is stored as its projection to the model width (Scorer.baked): the
+same scores, a (n_tokens, dim) table instead of (n_tokens, 384) plus the projection.
 
 No pickle anywhere: JSON and safetensors only. The directory is written under a temporary name
 and renamed into place, so a crash mid-write never leaves a partial export that loads.
@@ -24,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .scorer import Scorer, ScorerConfig
-from .tokenize import WordTokenizer
+from .tokenize import WordTokenizer, tokenizer_from_json
 from .vocab import Vocab
 
 FORMAT = "recsys-export"
@@ -97,6 +102,8 @@ def save_export(path: str, scorer: Scorer, users: Vocab, items: Vocab, tokens: V
     from . import __version__
     tmp = atomic_dir(path)
     try:
+        scorer = bake(scorer)
+        tokenizer.save_files(tmp)
         state = {k: v.detach().cpu().contiguous() for k, v in scorer.state_dict().items()}
         save_file(state, os.path.join(tmp, "model.safetensors"))
         save_file({"seen_indptr": seen[0].cpu().contiguous(), "seen_indices": seen[1].cpu().contiguous(),
@@ -132,8 +139,10 @@ def load_export(path: str, device: str = "cpu") -> dict:
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise ExportError(f"{path}/model.safetensors does not match config.json: {str(e).splitlines()[0]}") from None
     scorer.to(device).eval()
-    tok = dict(cfg["tokenizer"])
-    tok.pop("kind", None)
+    try:
+        tokenizer = tokenizer_from_json(cfg["tokenizer"], path)
+    except (FileNotFoundError, ValueError, TypeError, KeyError, ImportError) as e:
+        raise ExportError(f"{path}: the tokenizer cannot be loaded: {str(e).splitlines()[0]}") from None
     items = _read_json(os.path.join(path, "items.json"))
     return {
         "config": cfg,
@@ -142,10 +151,21 @@ def load_export(path: str, device: str = "cpu") -> dict:
         "items": Vocab.from_json(items),
         "titles": items.get("titles"),
         "tokens": Vocab.from_json(_read_json(os.path.join(path, "tokens.json"))),
-        "tokenizer": WordTokenizer(**tok),
+        "tokenizer": tokenizer,
         "seen": (extras["seen_indptr"], extras["seen_indices"]),
         "token_idf": extras["token_idf"],
     }
+
+
+def bake(model: torch.nn.Module) -> torch.nn.Module:
+    """Pretrained token tables replaced by their projection, in a model or a blend's parts."""
+    from .memory import Blend
+    if isinstance(model, Blend):
+        first, second = bake(model.first), bake(model.second)
+        if first is model.first and second is model.second:
+            return model
+        return Blend(first, second, model.config.alpha, model.config.norm)
+    return model.baked() if hasattr(model, "baked") else model
 
 
 def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:

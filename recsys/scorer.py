@@ -50,6 +50,8 @@ class ScorerConfig:
     init_std: float = 0.1
     cold_k: int = 0             # cold items borrow V, b from this many content neighbours (coldstart.py)
     cold_scale: float = 1.0     # ... times this factor
+    token_pre_dim: int = 0      # > 0: E = token_pre (T, token_pre_dim) projected to dim (pretrained tokens)
+    token_pre_train: bool = False   # fine-tune token_pre too (False: frozen, only the projection learns)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -105,7 +107,18 @@ class Scorer(nn.Module):
             nn.init.normal_(self.user_emb.weight, std=c.init_std)
             nn.init.normal_(self.item_emb.weight, std=c.init_std)
             self.item_bias = nn.Parameter(torch.zeros(c.n_items)) if c.item_bias else None
-        if c.uses_content:
+        if c.uses_content and c.token_pre_dim > 0:
+            # pretrained token table P, rescaled to unit spread; E = P W^T with W (dim, d_pre)
+            # initialised so that E's entries have spread init_std like a learned table's
+            pre = buffers.get("token_pre")
+            if pre is None or tuple(pre.shape) != (c.n_tokens, c.token_pre_dim):
+                raise ValueError(f"token_pre_dim={c.token_pre_dim} needs a token_pre buffer of shape "
+                                 f"({c.n_tokens}, {c.token_pre_dim})")
+            pre = torch.as_tensor(pre).float()
+            self.token_pre = nn.Parameter(pre / pre.std().clamp(min=1e-8), requires_grad=c.token_pre_train)
+            self.token_proj = nn.Linear(c.token_pre_dim, c.dim, bias=False)
+            nn.init.normal_(self.token_proj.weight, std=c.init_std / c.token_pre_dim ** 0.5)
+        elif c.uses_content:
             self.token_emb = nn.Embedding(c.n_tokens, c.dim)
             nn.init.normal_(self.token_emb.weight, std=c.init_std)
         if c.variant == "hybrid" and c.learn_alpha:
@@ -125,10 +138,30 @@ class Scorer(nn.Module):
             return torch.tensor(float(self.config.alpha))
         return torch.sigmoid(self.alpha_logit)
 
+    def token_table(self) -> torch.Tensor:
+        """E: (T, D) token embeddings: learned, or the projected pretrained table."""
+        if self.config.token_pre_dim > 0:
+            return self.token_proj(self.token_pre)                               # (T, d_pre) -> (T, D)
+        return self.token_emb.weight
+
     def item_content(self) -> torch.Tensor:
         """C: (I, D), the TF-IDF weighted sum of each item's token embeddings (0 for no tokens)."""
-        return F.embedding_bag(self.tok_indices, self.token_emb.weight, self.tok_indptr[:-1],
+        return F.embedding_bag(self.tok_indices, self.token_table(), self.tok_indptr[:-1],
                                mode="sum", per_sample_weights=self.tok_weights)
+
+    def baked(self) -> "Scorer":
+        """The same scorer with a pretrained token table replaced by its projection E (a plain
+        learned table): what the export stores, smaller and with identical scores."""
+        if self.config.token_pre_dim == 0:
+            return self
+        from dataclasses import replace
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("token_pre", "token_proj"))}
+        with torch.no_grad():
+            state["token_emb.weight"] = self.token_table().detach().clone()
+        out = Scorer(replace(self.config, token_pre_dim=0, token_pre_train=False),
+                     {k: state[k] for k in BUFFERS + FILL})
+        out.load_state_dict(state, strict=True)
+        return out.to(self.tok_indices.device).train(self.training)
 
     def item_tables(self) -> dict[str, torch.Tensor]:
         """Everything item-side the user scores need; reuse it across user chunks."""
