@@ -211,7 +211,8 @@ def run(cfg: DictConfig) -> dict:
             prep.split_frame(part).to_csv(os.path.join(out, "split", f"{part}.csv"), index=False)
         save_export(os.path.join(out, "export"), scorer, prep.users, prep.items, prep.tokens,
                     prep.tokenizer, sets["test_seen"], torch.from_numpy(prep.bags.idf), prep.item_titles,
-                    meta={"metrics": {k: v for k, v in metrics.items() if k != "data"}})
+                    meta={"metrics": {k: v for k, v in metrics.items() if k != "data"},
+                          "text_fields": prep.text_fields})
     print(format_table(metrics))
     log.info("run folder: %s", out)
     return metrics

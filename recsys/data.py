@@ -53,6 +53,7 @@ class Prepared:
     new_users: Vocab | None = None
     new_given: np.ndarray | None = None
     new_target: np.ndarray | None = None
+    text_fields: list[str] = field(default_factory=list)   # the item text fields, in token order
 
     @property
     def n_users(self) -> int:
@@ -257,7 +258,8 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         tokens = Vocab.build_tokens(docs, min_count=min_count, max_size=max_tokens)
     bags = tfidf_bags(docs, tokens)
     prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
-                    bags, titles, report, ratings)
+                    bags, titles, report, ratings,
+                    text_fields=list(text_cols) + (["tags"] if tags is not None and len(tags) else []))
     if new_parts:
         _add_new_users(prep, new_parts, report)
     report.update(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(tokens),

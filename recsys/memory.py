@@ -51,6 +51,7 @@ class MemoryConfig:
     direction: str = "candidate"  # itemknn / content_knn: candidate | history (see module docstring)
     lam: float = 200.0            # EASE L2 weight
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
+    n_tokens: int = 0             # size of the token vocabulary of the stored item bags
     cold_k: int = 0               # itemknn/userknn/ease: cold items borrow the scores of this many
     cold_scale: float = 1.0       # content neighbours, times cold_scale (coldstart.py)
 
@@ -93,6 +94,11 @@ class MemoryScorer(nn.Module):
             raise ValueError(f"model.values={c.values!r} must be 'binary' or 'rating'")
         buffers = {"hist_indptr": hist_indptr, "hist_indices": hist_indices,
                    "hist_values": vals if vals is not None else torch.ones(len(hist_indices), device=dev)}
+        if tok_indptr is not None:   # the items' token bags: content_knn's input, and what items
+            buffers.update(tok_indptr=tok_indptr.to(dev), tok_indices=tok_indices.to(dev),   # added later
+                           tok_weights=tok_weights.to(dev).float())                         # are compared with
+            if c.n_tokens == 0:
+                c.n_tokens = int(n_tokens)
         X = sparse_rows(hist_indptr, hist_indices, buffers["hist_values"], c.n_items)     # (U, I)
         if c.kind in ("itemknn", "content_knn"):
             if c.kind == "itemknn":
@@ -223,6 +229,7 @@ class MemoryScorer(nn.Module):
         missing = [n for n in need if n not in state]
         if missing:
             raise KeyError(f"missing tensors {missing}")
+        need += [n for n in ("tok_indptr", "tok_indices", "tok_weights") if n in state]
         m = cls(cfg, {n: state[n] for n in need})
         if "fill_indptr" in state:
             m.set_fill(state["fill_indptr"], state["fill_indices"], state["fill_weights"])

@@ -42,6 +42,48 @@ class Recommender:
         return save_export(path, self.scorer, self.users, self.items, self.tokens, self.tokenizer,
                            self.seen, self.token_idf, self.titles, self.meta)
 
+    def add_items(self, items, item_col: str = "item", text_cols: list[str] | None = None) -> int:
+        """Add new items to the catalog without retraining (recsys/extend.py): `items` is a
+        DataFrame with an id column and text columns (default: those of the export's training
+        text fields, `meta["text_fields"]`, that the frame has), tokenised with the stored
+        tokenizer and weighted with the stored idf. They can be recommended at once, and
+        save_pretrained keeps them. Returns the number of items added."""
+        import pandas as pd
+
+        from .content import tfidf_bags
+        from .data import _clean_ids
+        from .extend import add_items
+        from .vocab import Vocab
+        if not isinstance(items, pd.DataFrame):
+            raise TypeError(f"add_items takes a pandas DataFrame, got {type(items).__name__}")
+        if item_col not in items.columns:
+            raise KeyError(f"add_items: no id column {item_col!r} (columns are {list(items.columns)})")
+        known = self.meta.get("text_fields") or []
+        if text_cols is None:
+            text_cols = [c for c in known if c in items.columns] or [c for c in items.columns if c != item_col]
+        missing = [c for c in text_cols if c not in items.columns]
+        if missing or not text_cols:
+            raise KeyError(f"add_items: text column(s) {missing or text_cols} not in the frame "
+                           f"(the model was trained on text fields {known})")
+        ids = _clean_ids(items[item_col], f"add_items, column {item_col!r}").tolist()
+        if len(set(ids)) != len(ids):
+            dup = pd.Series(ids)[pd.Series(ids).duplicated()].tolist()[:5]
+            raise ValueError(f"add_items: duplicate item ids {dup}")
+        clash = [i for i in ids if i in self.items][:5]
+        if clash:
+            raise ValueError(f"add_items: item ids {clash} are already in the catalog")
+        if not ids:
+            return 0
+        texts = items[text_cols].fillna("").astype(str)
+        docs = [self.tokenizer.tokenize_fields(dict(zip(text_cols, row))) for row in texts.itertuples(index=False)]
+        bags = tfidf_bags(docs, self.tokens, idf=self.token_idf.cpu().numpy())
+        self.scorer = add_items(self.scorer, bags).to(self.device).eval()
+        self.items = Vocab(self.items.ids + ids, unk=self.items.unk)
+        self._item_ids = np.asarray(self.items.ids, dtype=object if any(isinstance(i, str) for i in self.items.ids) else None)
+        if self.titles is not None:
+            self.titles = list(self.titles) + texts[text_cols[0]].tolist()
+        return len(ids)
+
     def user_index(self, users) -> torch.Tensor:
         try:
             idx = self.users.index(users)
