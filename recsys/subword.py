@@ -52,11 +52,14 @@ class _HFTokenizer:
         if not isinstance(text, str) or not text:
             return []
         if self._tok is None:
-            raise RuntimeError(f"the {self.kind} tokenizer is not trained or loaded yet (call fit)")
+            self._ensure()
         toks = [t for t in self._tok.encode(text, add_special_tokens=False).tokens if _keep(t)]
         if field_name is not None and field_name in getattr(self, "prefix_fields", ()):
             toks = [f"{field_name}:{t}" for t in toks]
         return toks
+
+    def _ensure(self) -> None:
+        raise RuntimeError(f"the {self.kind} tokenizer is not trained or loaded yet (call fit)")
 
     def tokenize_fields(self, fields: dict[str, str]) -> list[str]:
         out: list[str] = []
@@ -143,6 +146,9 @@ class PretrainedTokenizer(_HFTokenizer):
         if self._tok is None:
             self.load_files(self.model_dir())
         return self
+
+    def _ensure(self) -> None:
+        self.fit()
 
     def vocabulary(self) -> list[str]:
         """The model's tokens in id order."""
