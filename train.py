@@ -18,6 +18,7 @@ from recsys.build import build_memory, build_scorer, eval_sets, new_user_sets, r
 from recsys.evaluation import evaluate, evaluate_histories, evaluate_report, format_table
 from recsys.export import save_export, write_json_atomic
 from recsys.training import RecsysModule, train_loader, user_loader
+from recsys.tune import choose_fold_in_lambda
 
 log = logging.getLogger("train")
 
@@ -37,6 +38,9 @@ def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers, te
     test=False skips Lightning's test loop (a blend part: the blend is tested, not the part)."""
     optim = model.pop("optim")
     batch_size = optim.pop("batch_size")
+    fold = model.pop("fold_in_lambda", "auto")
+    if fold != "auto":
+        model["fold_in_lambda"] = float(fold)
     scorer = build_scorer(prep, **model)
     module = RecsysModule(scorer, sets, ks=tuple(cfg.ks), **optim)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -51,11 +55,16 @@ def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers, te
     if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
         state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=True)
+    if fold == "auto" and scorer.config.uses_cf:   # the MF fold-in weight for users outside the model
+        choose_fold_in_lambda(scorer, sets["val_seen"], sets["val_target"])
     if test:
         trainer.test(module, user_loader(sets["test_target"][0], cfg.eval_chunk), verbose=False)
     best = next((c.best_model_score for c in callbacks if getattr(c, "best_model_score", None) is not None), None)
     best = float(best) if best is not None else float(trainer.callback_metrics.get(cfg.optimized_metric, float("nan")))
-    return scorer.cpu(), dict(module.last_test_metrics) if test else {}, best
+    metrics = dict(module.last_test_metrics) if test else {}
+    if scorer.config.uses_cf:
+        metrics["fold_in/lambda"] = scorer.config.fold_in_lambda
+    return scorer.cpu(), metrics, best
 
 
 def fit_closed_form(cfg: DictConfig, prep, sets, model: dict, loggers):

@@ -52,6 +52,7 @@ class ScorerConfig:
     cold_scale: float = 1.0     # ... times this factor
     token_pre_dim: int = 0      # > 0: E = token_pre (T, token_pre_dim) projected to dim (pretrained tokens)
     token_pre_train: bool = False   # fine-tune token_pre too (False: frozen, only the projection learns)
+    fold_in_lambda: float = 1.0     # ridge weight of the fold-in of users outside the model (tune.py picks it)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -304,12 +305,12 @@ class Scorer(nn.Module):
         """(b, I) sparse CSR histories of users who need not be in the vocabulary -> (b, I)
         scores, without retraining: the content profile is the mean content vector of the
         history's items (exactly as for a known user); the collaborative vector is folded in
-        (fold_in) against the trained item vectors."""
+        (fold_in, ridge weight config.fold_in_lambda) against the trained item vectors."""
         rows = torch.arange(H.shape[0], device=H.crow_indices().device)
         parts = {}
         if self.config.uses_cf:
             V = tables["V"]
-            parts["cf"] = self.fold_in(H, V) @ V.T
+            parts["cf"] = self.fold_in(H, V, self.config.fold_in_lambda) @ V.T
             if tables["b"] is not None:
                 parts["cf"] = parts["cf"] + tables["b"]
         if self.config.uses_content:
