@@ -137,3 +137,24 @@ def test_recommend_for_history_matches_a_known_user(tmp_path, prep):
     assert len(ids) == 5
     ids, sc = rec.recommend_for_history([hist, hist[:3], []], k=4)
     assert ids.shape == (3, 4) and sc.shape == (3, 4)
+
+
+def test_fold_in_lambda_is_chosen_on_validation_and_used(prep):
+    """choose_fold_in_lambda evaluates each lambda on known users folded in from their train
+    history (validation targets only), keeps the best, and score_histories then uses it."""
+    from recsys.tune import choose_fold_in_lambda
+    torch.manual_seed(0)
+    s = build_scorer(prep, variant="collaborative", dim=8).eval()
+    sets = eval_sets(prep)
+    best, curve = choose_fold_in_lambda(s, sets["val_seen"], sets["val_target"], grid=(0.01, 1.0, 100.0))
+    assert set(curve) == {0.01, 1.0, 100.0} and curve[best] == max(curve.values())
+    assert s.config.fold_in_lambda == best
+    H = torch.sparse_csr_tensor(*sets["val_seen"], torch.ones(len(sets["val_seen"][1])), (prep.n_users, prep.n_items))
+    rows = select_rows(H, torch.arange(5))
+    a = s.score_histories(rows, s.item_tables())
+    s.config.fold_in_lambda = 1000.0
+    assert not torch.allclose(a, s.score_histories(rows, s.item_tables()))
+    # the curve is what evaluate_histories gives for that lambda
+    s.config.fold_in_lambda = 1.0
+    m, _ = evaluate_histories(s, sets["val_seen"], sets["val_target"], ks=(10,), prefix="")
+    assert m["ndcg@10"] == pytest.approx(curve[1.0])
