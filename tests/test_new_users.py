@@ -158,3 +158,27 @@ def test_fold_in_lambda_is_chosen_on_validation_and_used(prep):
     s.config.fold_in_lambda = 1.0
     m, _ = evaluate_histories(s, sets["val_seen"], sets["val_target"], ks=(10,), prefix="")
     assert m["ndcg@10"] == pytest.approx(curve[1.0])
+
+
+@pytest.mark.parametrize("model", [{"kind": "content_knn", "k": 30}, {"kind": "itemknn", "k": 10},
+                                   {"kind": "ease", "lam": 10.0},
+                                   {"kind": "blend", "alpha": 0.8, "norm": "max", "first": {"kind": "ease", "lam": 10.0},
+                                    "second": {"kind": "content_knn", "k": 30}}],
+                         ids=lambda m: m["kind"])
+def test_recommend_for_history_known_answer(tmp_path, model):
+    """A newcomer who watched three 'space' films gets only 'space' films first, and a
+    'cooking' fan only 'cooking' films, through the exported Recommender (batch form)."""
+    from recsys import Recommender
+    from recsys.build import csr
+    from recsys.export import save_export
+    from tests.test_add_items import _taste_files
+    prep = _taste_files(str(tmp_path))
+    m = build_memory(prep, model)
+    path = save_export(str(tmp_path / "export"), m, prep.users, prep.items, prep.tokens, prep.tokenizer,
+                       csr(prep.train, prep.n_users), torch.from_numpy(prep.bags.idf), prep.item_titles)
+    rec = Recommender.from_pretrained(path)
+    ids, scores = rec.recommend_for_history([["s1", "s2", "s3"], ["c4", "c5"]], k=10)
+    assert ids.shape == (2, 10) and not {"s1", "s2", "s3"} & set(ids[0])
+    assert all(i.startswith("s") for i in ids[0]) and all(i.startswith("c") for i in ids[1])
+    one, _ = rec.recommend_for_history(["s1", "s2", "s3"], k=10)
+    assert list(one) == list(ids[0])
