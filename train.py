@@ -62,6 +62,10 @@ def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers, te
     best = next((c.best_model_score for c in callbacks if getattr(c, "best_model_score", None) is not None), None)
     best = float(best) if best is not None else float(trainer.callback_metrics.get(cfg.optimized_metric, float("nan")))
     metrics = dict(module.last_test_metrics) if test else {}
+    metrics["trainer/world_size"] = trainer.world_size
+    # the test loop's own figures (sharded over processes under DDP, then summed): the final
+    # report below recomputes test/* in one pass; the two must agree
+    metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
     if scorer.config.uses_cf:
         metrics["fold_in/lambda"] = scorer.config.fold_in_lambda
     return scorer.cpu(), metrics, best
@@ -208,13 +212,15 @@ def run(cfg: DictConfig) -> dict:
     else:
         scorer, metrics, best = fit_closed_form(cfg, prep, sets, model, loggers)
     metrics[f"best/{cfg.optimized_metric}"] = best
+    if not _is_rank_zero():   # DDP: the other processes trained and tested with rank 0; it writes
+        return metrics
     report, per_user = final_report(cfg, scorer, prep, sets, loggers, logged=set(metrics))
     metrics.update(report)
     metrics["data"] = prep.report
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
     write_per_user(os.path.join(out, "per_user.csv"), per_user, prep, cfg.report.history_buckets)
 
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if _is_rank_zero():
         os.makedirs(os.path.join(out, "split"), exist_ok=True)
         for part in ("train", "valid", "test"):
             prep.split_frame(part).to_csv(os.path.join(out, "split", f"{part}.csv"), index=False)
@@ -225,6 +231,13 @@ def run(cfg: DictConfig) -> dict:
     print(format_table(metrics))
     log.info("run folder: %s", out)
     return metrics
+
+
+def _is_rank_zero() -> bool:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

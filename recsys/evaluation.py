@@ -23,6 +23,21 @@ class MetricSums:
     def compute(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": v / max(self.n_users, 1) for k, v in self.sums.items()}
 
+    def all_reduce(self, ks) -> "MetricSums":
+        """Sum over the processes of a torch.distributed group (each holds its own users), in
+        place: afterwards every process has the sums and user count of all users, each user
+        counted once. The metric names come from `ks` so that a process with no user agrees."""
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        ks = sorted(ks)
+        names = sorted(per_user_metrics(torch.zeros(0, ks[-1], dtype=torch.bool), torch.zeros(0), ks))
+        t = torch.tensor([self.sums.get(n, 0.0) for n in names] + [float(self.n_users)], dtype=torch.float64)
+        dist.all_reduce(t)
+        self.sums = dict(zip(names, t[:-1].tolist()))
+        self.n_users = int(t[-1])
+        return self
+
 
 def users_with_targets(indptr: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(indptr[1:] > indptr[:-1]).flatten()

@@ -1,6 +1,12 @@
 """Lightning around the Scorer: sampling, loss, optimiser, per-epoch full-ranking validation.
 
 Only train.py (and tests) import this module; the scorer and exports do not need Lightning.
+
+Distributed (trainer=ddp, devices=N): the loaders shard themselves (Lightning's sampler
+injection is off, `use_distributed_sampler: false`): each process takes every N-th batch of
+the epoch's shuffle (padded so that all take the same number of steps) and every N-th user of
+validation/test; each draws its own negatives (its own seed per epoch); metric sums and user
+counts are all-reduced before the means, so every user is counted exactly once.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ class RecsysModule(L.LightningModule):
             self.register_buffer(f"{name}_indices", indices, persistent=False)
         self._sums: MetricSums | None = None
         self._tables: dict | None = None
+        self._base_seed = torch.initial_seed()         # set by seed_everything before this module
 
     # --- resuming: the negatives come from torch's global generator; its state travels in
     # the checkpoint, so a resumed run draws the negatives the uninterrupted one would have
@@ -46,6 +53,12 @@ class RecsysModule(L.LightningModule):
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def on_train_epoch_start(self) -> None:
+        # several processes: each draws its own negatives (the same seed everywhere would make
+        # them identical); re-seeded per epoch, so a resumed run draws what it would have
+        if self.trainer.world_size > 1:
+            torch.manual_seed(self._base_seed + 7919 * self.current_epoch + self.global_rank + 1)
 
     def csr(self, name: str):
         return getattr(self, f"{name}_indptr"), getattr(self, f"{name}_indices")
@@ -106,7 +119,9 @@ class RecsysModule(L.LightningModule):
         self._sums.update(m)
 
     def _eval_end(self, prefix):
-        for name, v in self._sums.compute(prefix).items():
+        # sums over all processes' users, then the means (identical on every process)
+        # (sync_dist averages values that are already identical on every process)
+        for name, v in self._sums.all_reduce(self.ks).compute(prefix).items():
             self.log(name, v, prog_bar=name.endswith("ndcg@10"), sync_dist=True)
         self._tables = None
 
@@ -126,8 +141,8 @@ class RecsysModule(L.LightningModule):
         self._eval_step(batch[0], "test")
 
     def on_test_epoch_end(self):
-        self.last_test_metrics = self._sums.compute("test/")
         self._eval_end("test/")
+        self.last_test_metrics = self._sums.compute("test/")
 
 
 class _EpochBatches(BatchSampler):
@@ -145,6 +160,49 @@ class _EpochBatches(BatchSampler):
         for _ in range(int(epoch)):              # skip the earlier epochs' permutations
             torch.randperm(self.n, generator=g)
 
+    def __iter__(self):
+        rank, world = _rank_world()
+        if world == 1:
+            yield from super().__iter__()
+            return
+        # every process draws the same shuffle and takes every world-th batch of it; the last
+        # batches are padded from the start of the shuffle so all take len(self) steps
+        order = list(self.sampler)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        n = len(self)
+        batches = (batches * (1 + (n * world) // max(len(batches), 1)))[:n * world]
+        yield from batches[rank::world]
+
+    def __len__(self) -> int:
+        n = -(-self.n // self.batch_size)
+        return -(-n // _rank_world()[1])
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _UserShards(torch.utils.data.Sampler):
+    """Chunks of this process's share of the users (every world-th one), as index lists."""
+
+    def __init__(self, n: int, chunk_size: int):
+        self.n, self.chunk = n, chunk_size
+
+    def _mine(self) -> list[int]:
+        rank, world = _rank_world()
+        return list(range(rank, self.n, world))
+
+    def __iter__(self):
+        mine = self._mine()
+        for i in range(0, len(mine), self.chunk):
+            yield mine[i:i + self.chunk]
+
+    def __len__(self) -> int:
+        return -(-len(self._mine()) // self.chunk)
+
 
 def train_loader(pairs, batch_size: int, seed: int) -> DataLoader:
     """Shuffled batches of (user, item) pairs, (B, 2). The sampler yields a list of indices per
@@ -156,4 +214,4 @@ def train_loader(pairs, batch_size: int, seed: int) -> DataLoader:
 def user_loader(indptr: torch.Tensor, chunk_size: int) -> DataLoader:
     """Chunks of the users that have at least one target item, (b,)."""
     users = users_with_targets(indptr)
-    return DataLoader(TensorDataset(users), batch_size=chunk_size, shuffle=False)
+    return DataLoader(TensorDataset(users), batch_sampler=_UserShards(len(users), chunk_size))
