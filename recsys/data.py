@@ -206,18 +206,18 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     if "rating" in train:   # train rows all map (users and catalog are built from train)
         ratings = train["rating"].to_numpy(dtype=np.float32)
     n_items = len(item_vocab)
-    masked = set((tr[:, 0] * n_items + tr[:, 1]).tolist())   # seen before the part being ranked
+    masked = tr[:, 0] * n_items + tr[:, 1]        # (user, item) keys seen before the part being ranked
     parts = {}
     for what, df in (("valid", valid), ("test", test)):
         p = to_pairs(df, what)
-        inter = np.fromiter(((a * n_items + b) in masked for a, b in p), bool, len(p))
+        inter = np.isin(p[:, 0] * n_items + p[:, 1], masked)
         if inter.any():
             report[f"{what}_rows_already_seen"] = int(inter.sum())
             log.warning("%s: dropped %d (user, item) pairs already in train%s", what, int(inter.sum()),
                         "" if what == "valid" else " or valid")
         parts[what] = p[~inter]
         # test ranks with train + valid masked, so a test pair that is also in valid is dropped too
-        masked.update((parts[what][:, 0] * n_items + parts[what][:, 1]).tolist())
+        masked = np.concatenate([masked, parts[what][:, 0] * n_items + parts[what][:, 1]])
 
     # item text: fields of the item table, plus tags not taken from held-out pairs
     fields: list[dict[str, str]] = [dict() for _ in range(len(item_vocab))]

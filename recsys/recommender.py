@@ -172,8 +172,8 @@ class Recommender:
         ok = (u >= 0) & (i >= 0)
         pairs = np.unique(np.stack([u[ok], i[ok]], 1), axis=0) if ok.any() else np.zeros((0, 2), np.int64)
         sp, si = (t.cpu().numpy() for t in self.seen)
-        seen = set((np.repeat(np.arange(len(sp) - 1), np.diff(sp)) * len(self.items) + si).tolist())
-        also = np.fromiter(((a * len(self.items) + b) in seen for a, b in pairs), bool, len(pairs))
+        seen = np.repeat(np.arange(len(sp) - 1), np.diff(sp)) * len(self.items) + si
+        also = np.isin(pairs[:, 0] * len(self.items) + pairs[:, 1], seen)
         report["dropped_seen"] = int(also.sum())
         pairs = pairs[~also]
         report["pairs_used"] = int(len(pairs))

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Hashable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 
 class Vocab:
@@ -45,11 +46,21 @@ class Vocab:
             if self.unk is None:
                 raise ValueError("this vocabulary has no unknown token")
             default = self._index[self.unk]
-        out = np.fromiter((self._index.get(_plain(k), default) for k in keys), dtype=np.int64)
+        if not isinstance(keys, (np.ndarray, pd.Series, pd.Index)):
+            keys = list(keys)
+        # one vectorised hash lookup (pandas), no Python loop over the keys
+        out = np.asarray(self._lookup().get_indexer(keys), dtype=np.int64)
+        if default != -1:
+            out[out < 0] = default
         if missing == "raise" and (out < 0).any():
             bad = [k for k, o in zip(keys, out) if o < 0][:3]
             raise KeyError(f"ids not in the vocabulary: {bad}")
         return out
+
+    def _lookup(self) -> pd.Index:
+        if getattr(self, "_pd", None) is None:
+            self._pd = pd.Index(self.ids, dtype=object if any(isinstance(i, str) for i in self.ids[:1]) else None)
+        return self._pd
 
     def to_json(self) -> dict:
         return {"ids": self.ids, "unk": self.unk}
