@@ -185,13 +185,14 @@ class Scorer(nn.Module):
     def profile_from_items(self, indptr: torch.Tensor, indices: torch.Tensor,
                            rows: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """P: (B, D), mean of C over the items of CSR rows `rows` (zeros for an empty row).
-        Each distinct row is pooled once (training batches repeat heavy users many times)."""
+        Each distinct row is pooled once (training batches repeat heavy users many times), by
+        one fused embedding_bag (no (history, D) temporary, forward or backward)."""
         uniq, inv = torch.unique(rows, return_inverse=True)
-        pos, row_of = gather_rows(indptr, uniq)
-        P = torch.zeros(len(uniq), C.shape[1], device=C.device, dtype=C.dtype)
-        P.index_add_(0, row_of, C[indices[pos]])
-        n = torch.bincount(row_of, minlength=len(uniq)).clamp(min=1).to(C.dtype)
-        return (P / n[:, None])[inv]
+        pos, _ = gather_rows(indptr, uniq)
+        lengths = indptr[uniq + 1] - indptr[uniq]
+        offsets = torch.cumsum(lengths, 0) - lengths                                 # (b,)
+        P = F.embedding_bag(indices[pos], C, offsets, mode="mean")                   # (b, D), 0 if empty
+        return P[inv]
 
     def user_profile(self, users: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         return self.profile_from_items(self.hist_indptr, self.hist_indices, users, C)
@@ -210,7 +211,10 @@ class Scorer(nn.Module):
                 out["cf"] = out["cf"] + (tables["b"] if items is None else tables["b"][items])
         if self.config.uses_content:
             C = tables["C"]
-            out["content"] = _dot(self.user_profile(users, C), C, items)
+            # one profile per batch of users, reused by the positive and the negative scores
+            if tables.get("_P_users") is not users:
+                tables["_P_users"], tables["_P"] = users, self.user_profile(users, C)
+            out["content"] = _dot(tables["_P"], C, items)
         return out
 
     def neutralise_cold(self, s_cf: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,185 @@
+"""Large synthetic data: load time, training throughput, full-ranking throughput and peak RSS of
+the learned hybrid and ItemKNN, next to `implicit` ALS (optional) on the same data and threads.
+
+    python benchmarks/scale.py --users 1000000 --items 100000 --interactions 20000000
+    python benchmarks/scale.py --users 200000 --items 40000 --interactions 4000000 --phases load,train
+
+The data (power-law user activity and item popularity, every pair a positive; item text of 3-8
+words from 20,000, drawn around a per-item topic) is written once as Parquet under --dir and
+read back through recsys.data.prepare_files (pyarrow). Each phase runs in its own subprocess so
+its peak RSS (ru_maxrss) is its own:
+
+    load     prepare_files: read Parquet, vocabularies, CSR, token bags (seconds, RSS)
+    train    the learned hybrid (dim 64, softmax loss with 1,024 shared negatives, batch 1,024)
+             through Lightning for --train-batches batches: interactions per second
+    rank     top-10 with seen items masked for --rank-users users (the first ones), for the
+             collaborative and hybrid scorers, next to the bare torch.mm + torch.topk floor over
+             the same shapes; users per second and the ratio to the floor
+    itemknn  ItemKNN fit (cosine, k 100) + top-10 for --rank-users users
+    als      implicit ALS (factors 64, --als-iters iterations): seconds per iteration,
+             interactions per second, and top-10 for --rank-users users
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+PHASES = ("load", "train", "rank", "itemknn", "als")
+
+
+def generate(d: str, U: int, I: int, N: int, seed: int = 0) -> None:
+    import pandas as pd
+    os.makedirs(d, exist_ok=True)
+    if os.path.exists(os.path.join(d, "train.parquet")):
+        return
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, I + 1) ** 0.9
+    p /= p.sum()
+    act = (rng.pareto(1.5, U) + 1)
+    act = (act * N / act.sum()).astype(np.int64) + 1
+    u = np.repeat(np.arange(U, dtype=np.int64), act)
+    i = rng.choice(I, len(u), p=p).astype(np.int64)
+    key = np.unique(u * I + i)
+    u, i = key // I, key % I
+    test = rng.random(len(u)) < 0.05
+    for name, m in (("train", ~test), ("test", test)):
+        pd.DataFrame({"user": u[m], "item": i[m]}).to_parquet(os.path.join(d, f"{name}.parquet"), index=False)
+    words = 20_000
+    topic = rng.integers(0, words, I)
+    n = rng.integers(3, 9, I)
+    text = [" ".join(f"w{(t + int(o)) % words}" for o in rng.normal(0, 50, k).astype(int)) for t, k in zip(topic, n)]
+    pd.DataFrame({"item": np.arange(I), "text": text}).to_parquet(os.path.join(d, "items.parquet"), index=False)
+
+
+def _prep(d: str):
+    from recsys.data import prepare_files
+    return prepare_files(train=os.path.join(d, "train.parquet"), test=os.path.join(d, "test.parquet"),
+                         items=os.path.join(d, "items.parquet"), valid_ratio=0.0,
+                         tokens={"kind": "word", "min_count": 2})
+
+
+def phase(name: str, a) -> dict:
+    import torch
+    import warnings
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(a.threads)
+    out: dict = {}
+    t0 = time.perf_counter()
+    prep = _prep(a.dir)
+    out["load_s"] = time.perf_counter() - t0
+    out["n_train"] = int(len(prep.train))
+    users = torch.arange(min(a.rank_users, prep.n_users))
+    if name == "train":
+        import lightning as L
+        from recsys.build import build_scorer, eval_sets
+        from recsys.training import RecsysModule, train_loader
+        L.seed_everything(0)
+        scorer = build_scorer(prep, variant="hybrid", dim=64)
+        module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=1024, lr=0.005)
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=a.train_batches, limit_val_batches=0,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+        loader = train_loader(prep.train, 1024, 0)
+        t0 = time.perf_counter()
+        trainer.fit(module, loader)
+        s = time.perf_counter() - t0
+        out.update(train_s=s, batches=a.train_batches, interactions_per_s=a.train_batches * 1024 / s,
+                   epoch_s_estimate=len(prep.train) / (a.train_batches * 1024 / s))
+    elif name == "rank":
+        from recsys.build import build_scorer, csr
+        from recsys.ranking import topk
+        seen = csr(prep.train, prep.n_users)
+        for variant in ("collaborative", "hybrid"):
+            torch.manual_seed(0)
+            sc = build_scorer(prep, variant=variant, dim=64).eval()
+            ts, floor = [], []
+            Uemb, V = sc.user_emb.weight.detach(), sc.item_emb.weight.detach()
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                buf = torch.empty(1024, prep.n_items)
+                for s0 in range(0, len(users), 1024):
+                    e = min(len(users), s0 + 1024)
+                    torch.topk(torch.mm(Uemb[s0:e], V.T, out=buf[:e - s0]), 10, dim=1)
+                floor.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    topk(sc, users, 10, seen, chunk_size=1024)
+                ts.append(time.perf_counter() - t0)
+            m, f = statistics.median(ts), statistics.median(floor)
+            out[variant] = {"rank_s": m, "users_per_s": len(users) / m, "floor_s": f, "ratio_to_floor": m / f}
+    elif name == "itemknn":
+        from recsys.build import build_memory, csr
+        from recsys.ranking import topk
+        t0 = time.perf_counter()
+        m = build_memory(prep, {"kind": "itemknn", "k": 100})
+        out["fit_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        topk(m, users, 10, csr(prep.train, prep.n_users), chunk_size=1024)
+        out["rank_s"] = time.perf_counter() - t0
+        out["users_per_s"] = len(users) / out["rank_s"]
+    elif name == "als":
+        import scipy.sparse as sp
+        from implicit.als import AlternatingLeastSquares
+        X = sp.csr_matrix((np.ones(len(prep.train), dtype=np.float32), (prep.train[:, 0], prep.train[:, 1])),
+                          shape=(prep.n_users, prep.n_items))
+        model = AlternatingLeastSquares(factors=64, iterations=a.als_iters, num_threads=a.threads,
+                                        random_state=0, calculate_training_loss=False)
+        t0 = time.perf_counter()
+        model.fit(X, show_progress=False)
+        s = time.perf_counter() - t0
+        out.update(fit_s=s, iter_s=s / a.als_iters, interactions_per_s=len(prep.train) * a.als_iters / s)
+        u = users.numpy()
+        t0 = time.perf_counter()
+        model.recommend(u, X[u], N=10, filter_already_liked_items=True)
+        out["rank_s"] = time.perf_counter() - t0
+        out["users_per_s"] = len(u) / out["rank_s"]
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=1_000_000)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--interactions", type=int, default=20_000_000)
+    ap.add_argument("--dir", default=None)
+    ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-batches", type=int, default=200)
+    ap.add_argument("--rank-users", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--als-iters", type=int, default=3)
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.dir = a.dir or os.path.join(ROOT, "outputs", "scale", f"{a.users}x{a.items}x{a.interactions}")
+    if a.phase:
+        print(json.dumps(phase(a.phase, a)))
+        return
+    t0 = time.perf_counter()
+    generate(a.dir, a.users, a.items, a.interactions)
+    print(f"data: {a.dir} (generated or reused in {time.perf_counter() - t0:.0f} s)", flush=True)
+    results = {}
+    for ph in a.phases.split(","):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--phase", ph, "--dir", a.dir]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if res.returncode != 0:
+            results[ph] = {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+        else:
+            results[ph] = json.loads(res.stdout.strip().splitlines()[-1])
+        print(ph, json.dumps(results[ph]), flush=True)
+    with open(os.path.join(a.dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
