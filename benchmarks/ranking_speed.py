@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from recsys.ranking import topk
@@ -43,13 +44,17 @@ def main():
     tok_indices = torch.from_numpy(rng.integers(0, n_tok, I * 8))
     buffers = {"tok_indptr": tok_indptr, "tok_indices": tok_indices, "tok_weights": torch.rand(I * 8),
                "hist_indptr": hist_indptr, "hist_indices": hist_indices, "item_warm": torch.ones(I, dtype=torch.bool)}
-    scorer = Scorer(ScorerConfig(n_users=U, n_items=I, n_tokens=n_tok, variant=a.variant, dim=D), buffers).eval()
-    users = torch.arange(U)
-    seen = (hist_indptr, hist_indices)
-    Uemb, V = scorer.user_emb.weight.detach(), scorer.item_emb.weight.detach()
+    dev = torch.device(a.device)
+    scorer = Scorer(ScorerConfig(n_users=U, n_items=I, n_tokens=n_tok, variant=a.variant, dim=D), buffers).eval().to(dev)
+    users = torch.arange(U, device=dev)
+    seen = (hist_indptr.to(dev), hist_indices.to(dev))
+    emb = scorer.user_emb if hasattr(scorer, "user_emb") else None
+    Uemb = emb.weight.detach() if emb is not None else torch.randn(U, D, device=dev)
+    V = scorer.item_emb.weight.detach() if emb is not None else torch.randn(I, D, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def bare():
-        out = torch.empty(a.chunk, I)
+        out = torch.empty(a.chunk, I, device=dev)
         for s in range(0, U, a.chunk):
             e = min(U, s + a.chunk)
             torch.topk(torch.mm(Uemb[s:e], V.T, out=out[:e - s]), 10, dim=1)
@@ -61,11 +66,14 @@ def main():
     times = {"bare mm + topk": [], f"recsys {a.variant} (masked)": []}
     for _ in range(a.repeats):
         for name, f in zip(times, (bare, ours)):
+            sync()
             t0 = time.perf_counter()
             f()
+            sync()
             times[name].append(time.perf_counter() - t0)
     floor = statistics.median(times["bare mm + topk"])
-    print(f"| {U:,} users x {I:,} items, dim {D}, {a.threads} threads | median s | users/s | vs floor |")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{a.threads} threads"
+    print(f"| {U:,} users x {I:,} items, dim {D}, {where} | median s | users/s | vs floor |")
     print("|---|---|---|---|")
     for name, ts in times.items():
         m = statistics.median(ts)
