@@ -68,7 +68,7 @@ def fit_learned(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers, te
     metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
     if scorer.config.uses_cf:
         metrics["fold_in/lambda"] = scorer.config.fold_in_lambda
-    return scorer.cpu(), metrics, best
+    return scorer.cpu().eval(), metrics, best      # eval mode: Lightning leaves it training
 
 
 def fit_closed_form(cfg: DictConfig, prep, sets, model: dict, loggers):
@@ -109,7 +109,7 @@ def final_report(cfg: DictConfig, scorer, prep, sets, loggers, logged=()) -> tup
     (except the names in `logged`, which Lightning's test loop has logged already)."""
     use_cuda = cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
-    scorer = scorer.to(device)
+    scorer = scorer.to(device).eval()
     ctx = report_context(prep, cfg.report.history_buckets, cfg.report.head_share)
     report, per_user = evaluate_report(scorer, tuple(t.to(device) for t in sets["test_target"]),
                                        tuple(t.to(device) for t in sets["test_seen"]), list(cfg.ks),
