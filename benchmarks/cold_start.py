@@ -39,10 +39,10 @@ def cold_variants(learned: bool) -> dict[str, list[str]]:
     v.update({
         "EASE": ["model=ease", *NO_VALID],
         "EASE, cold fill k 20": ["model=ease", "model.cold_k=20", *NO_VALID],
-        "blend EASE + content KNN, no fill": ["model=blend", "model.first.cold_k=0", *NO_VALID],
-        "blend EASE + content KNN (default: fill k 20)": ["model=blend", *NO_VALID],
-        "blend EASE + content KNN, fill k 20 x 1.5": ["model=blend", "model.first.cold_scale=1.5", *NO_VALID],
-        "blend EASE + content KNN, fill k 10 x 1.5": ["model=blend", "model.first.cold_k=10",
+        "blend EASE + content KNN (model=blend, no fill)": ["model=blend", *NO_VALID],
+        "blend EASE + content KNN, fill k 20 (model=blend_cold)": ["model=blend_cold", *NO_VALID],
+        "blend EASE + content KNN, fill k 20 x 1.5": ["model=blend_cold", "model.first.cold_scale=1.5", *NO_VALID],
+        "blend EASE + content KNN, fill k 10 x 1.5": ["model=blend_cold", "model.first.cold_k=10",
                                                       "model.first.cold_scale=1.5", *NO_VALID],
     })
     if learned:
@@ -50,6 +50,8 @@ def cold_variants(learned: bool) -> dict[str, list[str]]:
             v[f"learned content, {t}"] = ["model=content", f"tokenizer={t}"]
             v[f"learned hybrid, {t}"] = ["model=hybrid", f"tokenizer={t}"]
         v["learned hybrid, word, cold fill k 20"] = ["model=hybrid", "model.cold_k=20"]
+        v["learned hybrid, word, cold fill k 10 x 1.5"] = ["model=hybrid", "model.cold_k=10", "model.cold_scale=1.5"]
+        v["learned hybrid, pretrained, cold fill k 20"] = ["model=hybrid", "tokenizer=pretrained", "model.cold_k=20"]
     return v
 
 

@@ -159,6 +159,7 @@ def main():
     ap.add_argument("--rank-users", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--als-iters", type=int, default=3)
+    ap.add_argument("--phase-timeout", type=int, default=1200, help="seconds per phase before it is reported as timed out")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.dir = a.dir or os.path.join(ROOT, "outputs", "scale", f"{a.users}x{a.items}x{a.interactions}")
@@ -171,7 +172,12 @@ def main():
     results = {}
     for ph in a.phases.split(","):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--phase", ph, "--dir", a.dir]
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=a.phase_timeout)
+        except subprocess.TimeoutExpired:
+            results[ph] = {"error": f"timed out after {a.phase_timeout} s"}
+            print(ph, json.dumps(results[ph]), flush=True)
+            continue
         if res.returncode != 0:
             results[ph] = {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
         else:
