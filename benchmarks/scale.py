@@ -12,6 +12,7 @@ its peak RSS (ru_maxrss) is its own:
     load     prepare_files: read Parquet, vocabularies, CSR, token bags (seconds, RSS)
     train    the learned hybrid (dim 64, softmax loss with 1,024 shared negatives, batch 1,024)
              through Lightning for --train-batches batches: interactions per second
+             (--sparse: lazy Adam on the user table, model.optim.sparse=true)
     rank     top-10 with seen items masked for --rank-users users (the first ones), for the
              collaborative and hybrid scorers, next to the bare torch.mm + torch.topk floor over
              the same shapes; users per second and the ratio to the floor
@@ -85,7 +86,7 @@ def phase(name: str, a) -> dict:
         from recsys.training import RecsysModule, train_loader
         L.seed_everything(0)
         scorer = build_scorer(prep, variant="hybrid", dim=64)
-        module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=1024, lr=0.005)
+        module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=1024, lr=0.005, sparse=a.sparse)
         trainer = L.Trainer(max_epochs=1, limit_train_batches=a.train_batches, limit_val_batches=0,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
@@ -93,7 +94,7 @@ def phase(name: str, a) -> dict:
         t0 = time.perf_counter()
         trainer.fit(module, loader)
         s = time.perf_counter() - t0
-        out.update(train_s=s, batches=a.train_batches, interactions_per_s=a.train_batches * 1024 / s,
+        out.update(train_s=s, batches=a.train_batches, sparse_user_table=a.sparse, interactions_per_s=a.train_batches * 1024 / s,
                    epoch_s_estimate=len(prep.train) / (a.train_batches * 1024 / s))
     elif name == "rank":
         from recsys.build import build_scorer, csr
@@ -159,6 +160,7 @@ def main():
     ap.add_argument("--rank-users", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--als-iters", type=int, default=3)
+    ap.add_argument("--sparse", action="store_true", help="train with model.optim.sparse=true (lazy Adam on the user table)")
     ap.add_argument("--phase-timeout", type=int, default=1200, help="seconds per phase before it is reported as timed out")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -22,13 +22,17 @@ from .scorer import Scorer
 class RecsysModule(L.LightningModule):
     def __init__(self, scorer: Scorer, eval_sets: dict, loss: str = "bpr", n_neg: int = 8,
                  lr: float = 5e-3, weight_decay: float = 0.0, l2: float = 0.0,
-                 ks: tuple[int, ...] = (10, 20)):
+                 ks: tuple[int, ...] = (10, 20), sparse: bool = False):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"model.optim.loss={loss!r} is not one of {sorted(LOSSES)}")
         if n_neg < 1:
             raise ValueError(f"model.optim.n_neg={n_neg} must be >= 1")
         self.scorer = scorer
+        if sparse and hasattr(scorer, "user_emb"):
+            # only the batch's rows of the user table get a gradient and an update (lazy Adam):
+            # with a million users, dense Adam over the whole table costs more than the step
+            scorer.user_emb.sparse = True
         self.save_hyperparameters(ignore=["scorer", "eval_sets"])
         self.loss_fn = LOSSES[loss]
         self.ks = sorted(ks)
@@ -104,6 +108,10 @@ class RecsysModule(L.LightningModule):
         return self.loss_fn(blend_pos[:, 0], blend_neg, clash)
 
     def configure_optimizers(self):
+        if self.hparams.sparse and hasattr(self.scorer, "user_emb"):
+            table = self.scorer.user_emb.weight
+            dense = [p for p in self.parameters() if p is not table]
+            return MixedAdam(dense, [table], lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
 
@@ -143,6 +151,49 @@ class RecsysModule(L.LightningModule):
     def on_test_epoch_end(self):
         self._eval_end("test/")
         self.last_test_metrics = self._sums.compute("test/")
+
+
+class MixedAdam(torch.optim.Optimizer):
+    """Adam (with weight decay) for dense-gradient parameters plus SparseAdam for the user
+    table when it has sparse gradients (model.optim.sparse=true): only the rows of the batch
+    are updated (no weight decay there; model.optim.l2 regularises the batch's rows instead).
+    One optimizer object for Lightning; its state_dict holds both."""
+
+    def __init__(self, dense, sparse, lr: float, weight_decay: float = 0.0):
+        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr)
+        self.defaults = dict(self.dense.defaults)
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+        self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+
+    @property
+    def param_groups(self):
+        return self.dense.param_groups + self.sparse.param_groups
+
+    @property
+    def state(self):
+        return {**self.dense.state, **self.sparse.state}
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.dense.step()
+        self.sparse.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none)
+        self.sparse.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state_dict) -> None:
+        self.dense.load_state_dict(state_dict["dense"])
+        self.sparse.load_state_dict(state_dict["sparse"])
 
 
 class _EpochBatches(BatchSampler):

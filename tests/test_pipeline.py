@@ -245,3 +245,34 @@ def test_cold_fill_of_the_learned_hybrid_reaches_the_report_and_export(tmp_path)
     cold = ~s.item_warm
     cf = s.component_scores(torch.arange(5), s.item_tables())["cf"]
     assert cf[:, cold].std() > 0            # borrowed scores differ per item, not one neutral value
+
+
+def test_sparse_user_table_trains_and_resumes(tmp_path):
+    """model.optim.sparse=true: the user table gets sparse gradients and lazy Adam updates
+    (only the batch's rows move); the run trains, tests, checkpoints and resumes."""
+    from tests.conftest import compose_train
+    import train
+    from recsys.training import MixedAdam, RecsysModule
+    from recsys.build import build_scorer, eval_sets
+    from recsys.data import prepare_movielens
+    over = ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
+            "logger=none", "model.optim.sparse=true", "trainer.accelerator=cpu"]
+    m = train.run(compose_train(over, str(tmp_path)))
+    assert 0 < m["test/ndcg@10"] <= 1
+    again = train.run(compose_train([*over[1:], "trainer.max_epochs=3", "ckpt_path=last"], str(tmp_path)))
+    assert 0 < again["test/ndcg@10"] <= 1
+    # one step by hand: untouched user rows do not move, the batch's rows do
+    prep = prepare_movielens(os.path.join(ROOT, "data", "ml-latest-small"))
+    torch.manual_seed(0)
+    module = RecsysModule(build_scorer(prep, variant="collaborative", dim=8), eval_sets(prep), loss="softmax",
+                          n_neg=16, sparse=True, weight_decay=1e-4)
+    opt = module.configure_optimizers()
+    assert isinstance(opt, MixedAdam)
+    before = module.scorer.user_emb.weight.detach().clone()
+    batch = (torch.tensor([[0, 1], [2, 3]]),)
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert module.scorer.user_emb.weight.grad.is_sparse
+    opt.step()
+    after = module.scorer.user_emb.weight.detach()
+    assert not torch.equal(after[[0, 2]], before[[0, 2]]) and torch.equal(after[3:], before[3:])
