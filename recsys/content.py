@@ -40,14 +40,13 @@ def tfidf_bags(docs: list[list[str]], vocab: Vocab, idf: np.ndarray | None = Non
     unknown: 'unk' maps out-of-vocabulary tokens to the vocabulary's unknown token, 'drop'
     drops them.
     """
-    rows, cols = [], []
-    for i, doc in enumerate(docs):
-        ids = vocab.index(doc, missing="unk" if unknown == "unk" else "drop_flag")
-        ids = ids[ids >= 0]
-        rows.append(np.full(len(ids), i, dtype=np.int64))
-        cols.append(ids)
-    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    # every token of every doc looked up at once (one vectorised call, no loop per doc)
+    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+    flat = [t for d in docs for t in d]
+    ids = vocab.index(flat, missing="unk" if unknown == "unk" else "drop_flag") if flat else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(len(docs), dtype=np.int64), lengths)
+    keep = ids >= 0
+    rows, cols = rows[keep], ids[keep]
     n_items, n_tokens = len(docs), len(vocab)
     # term counts per (item, token) without a dense matrix: unique over the flat key
     key = rows * n_tokens + cols
