@@ -120,7 +120,7 @@ def final_report(cfg: DictConfig, scorer, prep, sets, loggers, logged=()) -> tup
             more, _ = evaluate_histories(scorer, tuple(t.to(device) for t in new["given"]),
                                          tuple(t.to(device) for t in new["target"]), list(cfg.ks), cfg.eval_chunk)
             report.update(more)
-        except ValueError as e:       # userknn: neighbourhoods are between known users
+        except ValueError as e:       # a model that cannot score histories: logged, not fatal
             log.warning("new users not evaluated: %s", e)
     scorer.cpu()
     for lg in loggers:

@@ -197,7 +197,7 @@ class MemoryScorer(nn.Module):
 
     def score_histories(self, H: torch.Tensor, tables: dict, out: torch.Tensor | None = None) -> torch.Tensor:
         """(b, I) sparse CSR history rows (of any users, known or not) -> (b, I) scores.
-        Not for userknn, whose neighbourhoods are between known users."""
+        userknn: neighbours among the known users, found with the fitted similarity."""
         c = self.config
         if c.kind == "popularity":
             return self.pop.expand(H.shape[0], -1).clone()
@@ -215,7 +215,34 @@ class MemoryScorer(nn.Module):
                 den = tables["absWT"].product_bounded(_ones(H), torch.empty_like(s), tables.get("ws"), c.max_products)
                 s = _normalise(s, den)
             return self._fill(s) if c.kind == "itemknn" else s
-        raise ValueError("userknn scores known users only (its neighbourhoods are users)")
+        if c.kind == "userknn":
+            return self._fill(self._userknn_histories(H, tables, out))
+        raise ValueError(f"unknown memory-based model kind {c.kind!r}")
+
+    def _userknn_histories(self, H: torch.Tensor, tables: dict, out: torch.Tensor | None) -> torch.Tensor:
+        """UserKNN for users outside the model: each history row's k most similar known users
+        (the fitted similarity, computed on the known users' rows stacked with the new rows;
+        the new rows are not each other's neighbours), then the same aggregation as score_users."""
+        from .similarity import _Prepared
+        c = self.config
+        X = self._hist()                                                              # (U, I)
+        U, b = c.n_users, H.shape[0]
+        vals = H.values().to(X.values().dtype)
+        Z = torch.sparse_csr_tensor(torch.cat([X.crow_indices(), H.crow_indices()[1:] + X.crow_indices()[-1]]),
+                                    torch.cat([X.col_indices(), H.col_indices()]), torch.cat([X.values(), vals]),
+                                    (U + b, c.n_items))
+        sim = _Prepared(Z, c.similarity, c.shrink, c.dense_ratio).block(U, U + b)[:, :U].float()   # (b, U)
+        v, i = torch.topk(sim, min(c.k, U), dim=1)
+        keep = v > 0
+        crow = torch.zeros(b + 1, dtype=torch.long, device=v.device)
+        crow[1:] = torch.cumsum(keep.sum(1), 0)
+        Wb = torch.sparse_csr_tensor(crow, i[keep], v[keep], (b, U))                    # (b, U)
+        out = _out(out, b, c.n_items, Wb.values())
+        s = tables["XT"].product_bounded(Wb, out, tables.get("ws"), c.max_products)
+        if c.normalize:
+            den = tables["MT"].product_bounded(_abs(Wb), torch.empty_like(s), tables.get("ws"), c.max_products)
+            s = _normalise(s, den)
+        return s
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         return self.score_users(users, self.item_tables())

@@ -138,7 +138,7 @@ class Recommender:
         (external ids), without retraining: one history (a list of ids) -> ((k,) ids, (k,)
         scores); a list of histories -> ((B, k), (B, k)). The history's items are excluded
         unless exclude_given=False. unknown="error" refuses item ids outside the catalog,
-        "ignore" drops them. UserKNN cannot do this (its neighbourhoods are known users)."""
+        "ignore" drops them. UserKNN finds the history's neighbours among the known users."""
         from .ranking import topk_histories
         single = len(items) == 0 or np.isscalar(items[0]) or isinstance(items[0], (str, bytes))
         hists = [list(items)] if single else [list(h) for h in items]

@@ -161,6 +161,7 @@ def test_fold_in_lambda_is_chosen_on_validation_and_used(prep):
 
 
 @pytest.mark.parametrize("model", [{"kind": "content_knn", "k": 30}, {"kind": "itemknn", "k": 10},
+                                   {"kind": "userknn", "k": 5},
                                    {"kind": "ease", "lam": 10.0},
                                    {"kind": "blend", "alpha": 0.8, "norm": "max", "first": {"kind": "ease", "lam": 10.0},
                                     "second": {"kind": "content_knn", "k": 30}}],
@@ -182,3 +183,30 @@ def test_recommend_for_history_known_answer(tmp_path, model):
     assert all(i.startswith("s") for i in ids[0]) and all(i.startswith("c") for i in ids[1])
     one, _ = rec.recommend_for_history(["s1", "s2", "s3"], k=10)
     assert list(one) == list(ids[0])
+
+
+def test_userknn_new_user_known_answer():
+    """UserKNN for a user outside the model: cosine to every known user (numpy reference), the
+    k most similar, their histories summed with those weights."""
+    from recsys.memory import MemoryConfig, MemoryScorer
+    rng = np.random.default_rng(0)
+    U, I, k = 12, 9, 3
+    X = (rng.random((U, I)) < 0.4).astype(np.float32)
+    X[0] = 0                                                    # a known user with no history
+    rows, cols = np.nonzero(X)
+    indptr = np.zeros(U + 1, dtype=np.int64)
+    np.cumsum(X.sum(1).astype(np.int64), out=indptr[1:])
+    m = MemoryScorer.fit(MemoryConfig(kind="userknn", n_users=U, n_items=I, k=k),
+                         torch.from_numpy(indptr), torch.from_numpy(cols.astype(np.int64)))
+    h = np.zeros((2, I), dtype=np.float32)
+    h[0, [1, 4, 6]] = 1
+    h[1, [0, 2]] = 1
+    H = torch.tensor(h).to_sparse_csr()
+    got = m.score_histories(H, m.item_tables())
+    norms = np.linalg.norm(X, axis=1)
+    for r in range(2):
+        sim = X @ h[r] / np.where(norms > 0, norms, 1) / np.linalg.norm(h[r])
+        top = np.argsort(-sim, kind="stable")[:k]
+        top = top[sim[top] > 0]
+        ref = (sim[top, None] * X[top]).sum(0)
+        np.testing.assert_allclose(got[r].numpy(), ref, atol=1e-5)
