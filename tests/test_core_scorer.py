@@ -247,7 +247,8 @@ def test_alpha_property():
 @pytest.mark.parametrize("variant", ["collaborative", "content", "hybrid"])
 def test_in_place_scoring_is_bitwise_the_plain_expression(variant):
     """score_users(out=...) under no_grad (the ranking path) equals the plain expression
-    exactly, cold items included, and reusing the out/scratch blocks changes nothing."""
+    exactly (the hybrid, computed in one matmul from per-user statistics, to float rounding),
+    cold items included, and reusing the out/scratch blocks changes nothing."""
     from recsys.build import build_scorer
     from recsys.data import prepare_files
     import tempfile
@@ -267,4 +268,7 @@ def test_in_place_scoring_is_bitwise_the_plain_expression(variant):
         out = torch.full((prep.n_users, prep.n_items), 7.0)
         for _ in range(2):
             got = s.score_users(users, tables, out=out)
-            assert torch.equal(got, plain)
+            if variant == "hybrid":
+                torch.testing.assert_close(got, plain, atol=2e-5, rtol=1e-5)
+            else:
+                assert torch.equal(got, plain)
