@@ -43,7 +43,7 @@ def build_scorer(prep: Prepared, **model) -> Scorer:
     (frozen unless the tokenizer config says freeze: false)."""
     buffers = {}
     variant = model.get("variant", "hybrid")
-    if getattr(prep.tokenizer, "kind", "word") == "pretrained" and variant in ("content", "hybrid"):
+    if prep.tokenizer.kind == "pretrained" and variant in ("content", "hybrid"):
         pre = torch.from_numpy(prep.tokenizer.embedding_rows(prep.tokens.ids))          # (T, d_pre)
         buffers["token_pre"] = pre
         model = {**model, "token_pre_dim": int(pre.shape[1]), "token_pre_train": not prep.tokenizer.freeze}

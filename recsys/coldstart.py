@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .similarity import sparse_rows
+from .similarity import select_rows, sparse_rows
 
 
 def fill_matrix(tok_indptr: torch.Tensor, tok_indices: torch.Tensor, tok_weights: torch.Tensor,
@@ -43,12 +43,12 @@ def fill_matrix(tok_indptr: torch.Tensor, tok_indices: torch.Tensor, tok_weights
         return indptr, torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, device=dev)
     X = sparse_rows(tok_indptr, tok_indices, tok_weights, n_tokens)                 # (I, T)
     warm_idx = torch.nonzero(warm).flatten()
-    Xw = _rows(X, warm_idx).to_dense()                                              # (W, T)
+    Xw = select_rows(X, warm_idx).to_dense()                                        # (W, T)
     kk = min(int(k), len(warm_idx))
     vals, cols = [], []
     for r0 in range(0, len(rows), block):
         r = rows[r0:r0 + block]
-        sim = _rows(X, r) @ Xw.T                                                    # (b, W) dense
+        sim = select_rows(X, r) @ Xw.T                                              # (b, W) dense
         sim[warm_idx[None, :] == r[:, None]] = 0.0                                   # never itself
         v, i = torch.topk(sim, kk, dim=1)                                           # (b, kk)
         vals.append(v)
@@ -65,11 +65,6 @@ def fill_matrix(tok_indptr: torch.Tensor, tok_indices: torch.Tensor, tok_weights
     return indptr, c[keep], w[keep].float()
 
 
-def _rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    from .similarity import select_rows
-    return select_rows(X, rows)
-
-
 def filled_rows(indptr: torch.Tensor) -> torch.Tensor:
     """(I,) bool: the items that have a fill row."""
     return indptr[1:] > indptr[:-1]
@@ -81,7 +76,6 @@ def fill_scores(s: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, we
     if len(rows) == 0:
         return s
     M = torch.sparse_csr_tensor(indptr, indices, weights.to(s.dtype), (len(indptr) - 1, s.shape[1]))
-    from .similarity import select_rows
     Mc = select_rows(M, rows)                                                       # (C, I)
     s[:, rows] = (Mc @ s.T).T                                                       # (b, C)
     return s
@@ -92,7 +86,6 @@ def fill_table(T: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, wei
     rows = torch.nonzero(filled_rows(indptr)).flatten()
     if len(rows) == 0:
         return T
-    from .similarity import select_rows
     M = torch.sparse_csr_tensor(indptr, indices, weights.to(T.dtype), (len(indptr) - 1, T.shape[0]))
     Mc = select_rows(M, rows)
     out = T.clone()

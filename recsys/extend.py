@@ -97,7 +97,7 @@ def _add_learned(model, bags: TokenBags):
 def _add_memory(model, bags: TokenBags):
     from dataclasses import replace
 
-    from .memory import MemoryScorer
+    from .memory import FILLED_KINDS, MemoryScorer
     from .similarity import sparse_rows, topk_neighbours
     c, m = model.config, bags.n_items
     n_old = c.n_items
@@ -121,7 +121,6 @@ def _add_memory(model, bags: TokenBags):
     elif c.kind == "popularity":
         st["pop"] = torch.cat([st["pop"], torch.zeros(m, dtype=st["pop"].dtype, device=dev)])
     out = MemoryScorer(replace(c, n_items=n), {k: v for k, v in st.items() if not k.startswith("fill_")})
-    from .memory import FILLED_KINDS
     if "fill_indptr" in st or (c.cold_k > 0 and c.kind in FILLED_KINDS):
         warm = torch.bincount(st["hist_indices"], minlength=n_old) > 0
         old = ((st["fill_indptr"], st["fill_indices"], st["fill_weights"]) if "fill_indptr" in st else

@@ -185,13 +185,7 @@ class MemoryScorer(nn.Module):
         """(b,) users -> (b, I) scores (written into `out` when given)."""
         c = self.config
         if c.kind == "userknn":
-            Wb = select_rows(tables["W"], users)                                   # (b, U)
-            out = _out(out, len(users), c.n_items, Wb.values())
-            s = tables["XT"].product_bounded(Wb, out, tables.get("ws"), c.max_products)   # (b, I)
-            if c.normalize:
-                den = tables["MT"].product_bounded(_abs(Wb), torch.empty_like(s), tables.get("ws"), c.max_products)
-                s = _normalise(s, den)
-            return self._fill(s)
+            return self._fill(self._userknn_votes(select_rows(tables["W"], users), tables, out))   # W rows (b, U)
         H = select_rows(self._hist(), users)                                      # (b, I) sparse
         return self.score_histories(H, tables, out)
 
@@ -214,7 +208,7 @@ class MemoryScorer(nn.Module):
             if c.normalize:
                 den = tables["absWT"].product_bounded(_ones(H), torch.empty_like(s), tables.get("ws"), c.max_products)
                 s = _normalise(s, den)
-            return self._fill(s) if c.kind == "itemknn" else s
+            return self._fill(s)
         if c.kind == "userknn":
             return self._fill(self._userknn_histories(H, tables, out))
         raise ValueError(f"unknown memory-based model kind {c.kind!r}")
@@ -236,9 +230,14 @@ class MemoryScorer(nn.Module):
         keep = v > 0
         crow = torch.zeros(b + 1, dtype=torch.long, device=v.device)
         crow[1:] = torch.cumsum(keep.sum(1), 0)
-        Wb = torch.sparse_csr_tensor(crow, i[keep], v[keep], (b, U))                    # (b, U)
-        out = _out(out, b, c.n_items, Wb.values())
-        s = tables["XT"].product_bounded(Wb, out, tables.get("ws"), c.max_products)
+        return self._userknn_votes(torch.sparse_csr_tensor(crow, i[keep], v[keep], (b, U)), tables, out)
+
+    def _userknn_votes(self, Wb: torch.Tensor, tables: dict, out: torch.Tensor | None) -> torch.Tensor:
+        """(b, U) sparse neighbour weights -> (b, I) scores: s = Wb @ X (normalised by the
+        neighbours' weights on each item with normalize=True)."""
+        c = self.config
+        out = _out(out, Wb.shape[0], c.n_items, Wb.values())
+        s = tables["XT"].product_bounded(Wb, out, tables.get("ws"), c.max_products)   # (b, I)
         if c.normalize:
             den = tables["MT"].product_bounded(_abs(Wb), torch.empty_like(s), tables.get("ws"), c.max_products)
             s = _normalise(s, den)

@@ -26,7 +26,7 @@ class Recommender:
         self.token_idf = token_idf
         self.titles = titles
         self.meta = meta or {}
-        self._item_ids = np.asarray(items.ids, dtype=object if any(isinstance(i, str) for i in items.ids) else None)
+        self._item_ids = _id_array(items)
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +79,7 @@ class Recommender:
         bags = tfidf_bags(docs, self.tokens, idf=self.token_idf.cpu().numpy())
         self.scorer = add_items(self.scorer, bags).to(self.device).eval()
         self.items = Vocab(self.items.ids + ids, unk=self.items.unk)
-        self._item_ids = np.asarray(self.items.ids, dtype=object if any(isinstance(i, str) for i in self.items.ids) else None)
+        self._item_ids = _id_array(self.items)
         if self.titles is not None:
             self.titles = list(self.titles) + texts[text_cols[0]].tolist()
         return len(ids)
@@ -181,3 +181,8 @@ class Recommender:
         target = tuple(t.to(self.device) for t in csr(pairs, len(self.users)))
         metrics, _ = evaluate(self.scorer, target, self.seen, ks, chunk_size, prefix)
         return metrics, report
+
+
+def _id_array(vocab) -> np.ndarray:
+    """The vocabulary's external ids as an array (object dtype for string ids)."""
+    return np.asarray(vocab.ids, dtype=object if any(isinstance(i, str) for i in vocab.ids) else None)

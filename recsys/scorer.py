@@ -167,18 +167,37 @@ class Scorer(nn.Module):
     def item_tables(self) -> dict[str, torch.Tensor]:
         """Everything item-side the user scores need; reuse it across user chunks."""
         from .spgemm import Workspace
-        from .coldstart import fill_table
         t: dict = {"ws": Workspace()}
         if self.config.uses_cf:
             t["V"] = self.item_emb.weight                                         # (I, D)
             t["b"] = self.item_bias if self.item_bias is not None else None        # (I,)
-            if not self.training:                  # cold items borrow from content neighbours
-                fill = (self.fill_indptr, self.fill_indices, self.fill_weights)
-                t["V"] = fill_table(t["V"], *fill)
-                t["b"] = None if t["b"] is None else fill_table(t["b"], *fill)
+            if not self.training:                  # ranking: cold rows prepared once, item side
+                t["V"], t["b"] = self._cold_rows(t["V"], t["b"])
         if self.config.uses_content:
             t["C"] = self.item_content()                                          # (I, D)
         return t
+
+    def _cold_rows(self, V: torch.Tensor, b: torch.Tensor | None, use_fill: bool = True):
+        """V (I, D), b (I,) with every cold item's row replaced once: borrowed from its content
+        neighbours when it has a fill row (coldstart.py), else the warm items' mean row, whose
+        score u . mean(V_warm) + mean(b_warm) is the user's mean over warm items (neutral).
+        Scores are linear in the rows, so this equals neutralise_cold on every score block.
+        use_fill=False: every cold item neutral (what training-mode scores get)."""
+        from .coldstart import fill_table, filled_rows
+        warm = self.item_warm
+        neutral = ~warm
+        if use_fill:
+            fill = (self.fill_indptr, self.fill_indices, self.fill_weights)
+            V = fill_table(V, *fill)
+            b = None if b is None else fill_table(b, *fill)
+            neutral = neutral & ~filled_rows(self.fill_indptr)
+        if bool(neutral.any()) and bool(warm.any()):
+            V = V.clone()                          # never write into the parameters
+            V[neutral] = V[warm].mean(0)
+            if b is not None:
+                b = b.clone()
+                b[neutral] = b[warm].mean()
+        return V, b
 
     # --- user side ------------------------------------------------------------------------
 
@@ -220,13 +239,15 @@ class Scorer(nn.Module):
     def neutralise_cold(self, s_cf: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """(B, I) collaborative scores with cold items set to the user's mean over warm items,
         except (in eval mode) cold items with a fill row, which keep their borrowed score.
+        In eval mode item_tables() has done this on the item side already (_cold_rows), so
+        scores from those tables come back unchanged.
         With a (B, I) scratch block: in place in s_cf (no autograd), the same values."""
         warm = self.item_warm
         keep = warm
-        if not self.training and len(self.fill_indices):
+        if not self.training:
             from .coldstart import filled_rows
             keep = warm | filled_rows(self.fill_indptr)
-        if bool(keep.all()):
+        if not self.training or bool(keep.all()):
             return s_cf
         masked = s_cf * warm if scratch is None else torch.mul(s_cf, warm, out=scratch)
         mean = masked.sum(1, keepdim=True) / warm.sum().clamp(min=1)               # (B, 1)
@@ -294,17 +315,11 @@ class Scorer(nn.Module):
             return tables["hyb"]
         V, C = tables["V"].detach(), tables["C"].detach()
         I = V.shape[0]
-        b = tables["b"].detach() if tables["b"] is not None else torch.zeros(I, dtype=V.dtype, device=V.device)
-        warm = self.item_warm
-        if not self.training and len(self.fill_indices):
-            from .coldstart import filled_rows
-            keep = warm | filled_rows(self.fill_indptr)
+        if self.training:                   # training-mode tables keep raw cold rows
+            V, b = self._cold_rows(V, tables["b"], use_fill=False)
         else:
-            keep = warm
-        if not bool(keep.all()):                      # neutral cold rows: the warm items' means
-            V, b = V.clone(), b.clone()
-            V[~keep] = V[warm].mean(0) if bool(warm.any()) else 0.0
-            b[~keep] = b[warm].mean() if bool(warm.any()) else 0.0
+            b = tables["b"]
+        b = b.detach() if b is not None else torch.zeros(I, dtype=V.dtype, device=V.device)
         ones = torch.ones(I, 1, dtype=V.dtype, device=V.device)
         R = torch.cat([V, C, b[:, None], ones], 1).contiguous()                      # (I, 2D + 2)
 

@@ -127,8 +127,8 @@ class RecsysModule(L.LightningModule):
         self._sums.update(m)
 
     def _eval_end(self, prefix):
-        # sums over all processes' users, then the means (identical on every process)
-        # (sync_dist averages values that are already identical on every process)
+        # sums over all processes' users, then the means, identical on every process (so
+        # sync_dist's averaging leaves them as they are)
         for name, v in self._sums.all_reduce(self.ks).compute(prefix).items():
             self.log(name, v, prog_bar=name.endswith("ndcg@10"), sync_dist=True)
         self._tables = None
