@@ -6,8 +6,10 @@ tutorial recipe and `implicit` (optional: pip install implicit scikit-learn).
     python benchmarks/knn_speed.py --data synth --methods recsys_itemknn,implicit_cosine
 
 Each method runs in its own subprocess (so its peak RSS is its own), on the same data and the
-same number of threads (--threads, default 2). "recommend" = top-10 for every user with the
-user's training items excluded. Prints a Markdown table with ratios to recsys_itemknn.
+same number of threads (--threads, default 2), libraries imported before the clock starts.
+"recommend" = top-10 for every user with the user's training items excluded. --repeats N runs
+N interleaved rounds; the Markdown table shows medians (peak RSS: the largest) and the ratio of
+each median total to --base's (default implicit_cosine).
 recsys_itemknn_history scores like implicit's ItemItemRecommender (same definition).
 """
 from __future__ import annotations
@@ -51,13 +53,23 @@ def run_one(method: str, data: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     users, items, U, I = load(data)
     out = {"method": method, "nnz": int(len(users))}
-    t0 = time.perf_counter()
+    # libraries are imported before the clock starts (fit time is not import time)
     if method.startswith("recsys_"):
         import warnings
         warnings.filterwarnings("ignore")
         from recsys.memory import MemoryConfig, MemoryScorer
         from recsys.ranking import topk
         from recsys.sparse import csr_from_pairs
+    elif method.startswith("implicit_"):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        import scipy.sparse as sp
+        from implicit.als import AlternatingLeastSquares
+        from implicit.nearest_neighbours import CosineRecommender
+    elif method == "tutorial_dense":
+        import pandas as pd
+        from sklearn.metrics.pairwise import cosine_similarity
+    t0 = time.perf_counter()
+    if method.startswith("recsys_"):
         indptr, indices, _ = csr_from_pairs(users, items, U)
         indptr, indices = torch.from_numpy(indptr), torch.from_numpy(indices)
         kind = method.split("_")[1]
@@ -72,10 +84,6 @@ def run_one(method: str, data: str, threads: int) -> dict:
         top, _ = topk(model, torch.arange(U), 10, (indptr, indices), chunk_size=1024)
         out["recommend_s"] = time.perf_counter() - t1
     elif method.startswith("implicit_"):
-        os.environ["OPENBLAS_NUM_THREADS"] = "1"
-        import scipy.sparse as sp
-        from implicit.als import AlternatingLeastSquares
-        from implicit.nearest_neighbours import CosineRecommender
         X = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(U, I))
         model = CosineRecommender(K=100, num_threads=threads) if method == "implicit_cosine" else \
             AlternatingLeastSquares(factors=64, iterations=15, num_threads=threads, random_state=0)
@@ -86,8 +94,6 @@ def run_one(method: str, data: str, threads: int) -> dict:
         out["recommend_s"] = time.perf_counter() - t1
     elif method == "tutorial_dense":
         # the pandas + scikit-learn recipe: dense pivot, dense user-user cosine, dense dot, argsort
-        import pandas as pd
-        from sklearn.metrics.pairwise import cosine_similarity
         need = (U * I * 8 * 2 + U * U * 8) / 2 ** 30
         out["needs_gib"] = round(need, 1)
         if need > 20:
@@ -112,6 +118,8 @@ def main():
     ap.add_argument("--data", default="ml", choices=["ml", "synth"])
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the table shows medians")
+    ap.add_argument("--base", default="implicit_cosine", help="method the total-time ratios are taken against")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -120,28 +128,37 @@ def main():
         except (MemoryError, ImportError) as e:
             print(json.dumps({"method": a.one, "error": f"{type(e).__name__}: {e}"}))
         return
-    rows = []
-    for m in a.methods.split(","):
-        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
-        res = subprocess.run([sys.executable, __file__, "--data", a.data, "--threads", str(a.threads), "--one", m],
-                             capture_output=True, text=True, env=env)
-        line = (res.stdout.strip().splitlines() or ["{}"])[-1]
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            rows.append({"method": m, "error": (res.stderr.strip().splitlines() or ["failed"])[-1]})
-        print(json.dumps(rows[-1]), file=sys.stderr)
-    base = next((r for r in rows if r.get("method") == "recsys_itemknn" and "total_s" in r), None)
-    print(f"| method ({a.data}, {a.threads} threads) | fit s | recommend s | users/s | peak RSS GiB | total vs recsys_itemknn |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['method']} | — | — | — | — | {r['error']} |")
-            continue
-        ratio = f"{r['total_s'] / base['total_s']:.2f}x" if base else "—"
-        print(f"| {r['method']} | {r['fit_s']:.2f} | {r['recommend_s']:.2f} | {r['users_per_s']:,.0f} | "
-              f"{r['peak_rss_gib']:.2f} | {ratio} |")
+    methods = a.methods.split(",")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for _ in range(a.repeats):                    # rounds interleave the methods: drift hits all alike
+        for m in methods:
+            env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+            res = subprocess.run([sys.executable, __file__, "--data", a.data, "--threads", str(a.threads), "--one", m],
+                                 capture_output=True, text=True, env=env)
+            line = (res.stdout.strip().splitlines() or ["{}"])[-1]
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                r = {"method": m, "error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+            runs[m].append(r)
+            print(json.dumps(r), file=sys.stderr)
 
+    def med(rs: list[dict], key: str) -> float:
+        return float(np.median([r[key] for r in rs]))
+
+    ok = {m: [r for r in rs if "total_s" in r] for m, rs in runs.items()}
+    base = a.base if ok.get(a.base) else None
+    print(f"| method ({a.data}, {a.threads} threads, median of {a.repeats}) | fit s | recommend s | total s | "
+          f"users/s | peak RSS GiB | total vs {base or '—'} |")
+    print("|---|---|---|---|---|---|---|")
+    for m in methods:
+        if not ok[m]:
+            print(f"| {m} | — | — | — | — | — | {runs[m][-1].get('error', 'failed')} |")
+            continue
+        rs = ok[m]
+        ratio = f"{med(rs, 'total_s') / med(ok[base], 'total_s'):.2f}x" if base else "—"
+        print(f"| {m} | {med(rs, 'fit_s'):.2f} | {med(rs, 'recommend_s'):.2f} | {med(rs, 'total_s'):.2f} | "
+              f"{med(rs, 'users_per_s'):,.0f} | {max(r['peak_rss_gib'] for r in rs):.2f} | {ratio} |")
 
 if __name__ == "__main__":
     main()

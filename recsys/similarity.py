@@ -172,19 +172,28 @@ def _run_blocks(p: _Prepared, blocks: list[tuple[int, int]], fn, workers: int | 
         workers = torch.get_num_threads() if dev.type == "cpu" else 1
     workers = max(1, min(int(workers), len(blocks)))
 
-    def run(part: list[tuple[int, int]]) -> list:
-        ws = Workspace()
-        return [fn(r0, r1, *p.block(r0, r1, ws, row_scale_later=True)) for r0, r1 in part]
-
     if workers == 1:
-        return run(blocks)
+        ws = Workspace()
+        return [fn(r0, r1, *p.block(r0, r1, ws, row_scale_later=True)) for r0, r1 in blocks]
+    import threading
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(workers) as ex:
-        parts = list(ex.map(run, [blocks[t::workers] for t in range(workers)]))
-    out = [None] * len(blocks)
-    for t, part in enumerate(parts):
-        out[t::workers] = part
-    return out
+    local = threading.local()
+
+    def run(r0: int, r1: int):
+        if getattr(local, "ws", None) is None:
+            local.ws = Workspace()                     # scratch reused by each worker's blocks
+        return fn(r0, r1, *p.block(r0, r1, local.ws, row_scale_later=True))
+
+    # blocks are handed out one at a time (no worker waits on another's share); the workers are
+    # the parallelism, so torch's own intra-op threads, which would oversubscribe the cores
+    # (the heavy GEMM, the top-k), are set to one meanwhile
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(run, *zip(*blocks)))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _scaled_copy(r0: int, r1: int, sim: torch.Tensor, row_scale: torch.Tensor | None) -> torch.Tensor:

@@ -99,3 +99,24 @@ def test_two_stage_topk_equals_torch_topk(n, k):
         assert torch.equal(v, ref)
         assert torch.equal(torch.gather(s, 1, i), v)
         assert all(len(set(r.tolist())) == k for r in i)      # no item twice
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_padded_groups_over_power_law_lengths(binary):
+    """Columns whose lists range from 0 to 200 entries fall into many padded length groups; the
+    product still equals numpy, and light_products counts the padded work (>= the exact work,
+    <= PAD_RATIO x it)."""
+    from recsys.spgemm import PAD_RATIO
+    rng = np.random.default_rng(7)
+    R, C = 200, 60
+    lengths = np.minimum((rng.pareto(1.0, C) * 5).astype(int), R)     # 0 ... 200 rows per column
+    B = np.zeros((R, C), np.float32)
+    for c, n in enumerate(lengths):
+        B[rng.choice(R, n, replace=False), c] = 1.0 if binary else rng.uniform(0.5, 2.0, n)
+    A = _random(23, C, 0.3, 8, binary)
+    op = RightOperand(_csr(B))
+    assert len([p for p in op.pads if p is not None]) >= 5
+    np.testing.assert_allclose(op.product(_csr(A)).numpy(), A @ B.T, atol=1e-4, rtol=1e-6)
+    exact = (A != 0).astype(np.float64) @ (B != 0).sum(0)
+    padded = op.light_products(_csr(A)).numpy()
+    assert np.all(padded >= exact) and np.all(padded <= PAD_RATIO * exact + 1e-9)
