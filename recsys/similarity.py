@@ -24,16 +24,19 @@ sparse x sparse kernel of spgemm.py (scalar products for light columns, one GEMM
 heavy ones), into a reused dense (block, R) buffer, which is then top-k'd. Peak memory of the
 similarity is about
 
-    nnz(X) x 12 bytes x 2 (X and its light transpose; x3 for Pearson and shrinkage)
+    nnz(X) x 42 bytes (X, its light part, and the light transpose as padded lists of at most
+      1.5 x its entries, at 12 bytes an entry; x3 for Pearson and shrinkage)
     + R x n_heavy x 4 bytes (the heavy columns, dense; n_heavy <= 2048)
     + workers x block_size x R x 4 bytes x 2 (a dense block and its scratch, per worker)
-    + workers x max_products x ~40 bytes (the scalar products of a block are materialised before
-      they are summed; blocks are cut so that they hold at most max_products, default 2 million)
+    + workers x max_products x 12 bytes (the scalar products of a block, index and value, are
+      materialised before they are summed; blocks are cut so that they hold at most
+      max_products, padding included, default 2 million)
     + R x k x 16 bytes (the kept neighbours),
 
-and the result does not depend on block_size, max_products or the heavy/light split.
-On the CPU, blocks run on `workers` Python threads (default: torch's thread count), because
-half of the kernel's steps (cumsum, scatter-add) are single-threaded.
+and the result does not depend on block_size, max_products or the heavy/light split. A whole
+ItemKNN fit also holds the model's copy of the histories and their transpose (nnz x 24 bytes).
+On the CPU, blocks run on `workers` Python threads (default: torch's thread count), each with
+single-threaded ops, because the kernel's scatter-add is single-threaded in torch.
 """
 from __future__ import annotations
 
