@@ -120,3 +120,26 @@ def test_padded_groups_over_power_law_lengths(binary):
     exact = (A != 0).astype(np.float64) @ (B != 0).sum(0)
     padded = op.light_products(_csr(A)).numpy()
     assert np.all(padded >= exact) and np.all(padded <= PAD_RATIO * exact + 1e-9)
+
+
+def test_parallel_blocks_restore_torch_threads():
+    """Blocks run on single-threaded workers; torch's thread count is restored afterwards, also
+    when a block fails."""
+    X = _csr(_random(60, 30, 0.2, 9))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        W1 = topk_neighbours(X, "cosine", 5, workers=1).to_dense()
+        W2 = topk_neighbours(X, "cosine", 5, block_size=7, workers=2).to_dense()
+        assert torch.get_num_threads() == 2
+        torch.testing.assert_close(W2, W1, atol=1e-6, rtol=0)
+        from recsys.similarity import _blocks, _Prepared, _run_blocks
+        p = _Prepared(X, "cosine", 0.0)
+
+        def fail(r0, r1, sim, scale):
+            raise RuntimeError("block failed")
+        with pytest.raises(RuntimeError, match="block failed"):
+            _run_blocks(p, _blocks(p, 7, 1e9), fail, workers=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
