@@ -70,14 +70,6 @@ class Workspace:
             self._bufs[name] = buf
         return buf[:n]
 
-    def ones(self, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-        """n ones (never written to by callers, so filled once)."""
-        buf = self._bufs.get("__ones")
-        if buf is None or len(buf) < n or buf.dtype != dtype or buf.device != torch.device(device):
-            buf = torch.ones(max(n, int(1.25 * len(buf)) if buf is not None else 0), dtype=dtype, device=device)
-            self._bufs["__ones"] = buf
-        return buf[:n]
-
     def matrix(self, name: str, rows: int, cols: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
         return self.get(name, rows * cols, dtype, device).view(rows, cols)
 
