@@ -21,20 +21,26 @@ def mask_seen(scores: torch.Tensor, users: torch.Tensor, seen_indptr: torch.Tens
 
 
 def topk_rows(s: torch.Tensor, k: int, ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.topk(s, k, dim=1) for a (b, n) score block, in two stages when n is large. Columns
-    form G groups of `size` (a power of two) columns G apart, {g, g + G, g + 2G, ...}; the
-    group maxima come from halving the block (elementwise max of its two halves, then of the
-    result's two halves, ...: streaming passes, into ws's scratch); the top k are then among
-    the elements of the k best groups (and the < size leftover columns), since an element
-    outside them would be beaten by k larger group maxima. Same values as torch.topk (ties may
-    pick other indices); several times faster than sorting 20,000 columns on a CPU."""
+    """The k largest scores of each row of a (b, n) block and their columns, ordered by score,
+    equal scores by column: ties break towards the lower item index, so a ranking (and every
+    metric computed on it) is the same on any device and in any version, whatever torch.topk's
+    own order (unspecified).
+
+    When n is large, in two stages. Columns form G groups of `size` (a power of two) columns G
+    apart, {g, g + G, g + 2G, ...}; the group maxima come from halving the block (elementwise
+    max of its two halves, then of the result's two halves, ...: streaming passes, into ws's
+    scratch); the top k lie among the elements of the k best groups (and the < size leftover
+    columns), since an element outside them would be beaten by k larger group maxima. Several
+    times faster than sorting 20,000 columns on a CPU. Rows where scores equal to the k-th tie
+    across the cut are redone over the whole row (see _break_ties)."""
     b, n = s.shape
     size = 64
     while size > 8 and n // size < 4 * k:
         size //= 2
     G = n // size
-    if G < 4 * k or not s.is_contiguous():
-        return torch.topk(s, k, dim=1)
+    if G < 4 * k or not s.is_contiguous() or k == n:
+        vals, idx = torch.topk(s, k, dim=1)
+        return _break_ties(s, vals, idx, k, (s >= vals[:, -1:]).sum(1) > k)
     main = G * size
     v = s[:, :main].view(b, size, G)
     h = size // 2
@@ -44,12 +50,42 @@ def topk_rows(s: torch.Tensor, k: int, ws: Workspace | None = None) -> tuple[tor
     while h > 1:
         h //= 2
         torch.maximum(m[:, :h], m[:, h:2 * h], out=m[:, :h])
-    g = torch.topk(m[:, 0], k, dim=1).indices                                  # (b, k) best groups
+    gmax = m[:, 0]                                                             # (b, G)
+    g = torch.topk(gmax, k, dim=1).indices                                     # (b, k) best groups
     idx = (g[:, :, None] + G * torch.arange(size, device=s.device)).flatten(1)  # (b, k * size) their columns
     if main < n:
         idx = torch.cat([idx, torch.arange(main, n, device=s.device).expand(b, -1)], 1)
-    vals, j = torch.topk(torch.gather(s, 1, idx), k, dim=1)
-    return vals, torch.gather(idx, 1, j)
+    cand = torch.gather(s, 1, idx)                                             # (b, c)
+    vals, j = torch.topk(cand, k, dim=1)
+    theta = vals[:, -1:]                                                       # (b, 1) k-th score
+    # a tie across the cut: more than k scores >= the k-th, among the candidates or in a group
+    # left out (its maximum can equal the k-th score, never exceed it)
+    tied = ((cand >= theta).sum(1) > k) | ((gmax >= theta).sum(1) > k)
+    return _break_ties(s, vals, torch.gather(idx, 1, j), k, tied)
+
+
+def _break_ties(s: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int,
+                tied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical top k: (vals, idx) hold the k largest values of each row of s; rows flagged in
+    `tied` (b,) have more than k scores >= the k-th and get, over the whole row, every score
+    above it plus the lowest columns holding it. Then every row is ordered by score, equal
+    scores by column."""
+    rows = torch.nonzero(tied).flatten()
+    if len(rows):
+        sr = s[rows]                                                           # (r, n)
+        theta = vals[rows, -1:]                                                # (r, 1)
+        above = sr > theta
+        slots = k - above.sum(1, keepdim=True)                                 # (r, 1) places left for ties
+        eq = sr == theta
+        take = above | (eq & (torch.cumsum(eq, 1, dtype=torch.int32) <= slots))   # exactly k per row
+        cols = torch.nonzero(take)[:, 1].view(len(rows), k)                    # ascending columns
+        vals, idx = vals.clone(), idx.clone()
+        vals[rows] = torch.gather(sr, 1, cols)
+        idx[rows] = cols
+    o = torch.argsort(idx, dim=1)                                              # by column, then
+    idx, vals = torch.gather(idx, 1, o), torch.gather(vals, 1, o)
+    o = torch.argsort(vals, dim=1, descending=True, stable=True)               # by score, stable
+    return torch.gather(vals, 1, o), torch.gather(idx, 1, o)
 
 
 @torch.no_grad()
@@ -59,9 +95,9 @@ def iter_topk(scorer, users: torch.Tensor, k: int, seen: tuple[torch.Tensor, tor
 
     seen: CSR (indptr, indices) of items to exclude per user, or None to rank everything.
     tables: scorer.item_tables(), when the caller already has them.
-    Ties break towards the lower item index (torch.topk on CPU and CUDA alike is not guaranteed
-    to, so scores are compared, not indices, in tests). A masked item can only appear when a
-    user has fewer than k unseen items; its score is then -inf.
+    Equal scores rank by item index, lower first (topk_rows), on any device. A masked item can
+    only appear when a user has fewer than k unseen items; its score is then -inf (the lowest
+    masked indices first).
     """
     n_items = scorer.config.n_items
     if not 0 < k <= n_items:

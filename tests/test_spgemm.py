@@ -143,3 +143,23 @@ def test_parallel_blocks_restore_torch_threads():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", [50, 3000, 20011])
+@pytest.mark.parametrize("k", [1, 10, 37])
+def test_topk_rows_breaks_ties_towards_the_lower_index(n, k):
+    """Known answer: the order of a stable sort by descending score (equal scores: lower column
+    first), with heavy ties (scores 0..3), ties straddling the cut inside and outside the chosen
+    groups, fully masked rows and rows with fewer than k unmasked items."""
+    from recsys.ranking import topk_rows
+    g = torch.Generator().manual_seed(3 * n + k)
+    s = torch.randint(0, 4, (40, n), generator=g).float()
+    s[0] = float("-inf")
+    s[1, 3:] = float("-inf")                                  # fewer than k unmasked items (k > 3)
+    s[2] = 1.0                                                # one big tie
+    s[3, -5:] = 9.0                                           # leftover columns hold the best
+    s[4] = torch.randn(n, generator=g)                        # continuous scores
+    ref = np.argsort(-s.numpy(), axis=1, kind="stable")[:, :k]
+    v, i = topk_rows(s, k)
+    np.testing.assert_array_equal(i.numpy(), ref)
+    np.testing.assert_array_equal(v.numpy(), np.take_along_axis(s.numpy(), ref, 1))
