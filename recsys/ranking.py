@@ -123,7 +123,9 @@ def iter_topk(scorer, users: torch.Tensor, k: int, seen: tuple[torch.Tensor, tor
             s = scorer.score_users(u, tables)                      # (b, I)
         if seen is not None:
             mask_seen(s, u, *seen)
-        v, i = topk_rows(s, k, local.__dict__.setdefault("ws", Workspace()))    # (b, k)
+        if getattr(local, "ws", None) is None:
+            local.ws = Workspace()                                 # the top-k's scratch, per worker
+        v, i = topk_rows(s, k, local.ws)                           # (b, k)
         return u, i, v
 
     # Scorers whose work is partly single-threaded (the sparse KNN kernel) rank chunks on

@@ -96,8 +96,8 @@ def cut_rows(products: list[float], max_rows: int, max_products: float) -> list[
 
 
 class RightOperand:
-    """B (R, C) prepared for many products A_block @ B^T: its light columns transposed to CSR
-    (C, R), its heavy columns as a dense (R, n_heavy) matrix."""
+    """B (R, C) prepared for many products A_block @ B^T: its light columns as padded lists of
+    rows grouped by length (`_pad`), its heavy columns as a dense (R, n_heavy) matrix."""
 
     def __init__(self, B: torch.Tensor, heavy: torch.Tensor | None = None):
         R, C = B.shape
@@ -115,12 +115,9 @@ class RightOperand:
         # transpose of the light part: CSR (C, R), rows = columns of B
         lc, lr, lv = col[light], row[light], val[light]
         order = torch.argsort(lc * R + lr)
-        self.t_col = lr[order].contiguous()                                           # (nnz_l,)
-        self.t_val = lv[order].contiguous()
-        self.t_crow = torch.zeros(C + 1, dtype=torch.long, device=dev)
-        self.t_crow[1:] = torch.cumsum(torch.bincount(lc, minlength=C), 0)
-        self._pad(self.t_crow[1:] - self.t_crow[:-1])
-        del self.t_col, self.t_val, self.t_crow                                       # kept padded only
+        t_crow = torch.zeros(C + 1, dtype=torch.long, device=dev)
+        t_crow[1:] = torch.cumsum(torch.bincount(lc, minlength=C), 0)
+        self._pad(t_crow, lr[order], lv[order])                                       # kept padded only
         # B's light part in its own row order, for products where B (or a matrix with the same
         # support) is also the left operand: no per-call split of A needed
         self.light = torch.sparse_csr_tensor(
@@ -175,12 +172,15 @@ class RightOperand:
         self._scatter(row, col, val, out, ws if ws is not None else Workspace())
         return out
 
-    def _pad(self, lens: torch.Tensor, ratio: float = PAD_RATIO) -> None:
-        """Group the columns of the light transpose by list length (lengths in (w / ratio, w]) and
-        store each group as dense (columns, width) matrices of row indices and values, padded
-        with index 0 and value 0. A product then gathers whole padded rows (one contiguous copy
-        per entry of A) instead of computing every product's source position with cumsums; the
-        padding costs at most `ratio` x the products (about 1.2x on power-law data)."""
+    def _pad(self, t_crow: torch.Tensor, t_col: torch.Tensor, t_val: torch.Tensor,
+             ratio: float = PAD_RATIO) -> None:
+        """The light transpose, given as CSR (C, R) (t_crow, t_col, t_val), grouped by list
+        length (lengths in (w / ratio, w]), each group stored as dense (columns, width) matrices
+        of row indices and values, padded with index 0 and value 0. A product then gathers whole
+        padded rows (one contiguous copy per entry of A) instead of computing every product's
+        source position with cumsums; the padding costs at most `ratio` x the products (about
+        1.2x on power-law data)."""
+        lens = t_crow[1:] - t_crow[:-1]                                               # (C,)
         dev = lens.device
         C = len(lens)
         longest = int(lens.max()) if C else 0
@@ -204,9 +204,9 @@ class RightOperand:
             self.width_of[cols] = w
             j = torch.arange(w, device=dev)
             valid = j[None, :] < n[:, None]                                           # (n_b, w)
-            src = torch.where(valid, self.t_crow[cols][:, None] + j[None, :], 0)
-            self.pads.append((torch.where(valid, self.t_col[src], 0).contiguous(),  # (n_b, w) rows of B
-                              torch.where(valid, self.t_val[src], 0).contiguous()))  # (n_b, w) values, 0 = pad
+            src = torch.where(valid, t_crow[cols][:, None] + j[None, :], 0)
+            self.pads.append((torch.where(valid, t_col[src], 0).contiguous(),       # (n_b, w) rows of B
+                              torch.where(valid, t_val[src], 0).contiguous()))       # (n_b, w) values, 0 = pad
 
     def _scatter(self, row, col, val, out, ws: Workspace):
         """out[row, j] += val * B^T[col, j] for every light entry (row, col, val) of A: per group
