@@ -64,14 +64,51 @@ def _read_tensors(path: str, device: str) -> dict[str, torch.Tensor]:
         raise ExportError(f"export file {path} is truncated or corrupted: {e}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: str, mode: int) -> None:
+    """mkdtemp / mkstemp create 0700 / 0600; give what plain open / mkdir would (umask)."""
+    os.chmod(path, mode & ~_umask())
+
+
+def check_target(final: str) -> None:
+    """Refuse to write an export over anything but nothing, an empty directory or an export.
+
+    Writing replaces the directory at `final` as a whole, so a folder holding anything else
+    (a project, notes) or a regular file there would be lost: refused, and left untouched."""
+    if not os.path.lexists(final):
+        return
+    if not os.path.isdir(final) or os.path.islink(final):
+        raise ExportError(f"cannot save an export to {final}: it exists and is not a directory "
+                          f"(choose a new path; nothing was changed)")
+    if not os.listdir(final):
+        return
+    try:
+        with open(os.path.join(final, "config.json"), encoding="utf-8") as f:
+            fmt = json.load(f).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != FORMAT:
+        raise ExportError(f"cannot save an export to {final}: the directory is not empty and is not a "
+                          f"recsys export (no config.json with format {FORMAT!r}); nothing was changed")
+
+
 def atomic_dir(final: str):
     """A temporary sibling directory of `final`; `commit_dir(tmp, final)` moves it into place."""
+    check_target(final)
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+    _normal_mode(tmp, 0o777)
+    return tmp
 
 
 def commit_dir(tmp: str, final: str) -> None:
+    check_target(final)      # again: something may have appeared there while we wrote
     old = None
     if os.path.exists(final):
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-", dir=os.path.dirname(os.path.abspath(final)))
@@ -88,6 +125,7 @@ def write_json_atomic(path: str, obj) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, ensure_ascii=False)
+        _normal_mode(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -115,6 +153,8 @@ def save_export(path: str, scorer: Scorer, users: Vocab, items: Vocab, tokens: V
         _write_json(os.path.join(tmp, "users.json"), users.to_json())
         _write_json(os.path.join(tmp, "items.json"), {**items.to_json(), "titles": item_titles})
         _write_json(os.path.join(tmp, "tokens.json"), tokens.to_json())
+        for name in os.listdir(tmp):           # safetensors writes 0600, like mkstemp
+            _normal_mode(os.path.join(tmp, name), 0o666)
         commit_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -295,3 +295,44 @@ def test_crash_mid_write_leaves_the_old_export_intact(tmp_path, monkeypatch, fai
     with torch.no_grad():
         assert torch.equal(rec.scores(prep.users.ids), first(torch.arange(prep.n_users)))
     assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".")]
+
+
+def test_save_refuses_foreign_folder_and_file(tmp_path):
+    """save_pretrained never deletes what is not an export: a non-empty folder without a recsys
+    config.json, or a regular file, is refused with an ExportError and left byte for byte."""
+    prep = prepared(tmp_path, string_ids=True)
+    rec = Recommender.from_pretrained(export(tmp_path, prep, trained_like(prep))[0])
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "main.py").write_text("print('hi')\n")
+    (proj / "notes.txt").write_text("notes\n")
+    with pytest.raises(ExportError, match="not a recsys export"):
+        rec.save_pretrained(str(proj))
+    assert sorted(os.listdir(proj)) == ["notes.txt", "src"]
+    assert (proj / "src" / "main.py").read_text() == "print('hi')\n"
+    (proj / "config.json").write_text('{"format": "something-else"}')       # a foreign config.json
+    with pytest.raises(ExportError, match="not a recsys export"):
+        rec.save_pretrained(str(proj))
+    assert (proj / "notes.txt").exists()
+    f = tmp_path / "file.bin"
+    f.write_bytes(b"data")
+    with pytest.raises(ExportError, match="not a directory"):
+        rec.save_pretrained(str(f))
+    assert f.read_bytes() == b"data"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith((".proj", ".file"))]   # no temp dirs left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert Recommender.from_pretrained(rec.save_pretrained(str(empty))).items.ids == rec.items.ids
+
+
+def test_export_permissions_follow_umask(tmp_path):
+    """Exports are readable by others under the usual umask 022 (not 0700 / 0600 from mkdtemp)."""
+    prep = prepared(tmp_path, string_ids=True)
+    old = os.umask(0o022)
+    try:
+        path, _ = export(tmp_path, prep, trained_like(prep))
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o755
+    for name in os.listdir(path):
+        assert os.stat(os.path.join(path, name)).st_mode & 0o777 == 0o644, name
