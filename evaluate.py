@@ -13,9 +13,9 @@ import torch
 from omegaconf import DictConfig
 
 from recsys import Recommender
-from recsys.data import read_interactions
-from recsys.evaluation import format_table
-from recsys.export import write_json_atomic
+from recsys.data.prepare import read_interactions
+from recsys.eval.evaluation import format_table
+from recsys.serve.export import write_json_atomic
 
 log = logging.getLogger("evaluate")
 
@@ -35,8 +35,8 @@ def run(cfg: DictConfig) -> dict:
 
 
 def compare(cfg: DictConfig) -> dict:
-    from recsys.compare import compare_runs, format_comparison
-    from recsys.io import DataError
+    from recsys.eval.compare import compare_runs, format_comparison
+    from recsys.data.io import DataError
     runs = list(cfg.compare)
     if len(runs) != 2:
         raise DataError(f"compare= needs exactly two run folders, got {len(runs)}: {runs}")

@@ -14,11 +14,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.build import build_memory, build_scorer, eval_sets, new_user_sets, report_context
-from recsys.evaluation import evaluate, evaluate_histories, evaluate_report, format_table
-from recsys.export import save_export, write_json_atomic
-from recsys.training import RecsysModule, train_loader, user_loader
-from recsys.tune import choose_fold_in_lambda
+from recsys.train.build import build_memory, build_scorer, eval_sets, new_user_sets, report_context
+from recsys.eval.evaluation import evaluate, evaluate_histories, evaluate_report, format_table
+from recsys.serve.export import save_export, write_json_atomic
+from recsys.train.module import RecsysModule, train_loader, user_loader
+from recsys.train.tune import choose_fold_in_lambda
 
 log = logging.getLogger("train")
 
@@ -89,8 +89,8 @@ def fit_closed_form(cfg: DictConfig, prep, sets, model: dict, loggers):
 
 def fit_learned_blend(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers):
     """A blend with a learned part: train that part with Lightning (early stopping on its own
-    val/ndcg@10), fit the other part without epochs, blend them (recsys.memory.Blend)."""
-    from recsys.memory import Blend
+    val/ndcg@10), fit the other part without epochs, blend them (recsys.models.memory.Blend)."""
+    from recsys.models.memory import Blend
     parts = {}
     best = float("nan")
     for name in ("first", "second"):
@@ -150,7 +150,7 @@ def _projector(lg, scorer, prep) -> None:
 def write_per_user(path: str, per_user: dict, prep, buckets) -> None:
     """Per-user test metrics (external user ids) for paired run comparisons (evaluate.py compare=)."""
     import pandas as pd
-    from recsys.evaluation import bucket_labels
+    from recsys.eval.evaluation import bucket_labels
     df = pd.DataFrame({"user": [prep.users.ids[int(u)] for u in per_user["user"]]})
     if "bucket" in per_user:
         labels = bucket_labels(sorted(buckets))

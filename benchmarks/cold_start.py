@@ -15,7 +15,7 @@ new    the new-user protocol on the embedded MovieLens (experiment=newusers): 10
 
 Our models run through `train.py` (one run folder each, under outputs/cold_start/); LightFM
 (optional benchmark dependency `lightfm-next`) is fitted in this process on the very same
-prepared data (recsys.data, the same validation carve-out, the same item tokens as features) and
+prepared data (recsys.data.prepare, the same validation carve-out, the same item tokens as features) and
 ranked by recsys's own evaluation code (benchmarks/peers/lightfm_scorer.py).
 """
 from __future__ import annotations
@@ -78,9 +78,9 @@ REF = "LightFM WARP + tokens, cold items not in the fit"   # the stronger LightF
 def lightfm_rows(part: str, use_tokens: bool, cold_columns: bool = True) -> dict:
     """LightFM fitted here on the data train.py would prepare for the same protocol."""
     from benchmarks.peers.lightfm_scorer import fit_lightfm
-    from recsys.build import eval_sets, new_user_sets, report_context
-    from recsys.data import prepare_files, prepare_movielens
-    from recsys.evaluation import evaluate_histories, evaluate_report
+    from recsys.train.build import eval_sets, new_user_sets, report_context
+    from recsys.data.prepare import prepare_files, prepare_movielens
+    from recsys.eval.evaluation import evaluate_histories, evaluate_report
     t0 = time.perf_counter()
     if part == "cold":
         s = os.path.join(ROOT, "..", "shared", "data", "ml-latest-small-splits", "colditems")

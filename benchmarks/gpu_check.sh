@@ -24,8 +24,8 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, os.getcwd())
 import lightning as L, torch
 from benchmarks.scale import _prep, generate
-from recsys.build import build_scorer, eval_sets
-from recsys.training import RecsysModule, train_loader
+from recsys.train.build import build_scorer, eval_sets
+from recsys.train.module import RecsysModule, train_loader
 d = "outputs/scale/gpu_200000x40000x4000000"
 generate(d, 200_000, 40_000, 4_000_000)
 prep = _prep(d)

@@ -57,9 +57,9 @@ def run_one(method: str, data: str, threads: int) -> dict:
     if method.startswith("recsys_"):
         import warnings
         warnings.filterwarnings("ignore")
-        from recsys.memory import MemoryConfig, MemoryScorer
-        from recsys.ranking import topk
-        from recsys.sparse import csr_from_pairs
+        from recsys.models.memory import MemoryConfig, MemoryScorer
+        from recsys.eval.ranking import topk
+        from recsys.sparse.csr import csr_from_pairs
     elif method.startswith("implicit_"):
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
         import scipy.sparse as sp
@@ -76,7 +76,7 @@ def run_one(method: str, data: str, threads: int) -> dict:
         indptr, indices = torch.from_numpy(indptr), torch.from_numpy(indices)
         kind = method.split("_")[1]
         # recsys_itemknn_history: implicit's scoring direction (each history item votes for its
-        # k neighbours); recsys_itemknn: the default candidate direction (see recsys/memory.py)
+        # k neighbours); recsys_itemknn: the default candidate direction (see recsys/models/memory.py)
         direction = "history" if method.endswith("_history") else "candidate"
         cfg = MemoryConfig(kind=kind, n_users=U, n_items=I, k=100 if kind == "itemknn" else 50, lam=200.0,
                            direction=direction)

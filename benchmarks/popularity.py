@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from recsys.baselines import Popularity  # noqa: E402
-from recsys.build import eval_sets  # noqa: E402
-from recsys.evaluation import evaluate, format_table  # noqa: E402
+from recsys.models.popularity import Popularity  # noqa: E402
+from recsys.train.build import eval_sets  # noqa: E402
+from recsys.eval.evaluation import evaluate, format_table  # noqa: E402
 
 
 def main(overrides: list[str]) -> dict:

@@ -1,5 +1,5 @@
 """Full-ranking speed of the learned scorer against the bare floor, side by side in one process:
-top-10 for every user (seen items masked) through recsys.ranking.topk, versus a bare loop of
+top-10 for every user (seen items masked) through recsys.eval.ranking.topk, versus a bare loop of
 torch.mm(user chunk, item table^T) + torch.topk over the same shapes (no masking, no
 standardisation, nothing else). Reports medians of --repeats runs and the ratio.
 
@@ -33,8 +33,8 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from recsys.ranking import topk
-    from recsys.scorer import Scorer, ScorerConfig
+    from recsys.eval.ranking import topk
+    from recsys.models.learned import Scorer, ScorerConfig
     rng = np.random.default_rng(0)
     U, I, D = a.users, a.items, a.dim
     hist_indptr = torch.arange(0, (U + 1) * a.history, a.history)

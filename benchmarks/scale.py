@@ -6,7 +6,7 @@ the learned hybrid and ItemKNN, next to `implicit` ALS (optional) on the same da
 
 The data (power-law user activity and item popularity, every pair a positive; item text of 3-8
 words from 20,000, drawn around a per-item topic) is written once as Parquet under --dir and
-read back through recsys.data.prepare_files (pyarrow). Each phase runs in its own subprocess so
+read back through recsys.data.prepare.prepare_files (pyarrow). Each phase runs in its own subprocess so
 its peak RSS (ru_maxrss) is its own:
 
     load     prepare_files: read Parquet, vocabularies, CSR, token bags (seconds, RSS)
@@ -63,7 +63,7 @@ def generate(d: str, U: int, I: int, N: int, seed: int = 0) -> None:
 
 
 def _prep(d: str):
-    from recsys.data import prepare_files
+    from recsys.data.prepare import prepare_files
     return prepare_files(train=os.path.join(d, "train.parquet"), test=os.path.join(d, "test.parquet"),
                          items=os.path.join(d, "items.parquet"), valid_ratio=0.0,
                          tokens={"kind": "word", "min_count": 2})
@@ -82,8 +82,8 @@ def phase(name: str, a) -> dict:
     users = torch.arange(min(a.rank_users, prep.n_users))
     if name == "train":
         import lightning as L
-        from recsys.build import build_scorer, eval_sets
-        from recsys.training import RecsysModule, train_loader
+        from recsys.train.build import build_scorer, eval_sets
+        from recsys.train.module import RecsysModule, train_loader
         L.seed_everything(0)
         scorer = build_scorer(prep, variant="hybrid", dim=64)
         module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=1024, lr=0.005, sparse=a.sparse)
@@ -97,8 +97,8 @@ def phase(name: str, a) -> dict:
         out.update(train_s=s, batches=a.train_batches, sparse_user_table=a.sparse, interactions_per_s=a.train_batches * 1024 / s,
                    epoch_s_estimate=len(prep.train) / (a.train_batches * 1024 / s))
     elif name == "rank":
-        from recsys.build import build_scorer, csr
-        from recsys.ranking import topk
+        from recsys.train.build import build_scorer, csr
+        from recsys.eval.ranking import topk
         seen = csr(prep.train, prep.n_users)
         for variant in ("collaborative", "hybrid"):
             torch.manual_seed(0)
@@ -119,8 +119,8 @@ def phase(name: str, a) -> dict:
             m, f = statistics.median(ts), statistics.median(floor)
             out[variant] = {"rank_s": m, "users_per_s": len(users) / m, "floor_s": f, "ratio_to_floor": m / f}
     elif name == "itemknn":
-        from recsys.build import build_memory, csr
-        from recsys.ranking import topk
+        from recsys.train.build import build_memory, csr
+        from recsys.eval.ranking import topk
         t0 = time.perf_counter()
         m = build_memory(prep, {"kind": "itemknn", "k": 100})
         out["fit_s"] = time.perf_counter() - t0

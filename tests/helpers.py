@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys.scorer import Scorer, ScorerConfig
-from recsys.sparse import csr_from_pairs
+from recsys.models.learned import Scorer, ScorerConfig
+from recsys.sparse.csr import csr_from_pairs
 
 
 def random_csr(rng: np.random.Generator, n_rows: int, n_cols: int, max_per_row: int,

@@ -1,4 +1,4 @@
-"""New items without retraining (recsys/extend.py, Recommender.add_items): every variant scores
+"""New items without retraining (recsys/models/extend.py, Recommender.add_items): every variant scores
 added items exactly as the same model fitted with those items present (never interacted with);
 the Recommender tokenises their text with the stored tokenizer; a new item whose text matches a
 user's taste ranks above unrelated ones; exports keep them."""
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from recsys import Recommender
-from recsys.build import build_memory, build_scorer, csr
-from recsys.content import TokenBags
-from recsys.data import prepare_files, prepare_movielens
-from recsys.export import save_export
-from recsys.extend import add_items
+from recsys.train.build import build_memory, build_scorer, csr
+from recsys.data.content import TokenBags
+from recsys.data.prepare import prepare_files, prepare_movielens
+from recsys.serve.export import save_export
+from recsys.models.extend import add_items
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def _bag_rows(bags: TokenBags, rows: np.ndarray) -> TokenBags:
 def _drop_items(prep, drop: np.ndarray):
     """prep without the items `drop` (cold ones): what a model fitted before they existed saw.
     Returns (reduced prep, kept item indices of the full catalog)."""
-    from recsys.vocab import Vocab
+    from recsys.data.vocab import Vocab
     keep = np.setdiff1d(np.arange(prep.n_items), drop)
     new_index = np.full(prep.n_items, -1)
     new_index[keep] = np.arange(len(keep))
@@ -62,7 +62,7 @@ def _drop_items(prep, drop: np.ndarray):
 def _reorder(prep, order: np.ndarray):
     """prep with its catalog in the order `order` (full indices), so that ties between equal
     similarities break the same way as in the grown catalog."""
-    from recsys.vocab import Vocab
+    from recsys.data.vocab import Vocab
     pos = np.empty(len(order), dtype=np.int64)
     pos[order] = np.arange(len(order))
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from recsys import Recommender
-from recsys.data import prepare_files
-from recsys.io import DataError
+from recsys.data.prepare import prepare_files
+from recsys.data.io import DataError
 
 from helpers import write_csv
 
@@ -88,7 +88,7 @@ def test_duplicate_pairs_keep_the_last_and_are_counted(tmp_path):
 
 def test_mixed_id_types():
     """(CSV and Parquet columns hold one type; a mixed object column comes from code or JSON.)"""
-    from recsys.data import _clean_ids
+    from recsys.data.prepare import _clean_ids
     with pytest.raises(DataError, match="mixed types") as e:
         _clean_ids(pd.Series([1, "a", 2], dtype=object), "in.json, column 'user'")
     assert "column 'user'" in _one_line(e.value)
@@ -129,8 +129,8 @@ def test_unseen_test_users_and_items_are_reported_and_dropped(tmp_path):
 
 
 def _rec(tmp_path):
-    from recsys.build import build_memory, eval_sets
-    from recsys.export import save_export
+    from recsys.train.build import build_memory, eval_sets
+    from recsys.serve.export import save_export
     tr, te = _files(tmp_path)
     prep = prepare_files(train=tr, test=te, valid_ratio=0.0)
     model = build_memory(prep, {"kind": "popularity"})
@@ -161,7 +161,7 @@ def test_bad_k(tmp_path, k):
 
 
 def test_alpha_outside_0_1():
-    from recsys.scorer import ScorerConfig
+    from recsys.models.learned import ScorerConfig
     with pytest.raises(ValueError, match="alpha"):
         ScorerConfig(n_users=2, n_items=2, n_tokens=2, variant="hybrid", alpha=1.5)
 

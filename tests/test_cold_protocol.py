@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.data import prepare_movielens
+from recsys.data.prepare import prepare_movielens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT = {"kind": "colditems", "cold": 0.1, "valid": 0.1, "test": 0.1, "seed": 7}
@@ -45,8 +45,8 @@ def test_cold_items_have_no_training_or_validation_interaction_and_no_tags(preps
 
 def test_content_scores_reach_cold_items(preps):
     """A content model ranks held-out movies (they are not all at the bottom)."""
-    from recsys.build import build_memory, eval_sets, report_context
-    from recsys.evaluation import evaluate_report
+    from recsys.train.build import build_memory, eval_sets, report_context
+    from recsys.eval.evaluation import evaluate_report
     prep, _ = preps
     model = build_memory(prep, {"kind": "content_knn", "k": 50})
     sets = eval_sets(prep)

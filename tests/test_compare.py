@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.compare import compare_runs, paired
-from recsys.io import DataError
+from recsys.eval.compare import compare_runs, paired
+from recsys.data.io import DataError
 
 
 def test_constant_improvement_is_certain():

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from recsys import Recommender
-from recsys.build import build_memory, build_scorer, eval_sets
-from recsys.data import prepare_files
-from recsys.export import save_export
+from recsys.train.build import build_memory, build_scorer, eval_sets
+from recsys.data.prepare import prepare_files
+from recsys.serve.export import save_export
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -8,10 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from recsys.build import build_scorer, eval_sets
-from recsys.data import prepare_files
-from recsys.ranking import topk
-from recsys.training import RecsysModule, train_loader, user_loader
+from recsys.train.build import build_scorer, eval_sets
+from recsys.data.prepare import prepare_files
+from recsys.eval.ranking import topk
+from recsys.train.module import RecsysModule, train_loader, user_loader
 
 from helpers import random_scorer, write_csv
 

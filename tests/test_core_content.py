@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.content import tfidf_bags
-from recsys.scorer import Scorer, ScorerConfig
-from recsys.sparse import csr_from_pairs
-from recsys.vocab import Vocab
+from recsys.data.content import tfidf_bags
+from recsys.models.learned import Scorer, ScorerConfig
+from recsys.sparse.csr import csr_from_pairs
+from recsys.data.vocab import Vocab
 
 # Toy corpus, N = 3 items:
 #   item 0: apple red apple     item 1: apple green     item 2: banana

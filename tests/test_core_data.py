@@ -7,15 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.build import eval_sets
-from recsys.data import _numeric, prepare_files
+from recsys.train.build import eval_sets
+from recsys.data.prepare import _numeric, prepare_files
 
 from helpers import write_csv
 
 
 @pytest.fixture(autouse=True)
 def _quiet(caplog):
-    caplog.set_level(logging.ERROR, logger="recsys.data")
+    caplog.set_level(logging.ERROR, logger="recsys.data.prepare")
 
 
 def pairs(prep, part) -> set[tuple]:

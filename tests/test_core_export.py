@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from recsys import Recommender
-from recsys.build import build_scorer, csr
-from recsys.data import prepare_files
-from recsys.export import ExportError, load_export, save_export
-from recsys.ranking import topk
+from recsys.train.build import build_scorer, csr
+from recsys.data.prepare import prepare_files
+from recsys.serve.export import ExportError, load_export, save_export
+from recsys.eval.ranking import topk
 
 from helpers import write_csv
 
@@ -268,7 +268,7 @@ def test_planted_pickle_payload_is_never_run(tmp_path, target):
 def test_crash_mid_write_leaves_the_old_export_intact(tmp_path, monkeypatch, fail_at):
     """A save that dies half way (here: an error while writing one of the files) leaves the
     previous export at the path untouched and loadable, and no half directory behind."""
-    import recsys.export as ex
+    import recsys.serve.export as ex
     prep = prepared(tmp_path, string_ids=True)
     first = trained_like(prep, seed=0)
     path, _ = export(tmp_path, prep, first)

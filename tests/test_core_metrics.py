@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.evaluation import evaluate
-from recsys.metrics import METRICS, hits_matrix, per_user_metrics
-from recsys.ranking import topk
+from recsys.eval.evaluation import evaluate
+from recsys.eval.metrics import METRICS, hits_matrix, per_user_metrics
+from recsys.eval.ranking import topk
 
 from helpers import random_csr, random_scorer
 

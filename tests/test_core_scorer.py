@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from recsys.ranking import iter_topk, mask_seen, topk
-from recsys.scorer import BUFFERS, Scorer, ScorerConfig
+from recsys.eval.ranking import iter_topk, mask_seen, topk
+from recsys.models.learned import BUFFERS, Scorer, ScorerConfig
 
 from helpers import random_scorer
 
@@ -249,8 +249,8 @@ def test_in_place_scoring_is_bitwise_the_plain_expression(variant):
     """score_users(out=...) under no_grad (the ranking path) equals the plain expression
     exactly (the hybrid, computed in one matmul from per-user statistics, to float rounding),
     cold items included, and reusing the out/scratch blocks changes nothing."""
-    from recsys.build import build_scorer
-    from recsys.data import prepare_files
+    from recsys.train.build import build_scorer
+    from recsys.data.prepare import prepare_files
     import tempfile
     from tests.conftest import write_tiny_dataset
     with tempfile.TemporaryDirectory() as d:

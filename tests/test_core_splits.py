@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.splits import TEST, TRAIN, VALID, leave_last_split, random_split, temporal_split
+from recsys.data.splits import TEST, TRAIN, VALID, leave_last_split, random_split, temporal_split
 
 
 def interactions(seed: int = 0, n_users: int = 60, max_rows: int = 40, ties: bool = False) -> pd.DataFrame:
@@ -147,7 +147,7 @@ def test_temporal_split_rejects_bad_ratios():
 
 def test_cold_items_split_holds_out_whole_items():
     """A seeded fraction of items has every row in test; the rest is split per user."""
-    from recsys.splits import TEST, TRAIN, cold_items_split
+    from recsys.data.splits import TEST, TRAIN, cold_items_split
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"user": rng.integers(0, 50, 3000), "item": rng.integers(0, 200, 3000)}).drop_duplicates()
     lab = cold_items_split(df, cold=0.2, valid=0.1, test=0.1, seed=5)

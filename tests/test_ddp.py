@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _reduce_worker(rank: int, world: int, port: int, out: str):
     import torch.distributed as dist
-    from recsys.evaluation import MetricSums
+    from recsys.eval.evaluation import MetricSums
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     s = MetricSums()
     if rank == 0:                                  # rank 1 holds no user at all
@@ -39,7 +39,7 @@ def test_metric_sums_all_reduce_counts_each_user_once(tmp_path):
 def test_shards_cover_every_batch_and_user_once(monkeypatch):
     """With 2 processes, the two shards of an epoch's batches are the whole shuffle (padded
     by at most a batch), and the user chunks split the users without overlap."""
-    import recsys.training as tr
+    import recsys.train.module as tr
     sampler = tr._EpochBatches(103, 10, seed=1)
     sampler.set_epoch(0)
     single = [i for b in sampler for i in b]

@@ -15,14 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def prep():
-    from recsys.data import prepare_movielens
+    from recsys.data.prepare import prepare_movielens
     return prepare_movielens(os.path.join(ROOT, "data", "ml-latest-small"))
 
 
 @pytest.mark.parametrize("variant", ["collaborative", "content", "hybrid"])
 def test_learned_scores_match_cpu(prep, variant):
-    from recsys.build import build_scorer, csr
-    from recsys.ranking import topk
+    from recsys.train.build import build_scorer, csr
+    from recsys.eval.ranking import topk
     torch.manual_seed(0)
     cpu = build_scorer(prep, variant=variant, dim=32, cold_k=5).eval()
     gpu = build_scorer(prep, variant=variant, dim=32, cold_k=5).eval()
@@ -38,7 +38,7 @@ def test_learned_scores_match_cpu(prep, variant):
 @pytest.mark.parametrize("model", [{"kind": "itemknn", "k": 50}, {"kind": "content_knn", "k": 50},
                                    {"kind": "ease", "lam": 200.0, "cold_k": 10}])
 def test_memory_models_match_cpu(prep, model):
-    from recsys.build import build_memory
+    from recsys.train.build import build_memory
     users = torch.arange(0, prep.n_users, 7)
     cpu = build_memory(prep, model)(users)
     gpu = build_memory(prep, model, device="cuda")(users.cuda())

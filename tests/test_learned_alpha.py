@@ -5,10 +5,10 @@ import lightning as L
 import torch
 
 from recsys import Recommender
-from recsys.build import build_scorer, eval_sets
-from recsys.data import prepare_files
-from recsys.export import save_export
-from recsys.training import RecsysModule, train_loader, user_loader
+from recsys.train.build import build_scorer, eval_sets
+from recsys.data.prepare import prepare_files
+from recsys.serve.export import save_export
+from recsys.train.module import RecsysModule, train_loader, user_loader
 
 
 def test_learned_alpha_moves_and_round_trips(tiny_files, tmp_path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from recsys import Recommender
-from recsys.build import build_memory, eval_sets
-from recsys.data import prepare_files
-from recsys.export import save_export
-from recsys.memory import Blend, MemoryConfig, MemoryScorer
-from recsys.ranking import topk
+from recsys.train.build import build_memory, eval_sets
+from recsys.data.prepare import prepare_files
+from recsys.serve.export import save_export
+from recsys.models.memory import Blend, MemoryConfig, MemoryScorer
+from recsys.eval.ranking import topk
 from tests.helpers import write_csv
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -160,7 +160,7 @@ def test_rating_values_change_itemknn(tiny_files):
 @pytest.mark.parametrize("similarity", ["cosine", "pearson", "jaccard", "euclidean"])
 def test_product_budget_cuts_blocks_without_changing_the_result(similarity):
     """Blocks cut by max_products (down to one row per block) give the same neighbours."""
-    from recsys.similarity import topk_neighbours
+    from recsys.sparse.similarity import topk_neighbours
     rng = np.random.default_rng(3)
     D = (rng.random((30, 25)) < 0.3) * rng.integers(1, 6, (30, 25))
     X = torch.tensor(D, dtype=torch.float32).to_sparse_csr()

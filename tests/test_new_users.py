@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys.build import build_memory, build_scorer, eval_sets, new_user_sets
-from recsys.data import prepare_movielens
-from recsys.evaluation import evaluate_histories
-from recsys.similarity import select_rows
-from recsys.splits import NEW_GIVEN, NEW_TARGET, new_users_split
+from recsys.train.build import build_memory, build_scorer, eval_sets, new_user_sets
+from recsys.data.prepare import prepare_movielens
+from recsys.eval.evaluation import evaluate_histories
+from recsys.sparse.similarity import select_rows
+from recsys.data.splits import NEW_GIVEN, NEW_TARGET, new_users_split
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +101,7 @@ def test_new_user_ranking_masks_the_given_history(prep):
     """Items handed as history never come back in the top K (they are masked)."""
     scorer = build_memory(prep, {"kind": "popularity"})
     new = new_user_sets(prep)
-    from recsys.ranking import mask_seen, topk_rows
+    from recsys.eval.ranking import mask_seen, topk_rows
     H = torch.sparse_csr_tensor(new["given"][0], new["given"][1], torch.ones(len(new["given"][1])),
                                 (len(prep.new_users), prep.n_items))
     users = torch.arange(len(prep.new_users))
@@ -117,7 +117,7 @@ def test_recommend_for_history_matches_a_known_user(tmp_path, prep):
     """Recommender.recommend_for_history(a known user's training items) == recommend(user) for
     ItemKNN, in a reloaded export; unknown ids are refused or ignored as asked; batches work."""
     from recsys import Recommender
-    from recsys.export import save_export
+    from recsys.serve.export import save_export
     scorer = build_memory(prep, {"kind": "itemknn", "k": 20})
     sets = eval_sets(prep)
     # exclude exactly the training items, so that both calls mask the same set
@@ -142,7 +142,7 @@ def test_recommend_for_history_matches_a_known_user(tmp_path, prep):
 def test_fold_in_lambda_is_chosen_on_validation_and_used(prep):
     """choose_fold_in_lambda evaluates each lambda on known users folded in from their train
     history (validation targets only), keeps the best, and score_histories then uses it."""
-    from recsys.tune import choose_fold_in_lambda
+    from recsys.train.tune import choose_fold_in_lambda
     torch.manual_seed(0)
     s = build_scorer(prep, variant="collaborative", dim=8).eval()
     sets = eval_sets(prep)
@@ -170,8 +170,8 @@ def test_recommend_for_history_known_answer(tmp_path, model):
     """A newcomer who watched three 'space' films gets only 'space' films first, and a
     'cooking' fan only 'cooking' films, through the exported Recommender (batch form)."""
     from recsys import Recommender
-    from recsys.build import csr
-    from recsys.export import save_export
+    from recsys.train.build import csr
+    from recsys.serve.export import save_export
     from tests.test_add_items import _taste_files
     prep = _taste_files(str(tmp_path))
     m = build_memory(prep, model)
@@ -188,7 +188,7 @@ def test_recommend_for_history_known_answer(tmp_path, model):
 def test_userknn_new_user_known_answer():
     """UserKNN for a user outside the model: cosine to every known user (numpy reference), the
     k most similar, their histories summed with those weights."""
-    from recsys.memory import MemoryConfig, MemoryScorer
+    from recsys.models.memory import MemoryConfig, MemoryScorer
     rng = np.random.default_rng(0)
     U, I, k = 12, 9, 3
     X = (rng.random((U, I)) < 0.4).astype(np.float32)

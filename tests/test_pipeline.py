@@ -252,9 +252,9 @@ def test_sparse_user_table_trains_and_resumes(tmp_path):
     (only the batch's rows move); the run trains, tests, checkpoints and resumes."""
     from tests.conftest import compose_train
     import train
-    from recsys.training import MixedAdam, RecsysModule
-    from recsys.build import build_scorer, eval_sets
-    from recsys.data import prepare_movielens
+    from recsys.train.module import MixedAdam, RecsysModule
+    from recsys.train.build import build_scorer, eval_sets
+    from recsys.data.prepare import prepare_movielens
     over = ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
             "logger=none", "model.optim.sparse=true", "trainer.accelerator=cpu"]
     m = train.run(compose_train(over, str(tmp_path)))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.beyond import beyond_accuracy, gini, head_items, intra_list_distance, unit_rows
-from recsys.evaluation import bucket_labels, evaluate, evaluate_report, restrict_target
+from recsys.eval.beyond import beyond_accuracy, gini, head_items, intra_list_distance, unit_rows
+from recsys.eval.evaluation import bucket_labels, evaluate, evaluate_report, restrict_target
 
 
 def test_hand_computed_beyond_accuracy():
@@ -127,7 +127,7 @@ def test_report_slices_equal_separate_evaluations():
 
 def test_worked_example_of_docs_metrics():
     """The worked example table of docs/metrics.md: T = {B, D}, list A B C D E."""
-    from recsys.metrics import per_user_metrics
+    from recsys.eval.metrics import per_user_metrics
     m = per_user_metrics(torch.tensor([[False, True, False, True, False]]), torch.tensor([2]), [3, 5])
     want = {"recall@3": 0.5, "precision@3": 1 / 3, "hit@3": 1, "mrr@3": 0.5,
             "ndcg@3": (1 / math.log2(3)) / (1 + 1 / math.log2(3)), "map@3": 0.25,

@@ -80,7 +80,7 @@ def test_planted_pickle_checkpoint_is_refused_not_run(tmp_path):
 
 def test_epoch_batches_depend_only_on_seed_and_epoch():
     """The shuffle of epoch e is the same whatever was iterated before (what makes resuming exact)."""
-    from recsys.training import _EpochBatches
+    from recsys.train.module import _EpochBatches
 
     def batches(s, epoch):
         s.set_epoch(epoch)

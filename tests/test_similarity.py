@@ -1,4 +1,4 @@
-"""Tests for recsys/similarity.py: row-row similarities of a sparse CSR matrix and top-k neighbours,
+"""Tests for recsys/sparse/similarity.py: row-row similarities of a sparse CSR matrix and top-k neighbours,
 checked against a plain numpy reference written from the module docstring's definitions."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.similarity import SIMILARITIES, similarity_matrix, sparse_rows, topk_neighbours
+from recsys.sparse.similarity import SIMILARITIES, similarity_matrix, sparse_rows, topk_neighbours
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.similarity import similarity_matrix, topk_neighbours
-from recsys.spgemm import RightOperand, Workspace, column_counts, cut_rows, heavy_columns
+from recsys.sparse.similarity import similarity_matrix, topk_neighbours
+from recsys.sparse.spgemm import RightOperand, Workspace, column_counts, cut_rows, heavy_columns
 
 
 def _random(rows, cols, density, seed, binary=False):
@@ -89,7 +89,7 @@ def test_similarity_independent_of_heavy_split_and_workers(similarity):
 @pytest.mark.parametrize("k", [1, 10, 37])
 def test_two_stage_topk_equals_torch_topk(n, k):
     """topk_rows returns torch.topk's values (ties included: integer scores) and indices holding them."""
-    from recsys.ranking import topk_rows
+    from recsys.eval.ranking import topk_rows
     g = torch.Generator().manual_seed(n + k)
     for s in (torch.randn(33, n, generator=g), torch.randint(0, 5, (33, n), generator=g).float()):
         s[0] = float("-inf")                                  # a fully masked row
@@ -106,7 +106,7 @@ def test_padded_groups_over_power_law_lengths(binary):
     """Columns whose lists range from 0 to 200 entries fall into many padded length groups; the
     product still equals numpy, and light_products counts the padded work (>= the exact work,
     <= PAD_RATIO x it)."""
-    from recsys.spgemm import PAD_RATIO
+    from recsys.sparse.spgemm import PAD_RATIO
     rng = np.random.default_rng(7)
     R, C = 200, 60
     lengths = np.minimum((rng.pareto(1.0, C) * 5).astype(int), R)     # 0 ... 200 rows per column
@@ -133,7 +133,7 @@ def test_parallel_blocks_restore_torch_threads():
         W2 = topk_neighbours(X, "cosine", 5, block_size=7, workers=2).to_dense()
         assert torch.get_num_threads() == 2
         torch.testing.assert_close(W2, W1, atol=1e-6, rtol=0)
-        from recsys.similarity import _blocks, _Prepared, _run_blocks
+        from recsys.sparse.similarity import _blocks, _Prepared, _run_blocks
         p = _Prepared(X, "cosine", 0.0)
 
         def fail(r0, r1, sim, scale):
@@ -151,7 +151,7 @@ def test_topk_rows_breaks_ties_towards_the_lower_index(n, k):
     """Known answer: the order of a stable sort by descending score (equal scores: lower column
     first), with heavy ties (scores 0..3), ties straddling the cut inside and outside the chosen
     groups, fully masked rows and rows with fewer than k unmasked items."""
-    from recsys.ranking import topk_rows
+    from recsys.eval.ranking import topk_rows
     g = torch.Generator().manual_seed(3 * n + k)
     s = torch.randint(0, 4, (40, n), generator=g).float()
     s[0] = float("-inf")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.subword import BpeTokenizer, PretrainedTokenizer
-from recsys.tokenize import make_tokenizer, tokenizer_from_json
+from recsys.data.subword import BpeTokenizer, PretrainedTokenizer
+from recsys.data.tokenize import make_tokenizer, tokenizer_from_json
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,8 +90,8 @@ def test_pretrained_table_is_frozen_unless_asked(tmp_path):
     """freeze=true: the 384-wide table gets no gradient, only the projection learns; freeze=false
     fine-tunes it too. Baking the projection into a plain table keeps the scores."""
     from tests.conftest import write_tiny_dataset
-    from recsys.build import build_scorer
-    from recsys.data import prepare_files
+    from recsys.train.build import build_scorer
+    from recsys.data.prepare import prepare_files
     files = write_tiny_dataset(str(tmp_path))
     for freeze in (True, False):
         prep = prepare_files(train=files["train"], test=files["test"], items=files["items"],

@@ -1,5 +1,5 @@
 """LightFM (WARP) as a recsys scorer, so that recsys's own ranking and metric code
-(`recsys.evaluation.evaluate`, `evaluate_report`, `evaluate_histories`) measures it under exactly
+(`recsys.eval.evaluation.evaluate`, `evaluate_report`, `evaluate_histories`) measures it under exactly
 the protocol of our models: every item ranked, seen items masked, the same metric definitions.
 
 Model (fit by LightFM's own Cython code, `LightFM(loss="warp").fit`):
@@ -37,7 +37,7 @@ least-squares target fits them poorly. An empty history gives p = 0 (items ranke
 popularity-like order). H is read as a set: its values are ignored.
 
 Worked example: `s = fit_lightfm(prep)`; `s(torch.tensor([0, 2]))` -> (2, n_items) scores;
-`recsys.evaluation.evaluate(s, *eval_sets(prep)[...])` as for any recsys scorer.
+`recsys.eval.evaluation.evaluate(s, *eval_sets(prep)[...])` as for any recsys scorer.
 
 `lightfm` (the `lightfm-next` distribution on PyPI) is a benchmark-only dependency: it is
 imported inside `fit_lightfm`, so this module imports without it (a fitted scorer needs only
@@ -149,7 +149,7 @@ class LightFMScorer(nn.Module):
     @classmethod
     def from_lightfm(cls, model, item_features, prep, config: LightFMConfig) -> "LightFMScorer":
         """Copy a fitted lightfm.LightFM's representations (item side through item_features)."""
-        from recsys.build import csr
+        from recsys.train.build import csr
         item_bias, item_emb = model.get_item_representations(item_features)
         user_bias, user_emb = model.get_user_representations()
         hist_indptr, hist_indices = csr(prep.train, prep.n_users)
@@ -209,7 +209,7 @@ def fit_lightfm(prep, no_components: int = 64, epochs: int = 50, learning_rate: 
                 max_sampled: int = 10, num_threads: int = 2, seed: int = 0, use_tokens: bool = True,
                 token_values: str = "binary", fold_in: str = "mean", fold_in_lam: float = 1.0,
                 cold_columns: bool = True) -> LightFMScorer:
-    """Fit LightFM on prep.train (a recsys.data.Prepared) and wrap it as a scorer. With
+    """Fit LightFM on prep.train (a recsys.data.prepare.Prepared) and wrap it as a scorer. With
     num_threads > 1 LightFM's Hogwild updates make a fit vary slightly from run to run even with
     a fixed seed. With cold_columns=False the wrapped `scorer.lightfm` numbers its items by warm
     column (its `predict` takes those indices); the scorer itself always ranks the whole catalog."""

@@ -4,15 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import Prepared
-from .scorer import Scorer, ScorerConfig
-from .sparse import csr_from_pairs
-
-
-def csr(pairs: np.ndarray, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(user, item) pairs (N, 2) -> CSR (indptr (n_rows+1,), indices (N,)) as int64 tensors."""
-    indptr, indices, _ = csr_from_pairs(pairs[:, 0], pairs[:, 1], n_rows)
-    return torch.from_numpy(indptr), torch.from_numpy(indices)
+from recsys.data.prepare import Prepared
+from recsys.models.learned import Scorer, ScorerConfig
+from recsys.sparse.csr import csr, csr_from_pairs
 
 
 def scorer_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -30,7 +24,7 @@ def scorer_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> 
 def fill_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> dict[str, torch.Tensor]:
     """The cold items' fill matrix (coldstart.py) as buffers: each cold item's cold_k most
     content-similar warm items."""
-    from .coldstart import fill_matrix
+    from recsys.models.coldstart import fill_matrix
     indptr, indices, weights = fill_matrix(torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
                                            torch.from_numpy(prep.bags.weights), len(prep.tokens),
                                            torch.from_numpy(prep.item_warm()), cold_k, cold_scale)
@@ -67,7 +61,7 @@ def eval_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def build_memory(prep: Prepared, model: dict, device: str = "cpu"):
     """Fit a memory-based / closed-form model (itemknn, userknn, content_knn, ease, popularity)
     or a `blend` of two of them, from plain config values."""
-    from .memory import FILLED_KINDS, Blend, MemoryConfig, MemoryScorer
+    from recsys.models.memory import FILLED_KINDS, Blend, MemoryConfig, MemoryScorer
     model = dict(model)
     kind = model.get("kind")
     if kind == "blend":
@@ -94,7 +88,7 @@ def report_context(prep: Prepared, history_buckets: list[int] | None = (5, 20), 
     """The evaluate_report() extras for a prepared dataset: training-history lengths and their
     buckets, cold items (no training interaction), and the beyond-accuracy inputs (training
     popularity, unit TF-IDF item vectors)."""
-    from .beyond import unit_rows
+    from recsys.eval.beyond import unit_rows
     users = torch.from_numpy(prep.train[:, 0])
     items = torch.from_numpy(prep.train[:, 1])
     return {

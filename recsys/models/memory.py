@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .similarity import _t, select_rows, sparse_rows, topk_neighbours
-from .spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, heavy_columns
+from recsys.sparse.similarity import _t, select_rows, sparse_rows, topk_neighbours
+from recsys.sparse.spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, heavy_columns
 
 KNN_KINDS = ("itemknn", "userknn", "content_knn")
 FILLED_KINDS = ("itemknn", "userknn", "ease")    # collaborative kinds that can fill cold items (coldstart.py)
@@ -148,7 +148,7 @@ class MemoryScorer(nn.Module):
     def _fill(self, s: torch.Tensor) -> torch.Tensor:
         if not hasattr(self, "fill_indptr"):
             return s
-        from .coldstart import fill_scores
+        from recsys.models.coldstart import fill_scores
         return fill_scores(s, self.fill_indptr, self.fill_indices, self.fill_weights)
 
     # --- scoring ----------------------------------------------------------------------------
@@ -217,7 +217,7 @@ class MemoryScorer(nn.Module):
         """UserKNN for users outside the model: each history row's k most similar known users
         (the fitted similarity, computed on the known users' rows stacked with the new rows;
         the new rows are not each other's neighbours), then the same aggregation as score_users."""
-        from .similarity import _Prepared
+        from recsys.sparse.similarity import _Prepared
         c = self.config
         X = self._hist()                                                              # (U, I)
         U, b = c.n_users, H.shape[0]
@@ -352,7 +352,7 @@ class Blend(nn.Module):
         if self.config.norm == "max":
             top = s.abs().amax(dim=1, keepdim=True)                                  # (b, 1)
             return s / torch.where(top > 0, top, torch.ones_like(top))
-        from .scorer import Scorer
+        from recsys.models.learned import Scorer
         return Scorer.standardise(s)
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,9 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
-from .evaluation import MetricSums, chunk_metrics, users_with_targets
-from .losses import LOSSES
-from .scorer import Scorer
+from recsys.eval.evaluation import MetricSums, chunk_metrics, users_with_targets
+from recsys.train.losses import LOSSES
+from recsys.models.learned import Scorer
 
 
 class RecsysModule(L.LightningModule):

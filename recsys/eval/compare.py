@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from .io import DataError
+from recsys.data.io import DataError
 
 
 def load_per_user(run: str) -> pd.DataFrame:

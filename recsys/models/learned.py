@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sparse import gather_rows
+from recsys.sparse.csr import gather_rows
 
 VARIANTS = ("collaborative", "content", "hybrid")
 
@@ -166,7 +166,7 @@ class Scorer(nn.Module):
 
     def item_tables(self) -> dict[str, torch.Tensor]:
         """Everything item-side the user scores need; reuse it across user chunks."""
-        from .spgemm import Workspace
+        from recsys.sparse.spgemm import Workspace
         t: dict = {"ws": Workspace()}
         if self.config.uses_cf:
             t["V"] = self.item_emb.weight                                         # (I, D)
@@ -183,7 +183,7 @@ class Scorer(nn.Module):
         score u . mean(V_warm) + mean(b_warm) is the user's mean over warm items (neutral).
         Scores are linear in the rows, so this equals neutralise_cold on every score block.
         use_fill=False: every cold item neutral (what training-mode scores get)."""
-        from .coldstart import fill_table, filled_rows
+        from recsys.models.coldstart import fill_table, filled_rows
         warm = self.item_warm
         neutral = ~warm
         if use_fill:
@@ -245,7 +245,7 @@ class Scorer(nn.Module):
         warm = self.item_warm
         keep = warm
         if not self.training:
-            from .coldstart import filled_rows
+            from recsys.models.coldstart import filled_rows
             keep = warm | filled_rows(self.fill_indptr)
         if not self.training or bool(keep.all()):
             return s_cf
@@ -275,7 +275,7 @@ class Scorer(nn.Module):
         return self._score_into(users, tables, out)
 
     def _score_into(self, users: torch.Tensor, tables: dict, out: torch.Tensor) -> torch.Tensor:
-        from .spgemm import Workspace
+        from recsys.sparse.spgemm import Workspace
         c = self.config
         ws = tables.get("ws") or Workspace()
         scratch = ws.matrix("scorer", out.shape[0], out.shape[1], out.dtype, out.device)    # (b, I)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import hits_matrix, per_user_metrics
-from .ranking import iter_topk
+from recsys.eval.metrics import hits_matrix, per_user_metrics
+from recsys.eval.ranking import iter_topk
 
 
 class MetricSums:
@@ -89,7 +89,7 @@ def evaluate_histories(scorer, given, target, ks=(10, 20), chunk_size: int = 102
     history `given` hands it at inference time (scorer.score_histories, no retraining), that
     history masked, ranked against the whole catalog, measured on `target`. given/target: CSR
     (indptr, indices) over the new users."""
-    from .ranking import topk_histories
+    from recsys.eval.ranking import topk_histories
     ks = sorted(ks)
     users = users_with_targets(target[0])
     tables = scorer.item_tables()
@@ -137,7 +137,7 @@ def evaluate_report(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, p
       "head_share": float}.
     Per-user values come back with "user" and, with buckets, "bucket" (index into the labels).
     """
-    from .beyond import beyond_accuracy
+    from recsys.eval.beyond import beyond_accuracy
     ks = sorted(ks)
     n_items = scorer.config.n_items
     users = users_with_targets(target[0])

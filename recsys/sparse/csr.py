@@ -40,3 +40,9 @@ def gather_rows(indptr: torch.Tensor, rows: torch.Tensor):
     offsets = torch.cumsum(lengths, 0) - lengths          # (B,)
     within = torch.arange(int(lengths.sum()), device=rows.device) - offsets[row_of]
     return start[row_of] + within, row_of
+
+
+def csr(pairs: np.ndarray, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user, item) pairs (N, 2) -> CSR (indptr (n_rows+1,), indices (N,)) as int64 tensors."""
+    indptr, indices, _ = csr_from_pairs(pairs[:, 0], pairs[:, 1], n_rows)
+    return torch.from_numpy(indptr), torch.from_numpy(indices)

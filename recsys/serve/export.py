@@ -28,9 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .scorer import Scorer, ScorerConfig
-from .tokenize import WordTokenizer, tokenizer_from_json
-from .vocab import Vocab
+from recsys.models.registry import bake, model_from_state
+from recsys.data.tokenize import WordTokenizer, tokenizer_from_json
+from recsys.data.vocab import Vocab
 
 FORMAT = "recsys-export"
 FORMAT_VERSION = 1
@@ -133,11 +133,11 @@ def write_json_atomic(path: str, obj) -> None:
         raise
 
 
-def save_export(path: str, scorer: Scorer, users: Vocab, items: Vocab, tokens: Vocab,
+def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, tokens: Vocab,
                 tokenizer: WordTokenizer, seen: tuple[torch.Tensor, torch.Tensor],
                 token_idf: torch.Tensor, item_titles: list[str] | None = None,
                 meta: dict | None = None) -> str:
-    from . import __version__
+    from recsys import __version__
     tmp = atomic_dir(path)
     try:
         scorer = bake(scorer)
@@ -195,31 +195,3 @@ def load_export(path: str, device: str = "cpu") -> dict:
         "seen": (extras["seen_indptr"], extras["seen_indices"]),
         "token_idf": extras["token_idf"],
     }
-
-
-def bake(model: torch.nn.Module) -> torch.nn.Module:
-    """Pretrained token tables replaced by their projection, in a model or a blend's parts."""
-    from .memory import Blend
-    if isinstance(model, Blend):
-        first, second = bake(model.first), bake(model.second)
-        if first is model.first and second is model.second:
-            return model
-        return Blend(first, second, model.config.alpha, model.config.norm)
-    return model.baked() if hasattr(model, "baked") else model
-
-
-def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Rebuild any recsys model from its JSON config and its state_dict tensors."""
-    from .memory import KNN_KINDS, Blend, MemoryConfig, MemoryScorer
-    from .scorer import BUFFERS, FILL
-    kind = cfg.get("kind", "learned")
-    if kind == "blend":
-        def sub(prefix):
-            return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        return Blend(model_from_state(cfg["first"], sub("first")), model_from_state(cfg["second"], sub("second")),
-                     cfg["alpha"], cfg.get("norm", "zscore"))
-    if kind in (*KNN_KINDS, "ease", "popularity"):
-        return MemoryScorer.from_export(cfg, state)
-    scorer = Scorer(ScorerConfig(**cfg), {k: state[k] for k in BUFFERS + FILL if k in state})
-    scorer.load_state_dict(state, strict=True)
-    return scorer

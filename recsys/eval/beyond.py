@@ -64,7 +64,7 @@ def intra_list_distance(lists: torch.Tensor, unit_vectors: torch.Tensor, chunk: 
     for s in range(0, N, chunk):
         L = lists[s:s + chunk]                                                   # (b, K)
         if unit_vectors.layout == torch.sparse_csr:
-            from .similarity import select_rows
+            from recsys.sparse.similarity import select_rows
             rows = select_rows(unit_vectors, L.flatten())                        # (b*K, T)
             V = _dense(rows).view(len(L), K, -1)                                 # (b, K, T)
         else:

@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .content import TokenBags, tfidf_bags
-from .io import DataError, read_table, require_columns
-from .splits import NEW_GIVEN, NEW_TARGET, SPLITS, TEST, TRAIN, VALID
-from .tokenize import WordTokenizer, make_tokenizer
-from .vocab import Vocab
+from recsys.data.content import TokenBags, tfidf_bags
+from recsys.data.io import DataError, read_table, require_columns
+from recsys.data.splits import NEW_GIVEN, NEW_TARGET, SPLITS, TEST, TRAIN, VALID
+from recsys.data.tokenize import WordTokenizer, make_tokenizer
+from recsys.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
 

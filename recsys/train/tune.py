@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from .evaluation import evaluate_histories
+from recsys.eval.evaluation import evaluate_histories
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .build import csr
-from .evaluation import evaluate
-from .export import load_export, save_export
-from .ranking import topk
+from recsys.sparse.csr import csr
+from recsys.eval.evaluation import evaluate
+from recsys.serve.export import load_export, save_export
+from recsys.eval.ranking import topk
 
 
 class Recommender:
@@ -43,17 +43,17 @@ class Recommender:
                            self.seen, self.token_idf, self.titles, self.meta)
 
     def add_items(self, items, item_col: str = "item", text_cols: list[str] | None = None) -> int:
-        """Add new items to the catalog without retraining (recsys/extend.py): `items` is a
+        """Add new items to the catalog without retraining (recsys/models/extend.py): `items` is a
         DataFrame with an id column and text columns (default: those of the export's training
         text fields, `meta["text_fields"]`, that the frame has), tokenised with the stored
         tokenizer and weighted with the stored idf. They can be recommended at once, and
         save_pretrained keeps them. Returns the number of items added."""
         import pandas as pd
 
-        from .content import tfidf_bags
-        from .data import _clean_ids
-        from .extend import add_items
-        from .vocab import Vocab
+        from recsys.data.content import tfidf_bags
+        from recsys.data.prepare import _clean_ids
+        from recsys.models.extend import add_items
+        from recsys.data.vocab import Vocab
         if not isinstance(items, pd.DataFrame):
             raise TypeError(f"add_items takes a pandas DataFrame, got {type(items).__name__}")
         if item_col not in items.columns:
@@ -139,7 +139,7 @@ class Recommender:
         scores); a list of histories -> ((B, k), (B, k)). The history's items are excluded
         unless exclude_given=False. unknown="error" refuses item ids outside the catalog,
         "ignore" drops them. UserKNN finds the history's neighbours among the known users."""
-        from .ranking import topk_histories
+        from recsys.eval.ranking import topk_histories
         single = len(items) == 0 or np.isscalar(items[0]) or isinstance(items[0], (str, bytes))
         hists = [list(items)] if single else [list(h) for h in items]
         self._check_k(k)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from .coldstart import fill_matrix
-from .content import TokenBags
+from recsys.models.coldstart import fill_matrix
+from recsys.data.content import TokenBags
 
 
 def _cat_bags(indptr, indices, weights, bags: TokenBags):
@@ -54,8 +54,8 @@ def _fill_rows(bufs: dict, old_fill: tuple, n_old: int, m: int, n_tokens: int, w
 
 
 def add_items(model: torch.nn.Module, bags: TokenBags) -> torch.nn.Module:
-    from .memory import Blend, MemoryScorer
-    from .scorer import Scorer
+    from recsys.models.memory import Blend, MemoryScorer
+    from recsys.models.learned import Scorer
     if isinstance(model, Blend):
         return Blend(add_items(model.first, bags), add_items(model.second, bags), model.config.alpha,
                      model.config.norm)
@@ -69,7 +69,7 @@ def add_items(model: torch.nn.Module, bags: TokenBags) -> torch.nn.Module:
 def _add_learned(model, bags: TokenBags):
     from dataclasses import replace
 
-    from .scorer import BUFFERS, FILL, Scorer
+    from recsys.models.learned import BUFFERS, FILL, Scorer
     c, m = model.config, bags.n_items
     n_old = c.n_items
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -97,8 +97,8 @@ def _add_learned(model, bags: TokenBags):
 def _add_memory(model, bags: TokenBags):
     from dataclasses import replace
 
-    from .memory import FILLED_KINDS, MemoryScorer
-    from .similarity import sparse_rows, topk_neighbours
+    from recsys.models.memory import FILLED_KINDS, MemoryScorer
+    from recsys.sparse.similarity import sparse_rows, topk_neighbours
     c, m = model.config, bags.n_items
     n_old = c.n_items
     st = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -8,8 +8,8 @@ from typing import Iterator
 
 import torch
 
-from .sparse import gather_rows
-from .spgemm import Workspace
+from recsys.sparse.csr import gather_rows
+from recsys.sparse.spgemm import Workspace
 
 
 def mask_seen(scores: torch.Tensor, users: torch.Tensor, seen_indptr: torch.Tensor,
@@ -155,7 +155,7 @@ def topk_histories(scorer, given: tuple[torch.Tensor, torch.Tensor], rows: torch
     (scorer.score_histories, no retraining): `given` is a CSR (indptr, indices) of histories,
     `rows` (b,) the ones to rank. The given items are masked unless exclude_given=False.
     Returns (scores (b, k), items (b, k))."""
-    from .similarity import select_rows
+    from recsys.sparse.similarity import select_rows
     indptr, indices = given
     H = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), device=indices.device),
                                 (len(indptr) - 1, scorer.config.n_items))

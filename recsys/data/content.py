@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vocab import Vocab
+from recsys.data.vocab import Vocab
 
 
 @dataclass

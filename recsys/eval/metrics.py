@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparse import gather_rows
+from recsys.sparse.csr import gather_rows
 
 METRICS = ("recall", "precision", "ndcg", "hit", "mrr", "map")
 

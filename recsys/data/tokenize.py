@@ -66,7 +66,7 @@ def make_tokenizer(kind: str = "word", **options):
     """A tokenizer from config values (data.tokens without min_count / max_size)."""
     if kind == "word":
         return WordTokenizer(**options)
-    from .subword import BpeTokenizer, PretrainedTokenizer
+    from recsys.data.subword import BpeTokenizer, PretrainedTokenizer
     if kind == "bpe":
         return BpeTokenizer(**options)
     if kind == "pretrained":

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .similarity import select_rows, sparse_rows
+from recsys.sparse.similarity import select_rows, sparse_rows
 
 
 def fill_matrix(tok_indptr: torch.Tensor, tok_indices: torch.Tensor, tok_weights: torch.Tensor,
