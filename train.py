@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recsys.train.build import build_memory, build_scorer, eval_sets, new_user_sets, report_context
-from recsys.eval.evaluation import evaluate, evaluate_histories, evaluate_report, format_table
+from recsys.eval.evaluation import evaluate, format_table
 from recsys.serve.export import save_export, write_json_atomic
 from recsys.train.module import RecsysModule, train_loader, user_loader
 from recsys.train.tune import choose_fold_in_lambda
@@ -90,7 +90,7 @@ def fit_closed_form(cfg: DictConfig, prep, sets, model: dict, loggers):
 def fit_learned_blend(cfg: DictConfig, prep, sets, model: dict, callbacks, loggers):
     """A blend with a learned part: train that part with Lightning (early stopping on its own
     val/ndcg@10), fit the other part without epochs, blend them (recsys.models.memory.Blend)."""
-    from recsys.models.memory import Blend
+    from recsys.models.blend import Blend
     parts = {}
     best = float("nan")
     for name in ("first", "second"):
@@ -111,14 +111,15 @@ def final_report(cfg: DictConfig, scorer, prep, sets, loggers, logged=()) -> tup
     device = torch.device("cuda" if use_cuda else "cpu")
     scorer = scorer.to(device).eval()
     ctx = report_context(prep, cfg.report.history_buckets, cfg.report.head_share)
-    report, per_user = evaluate_report(scorer, tuple(t.to(device) for t in sets["test_target"]),
-                                       tuple(t.to(device) for t in sets["test_seen"]), list(cfg.ks),
-                                       cfg.eval_chunk, "test/", **ctx)
+    report, per_user = evaluate(scorer, tuple(t.to(device) for t in sets["test_target"]),
+                                tuple(t.to(device) for t in sets["test_seen"]), list(cfg.ks),
+                                cfg.eval_chunk, "test/", context=ctx)
     new = new_user_sets(prep)
     if new is not None:   # new-user protocol: scored from their given history, no retraining
         try:
-            more, _ = evaluate_histories(scorer, tuple(t.to(device) for t in new["given"]),
-                                         tuple(t.to(device) for t in new["target"]), list(cfg.ks), cfg.eval_chunk)
+            given = tuple(t.to(device) for t in new["given"])
+            more, _ = evaluate(scorer, tuple(t.to(device) for t in new["target"]), given, list(cfg.ks),
+                               cfg.eval_chunk, "test/new_users/", histories=given)
             report.update(more)
         except ValueError as e:       # a model that cannot score histories: logged, not fatal
             log.warning("new users not evaluated: %s", e)

@@ -80,7 +80,7 @@ def lightfm_rows(part: str, use_tokens: bool, cold_columns: bool = True) -> dict
     from benchmarks.peers.lightfm_scorer import fit_lightfm
     from recsys.train.build import eval_sets, new_user_sets, report_context
     from recsys.data.prepare import prepare_files, prepare_movielens
-    from recsys.eval.evaluation import evaluate_histories, evaluate_report
+    from recsys.eval.evaluation import evaluate
     t0 = time.perf_counter()
     if part == "cold":
         s = os.path.join(ROOT, "..", "shared", "data", "ml-latest-small-splits", "colditems")
@@ -94,10 +94,11 @@ def lightfm_rows(part: str, use_tokens: bool, cold_columns: bool = True) -> dict
     scorer = fit_lightfm(prep, use_tokens=use_tokens, cold_columns=cold_columns)
     sets = eval_sets(prep)
     ctx = report_context(prep)
-    m, _ = evaluate_report(scorer, sets["test_target"], sets["test_seen"], (10, 20), item_cold=ctx["item_cold"])
+    m, _ = evaluate(scorer, sets["test_target"], sets["test_seen"], (10, 20), context={"item_cold": ctx["item_cold"]})
     if part == "new":
         new = new_user_sets(prep)
-        more, _ = evaluate_histories(scorer, new["given"], new["target"], (10, 20))
+        more, _ = evaluate(scorer, new["target"], new["given"], (10, 20), prefix="test/new_users/",
+                           histories=new["given"])
         m.update(more)
     m["wall_s"] = time.perf_counter() - t0
     m["cmd"] = f"benchmarks/peers/lightfm_scorer.py fit_lightfm(use_tokens={use_tokens}, cold_columns={cold_columns})"

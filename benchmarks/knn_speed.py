@@ -57,7 +57,8 @@ def run_one(method: str, data: str, threads: int) -> dict:
     if method.startswith("recsys_"):
         import warnings
         warnings.filterwarnings("ignore")
-        from recsys.models.memory import MemoryConfig, MemoryScorer
+        from recsys.models.memory import MemoryConfig
+        from recsys.models.registry import fit_memory
         from recsys.eval.ranking import topk
         from recsys.sparse.csr import csr_from_pairs
     elif method.startswith("implicit_"):
@@ -76,11 +77,11 @@ def run_one(method: str, data: str, threads: int) -> dict:
         indptr, indices = torch.from_numpy(indptr), torch.from_numpy(indices)
         kind = method.split("_")[1]
         # recsys_itemknn_history: implicit's scoring direction (each history item votes for its
-        # k neighbours); recsys_itemknn: the default candidate direction (see recsys/models/memory.py)
+        # k neighbours); recsys_itemknn: the default candidate direction (see recsys/models/knn.py)
         direction = "history" if method.endswith("_history") else "candidate"
         cfg = MemoryConfig(kind=kind, n_users=U, n_items=I, k=100 if kind == "itemknn" else 50, lam=200.0,
                            direction=direction)
-        model = MemoryScorer.fit(cfg, indptr, indices)
+        model = fit_memory(cfg, indptr, indices)
         out["fit_s"] = time.perf_counter() - t0
         out["fit_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
         t1 = time.perf_counter()

@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from recsys.models.popularity import Popularity  # noqa: E402
-from recsys.train.build import eval_sets  # noqa: E402
+from recsys.train.build import build_memory, eval_sets  # noqa: E402
 from recsys.eval.evaluation import evaluate, format_table  # noqa: E402
 
 
@@ -26,7 +24,7 @@ def main(overrides: list[str]) -> dict:
         cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", "paths.output_dir=/tmp", *overrides])
     prep = instantiate(cfg.data)
     sets = eval_sets(prep)
-    model = Popularity(prep.n_users, torch.from_numpy(prep.train[:, 1]), prep.n_items)
+    model = build_memory(prep, {"kind": "popularity"})
     metrics, _ = evaluate(model, sets["test_target"], sets["test_seen"], list(cfg.ks))
     print(format_table(metrics))
     return metrics

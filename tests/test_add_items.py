@@ -118,7 +118,7 @@ def test_added_items_score_like_a_fit_that_had_them_learned(full, split, variant
     u = _users(had)
     torch.testing.assert_close(grown(u), ref(u), atol=1e-5, rtol=1e-5)
     if cold_k:   # the added items borrowed collaborative scores: not all equal to the neutral one
-        s = grown.component_scores(u, grown.item_tables())["cf"][:, red.n_items:]
+        s = grown.component_scores(u, grown.item_side())["cf"][:, red.n_items:]
         assert s.std() > 0
 
 

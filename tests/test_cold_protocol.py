@@ -46,11 +46,11 @@ def test_cold_items_have_no_training_or_validation_interaction_and_no_tags(preps
 def test_content_scores_reach_cold_items(preps):
     """A content model ranks held-out movies (they are not all at the bottom)."""
     from recsys.train.build import build_memory, eval_sets, report_context
-    from recsys.eval.evaluation import evaluate_report
+    from recsys.eval.evaluation import evaluate
     prep, _ = preps
     model = build_memory(prep, {"kind": "content_knn", "k": 50})
     sets = eval_sets(prep)
-    rep, _ = evaluate_report(model, sets["test_target"], sets["test_seen"], [20], 1024, "test/",
-                             **{k: v for k, v in report_context(prep).items() if k == "item_cold"})
+    rep, _ = evaluate(model, sets["test_target"], sets["test_seen"], [20], 1024, "test/",
+                      context={k: v for k, v in report_context(prep).items() if k == "item_cold"})
     assert rep["test/cold_items/users"] > 100
     assert rep["test/cold_items/recall@20"] > 0.0

@@ -135,7 +135,8 @@ def test_evaluate_equals_reference_means_for_any_chunk_size():
            for m in METRICS for k in (5, 10)}
     for chunk in (1, 4, 1000):
         means, per_user = evaluate(scorer, (t_indptr, t_indices), seen, ks=(10, 5), chunk_size=chunk)
-        assert set(means) == {f"test/{name}" for name in ref}
+        assert set(means) == {f"test/{name}" for name in ref} | {"test/users"}
+        assert means["test/users"] == len(users)          # rows 2 and 9 have no target
         for name, v in ref.items():
             assert means[f"test/{name}"] == pytest.approx(v, abs=1e-9), (chunk, name)
         assert per_user["user"].tolist() == users.tolist()

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from recsys.eval.ranking import iter_topk, mask_seen, topk
+from recsys.eval.ranking import rank, mask_seen, topk
 from recsys.models.learned import BUFFERS, Scorer, ScorerConfig
 
 from helpers import random_scorer
@@ -68,7 +68,7 @@ def test_chunked_ranking_equals_unchunked(variant):
             items, scores = topk(s, ALL, 5, seen, chunk_size=chunk)
             assert torch.equal(items, ref_items), chunk
             torch.testing.assert_close(scores, ref_scores, rtol=1e-6, atol=1e-6)
-        chunks = list(iter_topk(s, ALL, 5, seen, chunk_size=4))
+        chunks = list(rank(s, ALL, 5, seen, chunk_size=4))
         assert [c[0].tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
 
 
@@ -161,7 +161,7 @@ def test_cold_items_get_users_mean_warm_cf_score(variant):
     s = random_scorer(variant, seed=7, cold_items=cold)
     raw = by_hand(s)["cf"]
     warm = [i for i in range(13) if i not in cold]
-    tables = s.item_tables()
+    tables = s.item_side()
     cf = s.neutralise_cold(s.component_scores(ALL, tables)["cf"]).detach()
     for u in range(9):
         m = raw[u, warm].mean()
@@ -186,7 +186,7 @@ def test_component_scores_for_item_subsets():
     """component_scores with shared items (N,) or per-user items (B, N) pick the matching
     columns of the full (B, I) scores."""
     s = random_scorer("hybrid", seed=9)
-    t = s.item_tables()
+    t = s.item_side()
     users = torch.tensor([0, 4, 7])
     full = s.component_scores(users, t)
     shared = torch.tensor([3, 0, 12])
@@ -204,7 +204,7 @@ def test_k_out_of_range_raises(k):
     with pytest.raises(ValueError):
         topk(s, ALL, k)
     with pytest.raises(ValueError):
-        next(iter_topk(s, ALL, 3, chunk_size=0))
+        next(rank(s, ALL, 3, chunk_size=0))
 
 
 def test_topk_of_no_users_is_empty():
@@ -263,7 +263,7 @@ def test_in_place_scoring_is_bitwise_the_plain_expression(variant):
         for p in s.parameters():
             p.normal_()
         users = torch.arange(prep.n_users)
-        tables = s.item_tables()
+        tables = s.item_side()
         plain = s._combine(s.component_scores(users, tables))
         out = torch.full((prep.n_users, prep.n_items), 7.0)
         for _ in range(2):

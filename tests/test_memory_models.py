@@ -9,7 +9,10 @@ from recsys import Recommender
 from recsys.train.build import build_memory, eval_sets
 from recsys.data.prepare import prepare_files
 from recsys.serve.export import save_export
-from recsys.models.memory import Blend, MemoryConfig, MemoryScorer
+from recsys.models.base import Model
+from recsys.models.blend import Blend
+from recsys.models.memory import MemoryConfig
+from recsys.models.registry import fit_memory
 from recsys.eval.ranking import topk
 from tests.helpers import write_csv
 
@@ -51,7 +54,7 @@ def test_ease_equals_the_numpy_closed_form(tmp_path):
     X[0, 0] = 1
     pairs = np.argwhere(X > 0)
     indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(X.sum(1))]).astype(np.int64))
-    model = MemoryScorer.fit(MemoryConfig("ease", 15, 12, lam=3.0), indptr, torch.from_numpy(pairs[:, 1]))
+    model = fit_memory(MemoryConfig("ease", 15, 12, lam=3.0), indptr, torch.from_numpy(pairs[:, 1]))
     P = np.linalg.inv(X.T @ X + 3.0 * np.eye(12))
     B = np.eye(12) - P / np.diag(P)[None, :]
     got = model(torch.arange(15)).double().numpy()
@@ -63,7 +66,7 @@ def test_ease_equals_the_numpy_closed_form(tmp_path):
 def test_ease_refuses_a_catalog_past_max_items():
     """EASE is O(items^2): past model.max_items it stops with a message saying why."""
     with pytest.raises(ValueError, match="max_items"):
-        MemoryScorer.fit(MemoryConfig("ease", 2, 50, max_items=10), torch.tensor([0, 1, 2]), torch.tensor([0, 1]))
+        fit_memory(MemoryConfig("ease", 2, 50, max_items=10), torch.tensor([0, 1, 2]), torch.tensor([0, 1]))
 
 
 @pytest.mark.parametrize("direction", ["candidate", "history"])
@@ -75,7 +78,7 @@ def test_itemknn_scores_equal_the_sum_over_history_of_neighbour_similarities(dir
     pairs = np.argwhere(X > 0)
     indptr = torch.from_numpy(np.concatenate([[0], np.cumsum((X > 0).sum(1))]).astype(np.int64))
     k = 3
-    model = MemoryScorer.fit(MemoryConfig("itemknn", 10, 8, k=k, values="rating", direction=direction), indptr,
+    model = fit_memory(MemoryConfig("itemknn", 10, 8, k=k, values="rating", direction=direction), indptr,
                              torch.from_numpy(pairs[:, 1]), torch.from_numpy(X[X > 0]))
     n = np.linalg.norm(X, axis=0)
     S = (X.T @ X) / np.where(np.outer(n, n) > 0, np.outer(n, n), 1)
@@ -128,17 +131,16 @@ def test_blend_alpha_one_and_zero_rank_like_each_part(tiny_files, norm):
 
 def test_blend_max_norm_hand_computed():
     """norm=max divides each part by the user's largest absolute score: known answer."""
-    class Fixed(torch.nn.Module):
+    class Fixed(Model):
         def __init__(self, S):
             super().__init__()
             self.S = S
             self.config = MemoryConfig("popularity", S.shape[0], S.shape[1])
-            self.hist_indptr = torch.zeros(S.shape[0] + 1, dtype=torch.long)
 
-        def item_tables(self):
-            return {}
+        def item_side(self):
+            return None
 
-        def score_users(self, users, tables):
+        def score_users(self, users, side, out=None, ws=None):
             return self.S[users]
     a = Fixed(torch.tensor([[2.0, -4.0, 0.0], [0.0, 0.0, 0.0]]))
     b = Fixed(torch.tensor([[0.0, 10.0, 5.0], [1.0, 0.0, 0.0]]))

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys.train.build import build_memory, build_scorer, eval_sets, new_user_sets
+from recsys.train.build import build_memory, build_scorer, csr, eval_sets, new_user_sets
 from recsys.data.prepare import prepare_movielens
-from recsys.eval.evaluation import evaluate_histories
+from recsys.eval.evaluation import evaluate
 from recsys.sparse.similarity import select_rows
 from recsys.data.splits import NEW_GIVEN, NEW_TARGET, new_users_split
 
@@ -58,11 +58,11 @@ KINDS = [{"kind": "itemknn", "k": 20}, {"kind": "itemknn", "k": 20, "direction":
 
 def _assert_history_scores_equal_known_user_scores(scorer, prep):
     users = torch.arange(0, prep.n_users, 37)
-    tables = scorer.item_tables()
-    H = torch.sparse_csr_tensor(scorer.hist_indptr, scorer.hist_indices,
-                                torch.ones(len(scorer.hist_indices)), (prep.n_users, prep.n_items))
-    torch.testing.assert_close(scorer.score_histories(select_rows(H, users), tables),
-                               scorer.score_users(users, tables), atol=1e-5, rtol=1e-5)
+    side = scorer.item_side()
+    hist = csr(prep.train, prep.n_users)
+    H = torch.sparse_csr_tensor(*hist, torch.ones(len(hist[1])), (prep.n_users, prep.n_items))
+    torch.testing.assert_close(scorer.score(select_rows(H, users), side),
+                               scorer.score(users, side), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model", KINDS, ids=lambda m: m["kind"] + m.get("direction", ""))
@@ -92,7 +92,7 @@ def test_new_user_evaluation_runs_for_learned_models(prep, variant):
     torch.manual_seed(0)
     scorer = build_scorer(prep, variant=variant, dim=16)
     new = new_user_sets(prep)
-    m, per = evaluate_histories(scorer, new["given"], new["target"], [10], 16)
+    m, per = evaluate(scorer, new["target"], new["given"], [10], 16, "test/new_users/", histories=new["given"])
     assert m["test/new_users/users"] == 61 and 0 <= m["test/new_users/ndcg@10"] <= 1
     assert len(per["ndcg@10"]) == 61
 
@@ -105,7 +105,7 @@ def test_new_user_ranking_masks_the_given_history(prep):
     H = torch.sparse_csr_tensor(new["given"][0], new["given"][1], torch.ones(len(new["given"][1])),
                                 (len(prep.new_users), prep.n_items))
     users = torch.arange(len(prep.new_users))
-    s = scorer.score_histories(select_rows(H, users), scorer.item_tables())
+    s = scorer.score_histories(select_rows(H, users), scorer.item_side())
     mask_seen(s, users, *new["given"])
     _, top = topk_rows(s, 50)
     for u in range(len(users)):
@@ -151,12 +151,12 @@ def test_fold_in_lambda_is_chosen_on_validation_and_used(prep):
     assert s.config.fold_in_lambda == best
     H = torch.sparse_csr_tensor(*sets["val_seen"], torch.ones(len(sets["val_seen"][1])), (prep.n_users, prep.n_items))
     rows = select_rows(H, torch.arange(5))
-    a = s.score_histories(rows, s.item_tables())
+    a = s.score_histories(rows, s.item_side())
     s.config.fold_in_lambda = 1000.0
-    assert not torch.allclose(a, s.score_histories(rows, s.item_tables()))
-    # the curve is what evaluate_histories gives for that lambda
+    assert not torch.allclose(a, s.score_histories(rows, s.item_side()))
+    # the curve is what evaluate gives for that lambda, known users folded in from their history
     s.config.fold_in_lambda = 1.0
-    m, _ = evaluate_histories(s, sets["val_seen"], sets["val_target"], ks=(10,), prefix="")
+    m, _ = evaluate(s, sets["val_target"], sets["val_seen"], ks=(10,), prefix="", histories=sets["val_seen"])
     assert m["ndcg@10"] == pytest.approx(curve[1.0])
 
 
@@ -188,7 +188,8 @@ def test_recommend_for_history_known_answer(tmp_path, model):
 def test_userknn_new_user_known_answer():
     """UserKNN for a user outside the model: cosine to every known user (numpy reference), the
     k most similar, their histories summed with those weights."""
-    from recsys.models.memory import MemoryConfig, MemoryScorer
+    from recsys.models.memory import MemoryConfig
+    from recsys.models.registry import fit_memory
     rng = np.random.default_rng(0)
     U, I, k = 12, 9, 3
     X = (rng.random((U, I)) < 0.4).astype(np.float32)
@@ -196,13 +197,13 @@ def test_userknn_new_user_known_answer():
     rows, cols = np.nonzero(X)
     indptr = np.zeros(U + 1, dtype=np.int64)
     np.cumsum(X.sum(1).astype(np.int64), out=indptr[1:])
-    m = MemoryScorer.fit(MemoryConfig(kind="userknn", n_users=U, n_items=I, k=k),
-                         torch.from_numpy(indptr), torch.from_numpy(cols.astype(np.int64)))
+    m = fit_memory(MemoryConfig(kind="userknn", n_users=U, n_items=I, k=k),
+                   torch.from_numpy(indptr), torch.from_numpy(cols.astype(np.int64)))
     h = np.zeros((2, I), dtype=np.float32)
     h[0, [1, 4, 6]] = 1
     h[1, [0, 2]] = 1
     H = torch.tensor(h).to_sparse_csr()
-    got = m.score_histories(H, m.item_tables())
+    got = m.score_histories(H, m.item_side())
     norms = np.linalg.norm(X, axis=1)
     for r in range(2):
         sim = X @ h[r] / np.where(norms > 0, norms, 1) / np.linalg.norm(h[r])

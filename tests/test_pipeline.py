@@ -243,7 +243,7 @@ def test_cold_fill_of_the_learned_hybrid_reaches_the_report_and_export(tmp_path)
     rec = Recommender.from_pretrained(os.path.join(str(tmp_path), "export"))
     s = rec.scorer
     cold = ~s.item_warm
-    cf = s.component_scores(torch.arange(5), s.item_tables())["cf"]
+    cf = s.component_scores(torch.arange(5), s.item_side())["cf"]
     assert cf[:, cold].std() > 0            # borrowed scores differ per item, not one neutral value
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from recsys.eval.beyond import beyond_accuracy, gini, head_items, intra_list_distance, unit_rows
-from recsys.eval.evaluation import bucket_labels, evaluate, evaluate_report, restrict_target
+from recsys.eval.evaluation import bucket_labels, evaluate, restrict_target
+from recsys.models.base import Model
 
 
 def test_hand_computed_beyond_accuracy():
@@ -70,19 +71,18 @@ class _Cfg:
     n_items: int
 
 
-class FixedScores(torch.nn.Module):
-    """A scorer with a given (U, I) score matrix."""
+class FixedScores(Model):
+    """A model with a given (U, I) score matrix."""
 
     def __init__(self, S: torch.Tensor):
         super().__init__()
         self.S = S
         self.config = _Cfg(S.shape[1])
-        self.hist_indptr = torch.zeros(S.shape[0] + 1, dtype=torch.long)
 
-    def item_tables(self):
-        return {}
+    def item_side(self):
+        return None
 
-    def score_users(self, users, tables):
+    def score_users(self, users, side, out=None, ws=None):
         return self.S[users].clone()
 
 
@@ -104,8 +104,8 @@ def test_report_slices_equal_separate_evaluations():
     cold[rng.choice(I, 8, replace=False)] = True
     hist_len = seen[0][1:] - seen[0][:-1]
     scorer = FixedScores(S)
-    rep, per = evaluate_report(scorer, target, seen, [5, 10], 7, "test/", hist_len=hist_len, buckets=[5, 20],
-                               item_cold=cold)
+    rep, per = evaluate(scorer, target, seen, [5, 10], 7, "test/",
+                        context={"hist_len": hist_len, "buckets": [5, 20], "item_cold": cold})
     ref, _ = evaluate(scorer, target, seen, [5, 10], 1000, "test/")
     for k, v in ref.items():
         assert rep[k] == pytest.approx(v, abs=1e-12)

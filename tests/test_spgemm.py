@@ -133,8 +133,8 @@ def test_parallel_blocks_restore_torch_threads():
         W2 = topk_neighbours(X, "cosine", 5, block_size=7, workers=2).to_dense()
         assert torch.get_num_threads() == 2
         torch.testing.assert_close(W2, W1, atol=1e-6, rtol=0)
-        from recsys.sparse.similarity import _blocks, _Prepared, _run_blocks
-        p = _Prepared(X, "cosine", 0.0)
+        from recsys.sparse.similarity import _blocks, Similarity, _run_blocks
+        p = Similarity(X, "cosine", 0.0)
 
         def fail(r0, r1, sim, scale):
             raise RuntimeError("block failed")

@@ -64,7 +64,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch import nn
+
+from recsys.models.base import Model
 
 FOLD_IN = ("ridge", "mean")
 TOKEN_VALUES = ("binary", "tfidf")
@@ -123,9 +124,9 @@ def item_feature_matrix(prep, use_tokens: bool = True, token_values: str = "bina
     return sp.csr_matrix(sp.diags(1.0 / row_sum).astype(np.float32) @ F)
 
 
-class LightFMScorer(nn.Module):
-    """A fitted LightFM model's representations behind recsys's scorer interface
-    (config.n_users/n_items, hist_indptr, item_tables, score_users, score_histories)."""
+class LightFMScorer(Model):
+    """A fitted LightFM model's representations behind recsys's model interface
+    (recsys/models/base.py: config.n_users/n_items, item_side, score_users, score_histories)."""
 
     def __init__(self, config: LightFMConfig, user_emb, user_bias, item_emb, item_bias,
                  hist_indptr: torch.Tensor, hist_indices: torch.Tensor):
@@ -157,10 +158,10 @@ class LightFMScorer(nn.Module):
         s.lightfm, s.item_features = model, item_features
         return s
 
-    def item_tables(self) -> dict[str, torch.Tensor]:
+    def item_side(self) -> dict[str, torch.Tensor]:
         return {"Q": self.item_emb, "c": self.item_bias}                   # (I, D), (I,)
 
-    def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
+    def score_users(self, users: torch.Tensor, tables: dict, out=None, ws=None) -> torch.Tensor:
         """(B,) user indices -> (B, I) scores p_u . q_i + c_i + b_u (LightFM's predict)."""
         users = users.to(self.user_emb.device)
         s = torch.addmm(tables["c"].expand(len(users), -1), self.user_emb[users], tables["Q"].T)
@@ -194,14 +195,11 @@ class LightFMScorer(nn.Module):
             out[s0:s1] = torch.linalg.solve(G, (Qp * r[..., None]).sum(1))
         return out
 
-    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
+    def score_histories(self, H: torch.Tensor, tables: dict, out=None, ws=None) -> torch.Tensor:
         """(b, I) sparse CSR histories of users outside the training data -> (b, I) scores
         p . q_i + c_i with p folded in (no user bias: it does not change the ranking)."""
         P = self.fold_in(H, tables)                                         # (b, D)
         return torch.addmm(tables["c"].expand(P.shape[0], -1), P, tables["Q"].T)
-
-    def forward(self, users: torch.Tensor) -> torch.Tensor:
-        return self.score_users(users, self.item_tables())
 
 
 def fit_lightfm(prep, no_components: int = 64, epochs: int = 50, learning_rate: float = 0.05,

@@ -1,11 +1,13 @@
-"""Full-ranking evaluation of a scorer: every item ranked, seen items masked, metrics averaged
-over users with at least one target item."""
+"""Full-ranking evaluation of a model: every item ranked, seen items masked, metrics averaged
+over users with at least one target item. One entry point, `evaluate`, for known users and for
+users outside the model scored from a given history (the new-user protocol), with optional
+slices and beyond-accuracy metrics from the same ranked lists."""
 from __future__ import annotations
 
 import torch
 
 from recsys.eval.metrics import hits_matrix, per_user_metrics
-from recsys.eval.ranking import iter_topk
+from recsys.eval.ranking import rank
 
 
 class MetricSums:
@@ -43,62 +45,13 @@ def users_with_targets(indptr: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(indptr[1:] > indptr[:-1]).flatten()
 
 
-def chunk_metrics(scorer, users, k_list, target, seen, tables=None) -> dict[str, torch.Tensor]:
-    """Per-user metrics {"ndcg@10": (b,)} for one chunk of users (ranked in one piece)."""
-    ks = sorted(k_list)
-    _, top, _ = next(iter_topk(scorer, users, ks[-1], seen, chunk_size=max(len(users), 1), tables=tables))
-    hits, n_t = hits_matrix(top, users, *target, scorer.config.n_items)
-    return per_user_metrics(hits, n_t, ks)
-
-
-def _measure(scorer, users, ranked, target, ks, on_chunk=None) -> tuple[MetricSums, dict[str, torch.Tensor]]:
-    """Per-user metrics of ranked lists: `ranked` yields (users (b,), top-k items (b, K)) chunk
-    by chunk; on_chunk(users, top) sees every chunk too. Returns the running sums and the
-    per-user values (with the user indices under "user")."""
-    n_items = scorer.config.n_items
-    acc, per = MetricSums(), {}
-    for u, top in ranked:
-        hits, n_t = hits_matrix(top, u, *target, n_items)
-        m = per_user_metrics(hits, n_t, ks)
-        acc.update(m)
-        for name, v in m.items():
-            per.setdefault(name, []).append(v.cpu())
-        if on_chunk is not None:
-            on_chunk(u, top)
-    per_user = {name: torch.cat(v) for name, v in per.items()}
-    per_user["user"] = users.cpu()
-    return acc, per_user
-
-
-@torch.no_grad()
-def evaluate(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/"
-             ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """(means {"test/ndcg@10": ...}, per-user values {"ndcg@10": (N,)} with the user indices
-    under "user"). target/seen: CSR (indptr, indices) tensors on the scorer's device."""
+def measure(model, users: torch.Tensor, target, exclude, ks, chunk_size: int = 1024, histories=None, side=None):
+    """Yield (users (b,), top-K items (b, K), per-user metrics {"ndcg@10": (b,)}) chunk by
+    chunk, K = max(ks): the ranking of eval/ranking.rank measured against the CSR target."""
     ks = sorted(ks)
-    users = users_with_targets(target[0])
-    ranked = ((u, top) for u, top, _ in iter_topk(scorer, users, max(ks), seen, chunk_size))
-    acc, per_user = _measure(scorer, users, ranked, target, ks)
-    return acc.compute(prefix), per_user
-
-
-@torch.no_grad()
-def evaluate_histories(scorer, given, target, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/new_users/"
-                       ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """The new-user protocol: users outside the model's vocabulary, each scored from the
-    history `given` hands it at inference time (scorer.score_histories, no retraining), that
-    history masked, ranked against the whole catalog, measured on `target`. given/target: CSR
-    (indptr, indices) over the new users."""
-    from recsys.eval.ranking import topk_histories
-    ks = sorted(ks)
-    users = users_with_targets(target[0])
-    tables = scorer.item_tables()
-    ranked = ((u, topk_histories(scorer, given, u, max(ks), tables=tables)[1])
-              for u in users.split(chunk_size))
-    acc, per_user = _measure(scorer, users, ranked, target, ks)
-    out = acc.compute(prefix)
-    out[f"{prefix}users"] = float(len(users))
-    return out, per_user
+    for u, top, _ in rank(model, users, ks[-1], exclude, chunk_size, histories, side):
+        hits, n_t = hits_matrix(top, u, *target, model.config.n_items)
+        yield u, top, per_user_metrics(hits, n_t, ks)
 
 
 def restrict_target(target: tuple[torch.Tensor, torch.Tensor], keep_item: torch.Tensor):
@@ -122,50 +75,60 @@ def bucket_labels(edges: list[int]) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate_report(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/",
-                    hist_len: torch.Tensor | None = None, buckets: list[int] | None = None,
-                    item_cold: torch.Tensor | None = None, beyond: dict | None = None
-                    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """evaluate() plus, from the same ranked lists (one full-ranking pass):
+def evaluate(model, target, seen=None, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/",
+             histories=None, context: dict | None = None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Full-ranking metrics of `model` on the CSR (indptr, indices) `target`, every item ranked:
 
+    known users    seen: CSR of each user's items to mask (training items);
+    new users      histories: CSR of the history each user outside the model hands over at
+                   inference (model.score of those rows, no retraining); pass the same CSR as
+                   `seen` to mask it (the new-user protocol does).
+
+    Returns (means {"test/ndcg@10": ..., "test/users": N}, per-user values {"ndcg@10": (N,)}
+    with the user (row) indices under "user"). Tensors on the model's device.
+
+    context (train/build.report_context), from the same ranked lists (one pass):
     - slices by training-history length: hist_len (n_users,), buckets edges e.g. [5, 20] ->
-      `{prefix}hist_1-5/ndcg@10`, `.../users`;
+      `{prefix}hist_1-5/ndcg@10`, `.../users`; per-user values get "bucket" (label index);
     - cold and warm items: item_cold (n_items,) bool; the target restricted to cold (warm) items,
       users with at least one such target, same lists -> `{prefix}cold_items/recall@20`, ...;
     - beyond-accuracy metrics of the lists (coverage, gini, novelty, ild, tail; beyond.py):
       beyond = {"train_user_counts": (I,), "n_users": int, "unit_vectors": CSR or None,
       "head_share": float}.
-    Per-user values come back with "user" and, with buckets, "bucket" (index into the labels).
     """
-    from recsys.eval.beyond import beyond_accuracy
     ks = sorted(ks)
-    n_items = scorer.config.n_items
+    ctx = context or {}
+    n_items = model.config.n_items
     users = users_with_targets(target[0])
     parts = {}
+    item_cold = ctx.get("item_cold")
     if item_cold is not None:
         item_cold = item_cold.to(target[1].device)
         parts = {"cold_items": restrict_target(target, item_cold), "warm_items": restrict_target(target, ~item_cold)}
     part_acc = {name: MetricSums() for name in parts}
-    lists = []
-
-    def extras(u, top):
-        lists.append(top.cpu())
+    acc, per, lists = MetricSums(), {}, []
+    for u, top, m in measure(model, users, target, seen, ks, chunk_size, histories):
+        acc.update(m)
+        for name, v in m.items():
+            per.setdefault(name, []).append(v.cpu())
+        if ctx.get("beyond") is not None:
+            lists.append(top.cpu())
         for name, t in parts.items():
             h, nt = hits_matrix(top, u, *t, n_items)
             has = nt > 0
             if bool(has.any()):
                 part_acc[name].update(per_user_metrics(h[has], nt[has], ks))
-
-    ranked = ((u, top) for u, top, _ in iter_topk(scorer, users, max(ks), seen, chunk_size))
-    acc, per_user = _measure(scorer, users, ranked, target, ks, extras)
+    per_user = {name: torch.cat(v) for name, v in per.items()}
+    per_user["user"] = users.cpu()
     means = acc.compute(prefix)
     means[f"{prefix}users"] = float(len(users))
     for name, a in part_acc.items():
         means.update(a.compute(f"{prefix}{name}/"))
         means[f"{prefix}{name}/users"] = float(a.n_users)
-    if hist_len is not None and buckets:
+    buckets = ctx.get("buckets")
+    if ctx.get("hist_len") is not None and buckets:
         edges = torch.tensor(sorted(buckets), dtype=torch.long)
-        b = torch.bucketize(hist_len.cpu()[users.cpu()], edges, right=False)   # len <= e -> bucket of e
+        b = torch.bucketize(ctx["hist_len"].cpu()[users.cpu()], edges, right=False)   # len <= e -> bucket of e
         per_user["bucket"] = b
         for i, label in enumerate(bucket_labels(sorted(buckets))):
             sel = b == i
@@ -174,9 +137,10 @@ def evaluate_report(scorer, target, seen, ks=(10, 20), chunk_size: int = 1024, p
                 for name, v in per_user.items():
                     if "@" in name:
                         means[f"{prefix}hist_{label}/{name}"] = float(v[sel].double().mean())
-    if beyond is not None:
+    if ctx.get("beyond") is not None:
+        from recsys.eval.beyond import beyond_accuracy
         L = torch.cat(lists) if lists else torch.zeros(0, max(ks), dtype=torch.long)
-        means.update(beyond_accuracy(L, ks, n_items, prefix=prefix, **beyond))
+        means.update(beyond_accuracy(L, ks, n_items, prefix=prefix, **ctx["beyond"]))
     return means, per_user
 
 

@@ -2,7 +2,6 @@
 masked, top-k. Peak memory is O(chunk_size x n_items) floats whatever the number of users."""
 from __future__ import annotations
 
-import inspect
 import threading
 from typing import Iterator
 
@@ -89,49 +88,59 @@ def _break_ties(s: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int,
 
 
 @torch.no_grad()
-def iter_topk(scorer, users: torch.Tensor, k: int, seen: tuple[torch.Tensor, torch.Tensor] | None = None,
-              chunk_size: int = 1024, tables: dict | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (users (b,), top-k item indices (b, k), their scores (b, k)) chunk by chunk.
+def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+         chunk_size: int = 1024, histories: tuple[torch.Tensor, torch.Tensor] | None = None,
+         side=None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The one ranking path: yield (rows (b,), top-k item indices (b, k), their scores (b, k))
+    chunk by chunk, for
 
-    seen: CSR (indptr, indices) of items to exclude per user, or None to rank everything.
-    tables: scorer.item_tables(), when the caller already has them.
+    known users      rows = user indices (B,), histories None: model.score(users);
+    given histories  histories = CSR (indptr, indices) of the histories of users outside the
+                     model, rows = the ones to rank: model.score(their (b, I) sparse rows).
+
+    exclude: CSR (indptr, indices) of items to mask per row (indexed like `rows`: seen items
+    of known users, or the given histories themselves), or None to rank everything.
+    side: model.item_side(), when the caller already has it.
     Equal scores rank by item index, lower first (topk_rows), on any device. A masked item can
-    only appear when a user has fewer than k unseen items; its score is then -inf (the lowest
+    only appear when a row has fewer than k unmasked items; its score is then -inf (the lowest
     masked indices first).
     """
-    n_items = scorer.config.n_items
+    n_items = model.config.n_items
     if not 0 < k <= n_items:
         raise ValueError(f"k={k} must be between 1 and the catalog size {n_items}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-    if tables is None:
-        tables = scorer.item_tables()
-    # scorers that can write into a given buffer get one, reused from chunk to chunk: on a CPU a
-    # fresh (chunk, I) allocation costs page faults worth more than the scoring itself
-    reuse = "out" in inspect.signature(scorer.score_users).parameters
-    starts = range(0, len(users), chunk_size)
+    if side is None:
+        side = model.item_side()
+    H = None
+    if histories is not None:
+        from recsys.sparse.similarity import select_rows
+        indptr, indices = histories
+        H = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), device=indices.device),
+                                    (len(indptr) - 1, n_items))
+    device = model.device
+    starts = range(0, len(rows), chunk_size)
     local = threading.local()
 
     def chunk(start: int):
-        u = users[start:start + chunk_size]
-        if reuse:
-            if getattr(local, "buf", None) is None:
-                local.buf = torch.empty(min(chunk_size, len(users)) * n_items, device=scorer.hist_indptr.device)
-                local.tables = dict(tables, ws=Workspace()) if "ws" in tables else tables
-            s = scorer.score_users(u, local.tables, out=local.buf[:len(u) * n_items].view(len(u), n_items))
-        else:
-            s = scorer.score_users(u, tables)                      # (b, I)
-        if seen is not None:
-            mask_seen(s, u, *seen)
+        r = rows[start:start + chunk_size]
+        who = r if H is None else select_rows(H, r)
         if getattr(local, "ws", None) is None:
-            local.ws = Workspace()                                 # the top-k's scratch, per worker
+            local.ws = Workspace()                                 # scratch per worker
+            # models that can write into a given block get one, reused from chunk to chunk: on
+            # a CPU a fresh (chunk, I) allocation costs page faults worth more than the scoring
+            local.buf = (torch.empty(min(chunk_size, len(rows)) * n_items, device=device)
+                         if model.writes_out else None)
+        out = None if local.buf is None else local.buf[:len(r) * n_items].view(len(r), n_items)
+        s = model.score(who, side, out=out, ws=local.ws)           # (b, I)
+        if exclude is not None:
+            mask_seen(s, r, *exclude)
         v, i = topk_rows(s, k, local.ws)                           # (b, k)
-        return u, i, v
+        return r, i, v
 
-    # Scorers whose work is partly single-threaded (the sparse KNN kernel) rank chunks on
+    # Models whose work is partly single-threaded (the sparse KNN kernel) rank chunks on
     # several threads on the CPU, each with its own buffers; results keep the chunk order.
-    workers = torch.get_num_threads() if (getattr(scorer, "parallel_chunks", False)
-                                          and scorer.hist_indptr.device.type == "cpu") else 1
+    workers = torch.get_num_threads() if (model.parallel_chunks and device.type == "cpu") else 1
     if workers <= 1 or len(starts) <= 1:
         for start in starts:
             yield chunk(start)
@@ -148,30 +157,14 @@ def iter_topk(scorer, users: torch.Tensor, k: int, seen: tuple[torch.Tensor, tor
                 pending.append(ex.submit(chunk, nxt))
 
 
-@torch.no_grad()
-def topk_histories(scorer, given: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, k: int,
-                   exclude_given: bool = True, tables: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k for users outside the model, each scored from a history handed over at inference
-    (scorer.score_histories, no retraining): `given` is a CSR (indptr, indices) of histories,
-    `rows` (b,) the ones to rank. The given items are masked unless exclude_given=False.
-    Returns (scores (b, k), items (b, k))."""
-    from recsys.sparse.similarity import select_rows
-    indptr, indices = given
-    H = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), device=indices.device),
-                                (len(indptr) - 1, scorer.config.n_items))
-    s = scorer.score_histories(select_rows(H, rows), scorer.item_tables() if tables is None else tables)
-    if exclude_given:
-        mask_seen(s, rows, indptr, indices)
-    return topk_rows(s, k)
-
-
-def topk(scorer, users: torch.Tensor, k: int, seen=None, chunk_size: int = 1024):
-    """All chunks of iter_topk concatenated: (items (B, k), scores (B, k))."""
+def topk(model, rows: torch.Tensor, k: int, exclude=None, chunk_size: int = 1024, histories=None,
+         side=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All chunks of rank() concatenated: (items (B, k), scores (B, k))."""
     items, scores = [], []
-    for _, i, v in iter_topk(scorer, users, k, seen, chunk_size):
+    for _, i, v in rank(model, rows, k, exclude, chunk_size, histories, side):
         items.append(i)
         scores.append(v)
     if not items:
-        dev = scorer.hist_indptr.device
+        dev = model.device
         return torch.zeros(0, k, dtype=torch.long, device=dev), torch.zeros(0, k, device=dev)
     return torch.cat(items), torch.cat(scores)

@@ -91,3 +91,46 @@ def fill_table(T: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, wei
     out = T.clone()
     out[rows] = (Mc @ (T if T.dim() == 2 else T[:, None])).reshape(out[rows].shape)
     return out
+
+
+# --- the two ways a model wires cold items in -------------------------------------------------
+# Item side (models whose scores are linear in item rows: the learned MF): the cold rows of the
+# tables are replaced once per ranking pass. Score side (any other model): the cold columns of
+# each score block. Both give a cold item its borrowed score when it has a fill row, else the
+# model's neutral score.
+
+def cold_rows(V: torch.Tensor, b: torch.Tensor | None, warm: torch.Tensor,
+              fill: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None):
+    """V (I, D), b (I,) with every cold item's row replaced once: borrowed from its content
+    neighbours when it has a fill row (`fill` = (indptr, indices, weights), or None for no
+    borrowing), else the warm items' mean row, whose score u . mean(V_warm) + mean(b_warm) is
+    the user's mean over warm items (neutral). Scores are linear in the rows, so this equals
+    `neutralise` and `fill_scores` on every score block. The inputs are never written into."""
+    neutral = ~warm
+    if fill is not None:
+        V = fill_table(V, *fill)
+        b = None if b is None else fill_table(b, *fill)
+        neutral = neutral & ~filled_rows(fill[0])
+    if bool(neutral.any()) and bool(warm.any()):
+        V = V.clone()
+        V[neutral] = V[warm].mean(0)
+        if b is not None:
+            b = b.clone()
+            b[neutral] = b[warm].mean()
+    return V, b
+
+
+def neutralise(s: torch.Tensor, warm: torch.Tensor, keep: torch.Tensor,
+               scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, I) scores whose columns outside `keep` (I,) bool are set to each user's mean score
+    over the `warm` (I,) items: the neutral score of an item the model knows nothing of.
+    With a (B, I) scratch block: in place in s (no autograd), the same values."""
+    if bool(keep.all()):
+        return s
+    masked = s * warm if scratch is None else torch.mul(s, warm, out=scratch)
+    mean = masked.sum(1, keepdim=True) / warm.sum().clamp(min=1)                   # (B, 1)
+    if scratch is None:
+        return torch.where(keep, s, mean)
+    cold = torch.nonzero(~keep).flatten()
+    s[:, cold] = mean.expand(-1, len(cold))
+    return s

@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.models import coldstart
+from recsys.models.base import Model
+from recsys.models.blend import standardise
 from recsys.sparse.csr import gather_rows
 
 VARIANTS = ("collaborative", "content", "hybrid")
@@ -85,7 +88,30 @@ def empty_fill(n_items: int) -> dict[str, torch.Tensor]:
             "fill_indices": torch.zeros(0, dtype=torch.long), "fill_weights": torch.zeros(0)}
 
 
-class Scorer(nn.Module):
+@dataclass(frozen=True)
+class HybridSide:
+    """The hybrid's item side for the one-matmul ranking (see _hybrid_into): R = [V, C, b, 1]
+    (I, 2D + 2), the float64 means and unbiased covariances of [V, b] and of C."""
+    R: torch.Tensor
+    mu_cf: torch.Tensor
+    S_cf: torch.Tensor
+    mu_ct: torch.Tensor
+    S_ct: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LearnedItems:
+    """Everything item-side of a Scorer, computed once per ranking pass (item_side()).
+    V (I, D), b (I,) or None: collaborative rows (in eval mode with cold rows prepared:
+    coldstart.cold_rows); C (I, D): pooled content vectors; hybrid: the one-matmul tables
+    (hybrid variant, computed when no gradient is recorded)."""
+    V: torch.Tensor | None
+    b: torch.Tensor | None
+    C: torch.Tensor | None
+    hybrid: HybridSide | None = None
+
+
+class Scorer(Model):
     def __init__(self, config: ScorerConfig, buffers: dict[str, torch.Tensor]):
         """buffers: tok_indptr (I+1,), tok_indices (T_nnz,), tok_weights (T_nnz,) float: the
         TF-IDF bags; hist_indptr (U+1,), hist_indices (H,): each user's training items (for the
@@ -164,40 +190,66 @@ class Scorer(nn.Module):
         out.load_state_dict(state, strict=True)
         return out.to(self.tok_indices.device).train(self.training)
 
-    def item_tables(self) -> dict[str, torch.Tensor]:
+    kind = "learned"
+    writes_out = True
+
+    def item_side(self) -> LearnedItems:
         """Everything item-side the user scores need; reuse it across user chunks."""
-        from recsys.sparse.spgemm import Workspace
-        t: dict = {"ws": Workspace()}
+        V = b = C = None
         if self.config.uses_cf:
-            t["V"] = self.item_emb.weight                                         # (I, D)
-            t["b"] = self.item_bias if self.item_bias is not None else None        # (I,)
+            V = self.item_emb.weight                                               # (I, D)
+            b = self.item_bias if self.item_bias is not None else None             # (I,)
             if not self.training:                  # ranking: cold rows prepared once, item side
-                t["V"], t["b"] = self._cold_rows(t["V"], t["b"])
+                V, b = self._cold_rows(V, b)
         if self.config.uses_content:
-            t["C"] = self.item_content()                                          # (I, D)
-        return t
+            C = self.item_content()                                                # (I, D)
+        side = LearnedItems(V, b, C)
+        if self.config.variant == "hybrid" and not torch.is_grad_enabled():
+            side = LearnedItems(V, b, C, self._hybrid_side(side))
+        return side
+
+    def _fill(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.fill_indptr, self.fill_indices, self.fill_weights
 
     def _cold_rows(self, V: torch.Tensor, b: torch.Tensor | None, use_fill: bool = True):
-        """V (I, D), b (I,) with every cold item's row replaced once: borrowed from its content
-        neighbours when it has a fill row (coldstart.py), else the warm items' mean row, whose
-        score u . mean(V_warm) + mean(b_warm) is the user's mean over warm items (neutral).
-        Scores are linear in the rows, so this equals neutralise_cold on every score block.
-        use_fill=False: every cold item neutral (what training-mode scores get)."""
-        from recsys.models.coldstart import fill_table, filled_rows
-        warm = self.item_warm
-        neutral = ~warm
-        if use_fill:
-            fill = (self.fill_indptr, self.fill_indices, self.fill_weights)
-            V = fill_table(V, *fill)
-            b = None if b is None else fill_table(b, *fill)
-            neutral = neutral & ~filled_rows(self.fill_indptr)
-        if bool(neutral.any()) and bool(warm.any()):
-            V = V.clone()                          # never write into the parameters
-            V[neutral] = V[warm].mean(0)
-            if b is not None:
-                b = b.clone()
-                b[neutral] = b[warm].mean()
-        return V, b
+        """coldstart.cold_rows of this model: cold rows filled (eval mode) or neutral."""
+        return coldstart.cold_rows(V, b, self.item_warm, self._fill() if use_fill else None)
+
+    @classmethod
+    def from_state(cls, config: dict, state: dict[str, torch.Tensor]) -> "Scorer":
+        scorer = cls(ScorerConfig(**config), {k: state[k] for k in BUFFERS + FILL if k in state})
+        scorer.load_state_dict(state, strict=True)
+        return scorer
+
+    def grow(self, bags) -> "Scorer":
+        """The scorer with bags.n_items new items (extend.py): C[new] pooled from the token
+        table; the collaborative part gives them the neutral score, or with cold_k > 0 borrows
+        V, b from their content neighbours among the warm items (coldstart.py)."""
+        from dataclasses import replace
+
+        from recsys.models.extend import cat_bags, fill_rows
+        c, m = self.config, bags.n_items
+        n_old = c.n_items
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        tok = cat_bags(state["tok_indptr"], state["tok_indices"], state["tok_weights"], bags)
+        state["tok_indptr"], state["tok_indices"], state["tok_weights"] = tok
+        warm = state["item_warm"]
+        state["item_warm"] = torch.cat([warm, torch.zeros(m, dtype=torch.bool, device=warm.device)])
+        if c.uses_cf:
+            W = state["item_emb.weight"]
+            state["item_emb.weight"] = torch.cat([W, torch.zeros(m, W.shape[1], dtype=W.dtype, device=W.device)])
+            if "item_bias" in state:
+                b = state["item_bias"]
+                state["item_bias"] = torch.cat([b, torch.zeros(m, dtype=b.dtype, device=b.device)])
+        fill = fill_rows(state, (state["fill_indptr"], state["fill_indices"], state["fill_weights"]), n_old, m,
+                         c.n_tokens, warm, c.cold_k if c.uses_cf else 0, c.cold_scale)
+        state["fill_indptr"], state["fill_indices"], state["fill_weights"] = fill
+        buffers = {k: state[k] for k in BUFFERS + FILL}
+        if c.token_pre_dim > 0:
+            buffers["token_pre"] = state["token_pre"]
+        out = Scorer(replace(c, n_items=n_old + m), buffers)
+        out.load_state_dict(state, strict=True)
+        return out.to(self.tok_indices.device).train(self.training)
 
     # --- user side ------------------------------------------------------------------------
 
@@ -218,79 +270,60 @@ class Scorer(nn.Module):
 
     # --- scores -----------------------------------------------------------------------------
 
-    def component_scores(self, users: torch.Tensor, tables: dict, items: torch.Tensor | None = None
-                         ) -> dict[str, torch.Tensor]:
+    def component_scores(self, users: torch.Tensor, side: LearnedItems, items: torch.Tensor | None = None,
+                         profile: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Raw scores per component, for (B,) users against
         items None: the whole catalog -> (B, I); items (N,): the same N items for every user
-        -> (B, N), one matmul; items (B, N): each user's own N items -> (B, N)."""
+        -> (B, N), one matmul; items (B, N): each user's own N items -> (B, N).
+        profile: the users' content profile P (B, D) when the caller has it (a training step
+        scores the positives and the negatives of one batch with one profile)."""
         out = {}
         if self.config.uses_cf:
-            out["cf"] = _dot(self.user_emb(users), tables["V"], items)
-            if tables["b"] is not None:
-                out["cf"] = out["cf"] + (tables["b"] if items is None else tables["b"][items])
+            out["cf"] = _dot(self.user_emb(users), side.V, items)
+            if side.b is not None:
+                out["cf"] = out["cf"] + (side.b if items is None else side.b[items])
         if self.config.uses_content:
-            C = tables["C"]
-            # one profile per batch of users, reused by the positive and the negative scores
-            if tables.get("_P_users") is not users:
-                tables["_P_users"], tables["_P"] = users, self.user_profile(users, C)
-            out["content"] = _dot(tables["_P"], C, items)
+            P = self.user_profile(users, side.C) if profile is None else profile
+            out["content"] = _dot(P, side.C, items)
         return out
 
     def neutralise_cold(self, s_cf: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, I) collaborative scores with cold items set to the user's mean over warm items,
-        except (in eval mode) cold items with a fill row, which keep their borrowed score.
-        In eval mode item_tables() has done this on the item side already (_cold_rows), so
-        scores from those tables come back unchanged.
-        With a (B, I) scratch block: in place in s_cf (no autograd), the same values."""
-        warm = self.item_warm
-        keep = warm
+        """coldstart.neutralise of this model's (B, I) collaborative scores: in training mode
+        cold items get the user's mean over warm items; in eval mode item_side() has prepared
+        the cold rows already, so scores come back unchanged."""
         if not self.training:
-            from recsys.models.coldstart import filled_rows
-            keep = warm | filled_rows(self.fill_indptr)
-        if not self.training or bool(keep.all()):
             return s_cf
-        masked = s_cf * warm if scratch is None else torch.mul(s_cf, warm, out=scratch)
-        mean = masked.sum(1, keepdim=True) / warm.sum().clamp(min=1)               # (B, 1)
-        if scratch is None:
-            return torch.where(keep, s_cf, mean)
-        cold = torch.nonzero(~keep).flatten()
-        s_cf[:, cold] = mean.expand(-1, len(cold))
-        return s_cf
+        return coldstart.neutralise(s_cf, self.item_warm, self.item_warm, scratch)
 
-    @staticmethod
-    def standardise(s: torch.Tensor, mean: torch.Tensor | None = None,
-                    std: torch.Tensor | None = None) -> torch.Tensor:
-        """z_u: per row, (s - mean) / std over the catalog (or with given (B, 1) statistics)."""
-        if mean is None:
-            std, mean = torch.std_mean(s, dim=1, keepdim=True)
-        return (s - mean) / (std + 1e-8)
+    standardise = staticmethod(standardise)
 
-    def score_users(self, users: torch.Tensor, tables: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    def score_users(self, users: torch.Tensor, side: LearnedItems, out: torch.Tensor | None = None,
+                    ws=None) -> torch.Tensor:
         """(B,) user indices -> (B, I) scores against the whole catalog. With `out` (and no
         autograd), written into it with in-place steps and one reused scratch block instead of
         the half-dozen (B, I) temporaries of the plain expression (on a CPU each fresh one costs
         page faults worth more than the matmul); the values are bitwise the same."""
         if out is None or torch.is_grad_enabled():
-            return self._combine(self.component_scores(users, tables))
-        return self._score_into(users, tables, out)
+            return self._combine(self.component_scores(users, side))
+        return self._score_into(users, side, out, ws)
 
-    def _score_into(self, users: torch.Tensor, tables: dict, out: torch.Tensor) -> torch.Tensor:
+    def _score_into(self, users: torch.Tensor, side: LearnedItems, out: torch.Tensor, ws) -> torch.Tensor:
         from recsys.sparse.spgemm import Workspace
         c = self.config
-        ws = tables.get("ws") or Workspace()
+        ws = ws if ws is not None else Workspace()
         scratch = ws.matrix("scorer", out.shape[0], out.shape[1], out.dtype, out.device)    # (b, I)
         cf = content = None
         if c.variant == "hybrid":
-            return self._hybrid_into(users, tables, out)
+            return self._hybrid_into(users, side, out)
         if c.uses_cf:
-            cf = torch.mm(self.user_emb(users), tables["V"].T, out=out)
-            if tables["b"] is not None:
-                cf.add_(tables["b"])
+            cf = torch.mm(self.user_emb(users), side.V.T, out=out)
+            if side.b is not None:
+                cf.add_(side.b)
             cf = self.neutralise_cold(cf, scratch)
             if c.variant == "collaborative":
                 return cf
         if c.uses_content:
-            C = tables["C"]
+            C = side.C
             content = torch.mm(self.user_profile(users, C), C.T, out=scratch if cf is not None else out)
             if c.variant == "content":
                 return content
@@ -310,15 +343,13 @@ class Scorer(nn.Module):
     # table [V, C, b, 1] (I, 2D + 2), k1 = a / std_cf, k2 = (1 - a) / std_ct: no pass over the
     # (b, I) scores besides writing them (the plain expression makes about nine).
 
-    def _hybrid_item_side(self, tables: dict) -> dict:
-        if "hyb" in tables:
-            return tables["hyb"]
-        V, C = tables["V"].detach(), tables["C"].detach()
+    def _hybrid_side(self, side: LearnedItems) -> HybridSide:
+        V, C = side.V.detach(), side.C.detach()
         I = V.shape[0]
         if self.training:                   # training-mode tables keep raw cold rows
-            V, b = self._cold_rows(V, tables["b"], use_fill=False)
+            V, b = self._cold_rows(V, side.b, use_fill=False)
         else:
-            b = tables["b"]
+            b = side.b
         b = b.detach() if b is not None else torch.zeros(I, dtype=V.dtype, device=V.device)
         ones = torch.ones(I, 1, dtype=V.dtype, device=V.device)
         R = torch.cat([V, C, b[:, None], ones], 1).contiguous()                      # (I, 2D + 2)
@@ -330,25 +361,24 @@ class Scorer(nn.Module):
             return mu, Xc.T @ Xc / max(I - 1, 1)
         mu_cf, S_cf = stats(torch.cat([V, b[:, None]], 1))                            # (D + 1,), (D + 1, D + 1)
         mu_ct, S_ct = stats(C)
-        tables["hyb"] = {"R": R, "mu_cf": mu_cf, "S_cf": S_cf, "mu_ct": mu_ct, "S_ct": S_ct}
-        return tables["hyb"]
+        return HybridSide(R, mu_cf, S_cf, mu_ct, S_ct)
 
-    def _hybrid_into(self, users: torch.Tensor, tables: dict, out: torch.Tensor) -> torch.Tensor:
-        h = self._hybrid_item_side(tables)
+    def _hybrid_into(self, users: torch.Tensor, side: LearnedItems, out: torch.Tensor) -> torch.Tensor:
+        h = side.hybrid if side.hybrid is not None else self._hybrid_side(side)
         u = self.user_emb(users)                                                     # (b, D)
-        P = self.user_profile(users, tables["C"])                                    # (b, D)
+        P = self.user_profile(users, side.C)                                         # (b, D)
         u1 = torch.cat([u, torch.ones(len(u), 1, dtype=u.dtype, device=u.device)], 1).double()   # [u, 1]
-        mean_cf = u1 @ h["mu_cf"]
-        std_cf = ((u1 @ h["S_cf"]) * u1).sum(1).clamp(min=0).sqrt()
+        mean_cf = u1 @ h.mu_cf
+        std_cf = ((u1 @ h.S_cf) * u1).sum(1).clamp(min=0).sqrt()
         Pd = P.double()
-        mean_ct = Pd @ h["mu_ct"]
-        std_ct = ((Pd @ h["S_ct"]) * Pd).sum(1).clamp(min=0).sqrt()
+        mean_ct = Pd @ h.mu_ct
+        std_ct = ((Pd @ h.S_ct) * Pd).sum(1).clamp(min=0).sqrt()
         a = float(self.alpha)
         k1 = a / (std_cf + 1e-8)
         k2 = (1 - a) / (std_ct + 1e-8)
         L = torch.cat([u.double() * k1[:, None], Pd * k2[:, None], k1[:, None],
                        -(k1 * mean_cf + k2 * mean_ct)[:, None]], 1).to(out.dtype)    # (b, 2D + 2)
-        return torch.mm(L, h["R"].T, out=out)
+        return torch.mm(L, h.R.T, out=out)
 
     @staticmethod
     def _standardise_(s: torch.Tensor) -> torch.Tensor:
@@ -379,7 +409,7 @@ class Scorer(nn.Module):
             out[s0:s1] = torch.linalg.solve(G, Vp.sum(1))
         return out
 
-    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
+    def score_histories(self, H: torch.Tensor, side: LearnedItems, out=None, ws=None) -> torch.Tensor:
         """(b, I) sparse CSR histories of users who need not be in the vocabulary -> (b, I)
         scores, without retraining: the content profile is the mean content vector of the
         history's items (exactly as for a known user); the collaborative vector is folded in
@@ -387,12 +417,12 @@ class Scorer(nn.Module):
         rows = torch.arange(H.shape[0], device=H.crow_indices().device)
         parts = {}
         if self.config.uses_cf:
-            V = tables["V"]
+            V = side.V
             parts["cf"] = self.fold_in(H, V, self.config.fold_in_lambda) @ V.T
-            if tables["b"] is not None:
-                parts["cf"] = parts["cf"] + tables["b"]
+            if side.b is not None:
+                parts["cf"] = parts["cf"] + side.b
         if self.config.uses_content:
-            C = tables["C"]
+            C = side.C
             parts["content"] = self.profile_from_items(H.crow_indices(), H.col_indices(), rows, C) @ C.T
         return self._combine(parts)
 
@@ -406,10 +436,6 @@ class Scorer(nn.Module):
         a = self.alpha
         return a * self.standardise(parts["cf"]) + (1 - a) * self.standardise(parts["content"])
 
-    def forward(self, users: torch.Tensor) -> torch.Tensor:
-        """(B,) user indices -> (B, I) scores. For many chunks, call item_tables() once and
-        score_users() per chunk instead."""
-        return self.score_users(users, self.item_tables())
 
 
 def _dot(u: torch.Tensor, table: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:

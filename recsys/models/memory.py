@@ -1,38 +1,22 @@
-"""Memory-based and closed-form scorers: ItemKNN, UserKNN, content KNN, EASE, popularity, and
-the alpha blend of any two. Same interface as the learned `Scorer` (config, item_tables,
-score_users, forward, hist_* buffers), so they share ranking, evaluation, export and the
-`Recommender`. All state is plain tensors (CSR arrays), so exports stay safetensors-only.
+"""What the memory-based and closed-form models share: the config, the user histories (CSR
+buffers), the fitting inputs, the cold fill applied to each score block, the export state and
+growing the catalog. The models themselves: knn.py (ItemKNN, ContentKNN, UserKNN), ease.py,
+popularity.py. All state is plain tensors (CSR arrays), so exports stay safetensors-only.
 
-Scores for a chunk of b users (H = the users' training histories as a (b, I) dense block):
-
-    itemknn      direction=candidate (default): s[u, i] = sum_{j in H(u) and N_k(i)} x[u, j] sim(i, j),
-                 a candidate sums the similarities of the user's items among its own k
-                 neighbours (Sarwar et al. 2001);
-                 direction=history: s[u, i] = sum_{j in H(u), i in N_k(j)} x[u, j] sim(j, i),
-                 each history item votes for its own k neighbours (Deshpande & Karypis 2004,
-                 implicit). Same W, read in the two directions; on ml-latest-small candidate
-                 ranks better (NDCG@10 0.235 vs 0.168), history costs less (nnz(H) x k products;
-                 candidate: popular items are in many neighbourhoods)
-    content_knn  the same with W from the items' TF-IDF token vectors (cold items get neighbours)
-    userknn      s[u, i] = sum_{v in N(u)} W[u, v] x[v, i]
-    (x = 1 with values=binary, the rating with values=rating)
-    ease         s[u, :] = x_u B,  B = I - P diagMat(1 / diag(P)),  P = (X^T X + lambda I)^-1
-    popularity   s[u, i] = number of training interactions of i
-
+(x = 1 with values=binary, the rating with values=rating, in every formula of those files.)
 `normalize=True` divides a KNN score by the sum of the similarities that contributed to it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 import torch
-from torch import nn
 
-from recsys.sparse.similarity import _t, select_rows, sparse_rows, topk_neighbours
-from recsys.sparse.spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, heavy_columns
-
-KNN_KINDS = ("itemknn", "userknn", "content_knn")
-FILLED_KINDS = ("itemknn", "userknn", "ease")    # collaborative kinds that can fill cold items (coldstart.py)
+from recsys.models import coldstart
+from recsys.models.base import Model
+from recsys.sparse.similarity import select_rows, sparse_rows
+from recsys.sparse.spgemm import DENSE_RATIO
 
 
 @dataclass
@@ -48,7 +32,7 @@ class MemoryConfig:
     block_size: int = 256
     max_products: int = 2_000_000   # scalar products materialised at once: bounds the kernel's memory
     dense_ratio: float = DENSE_RATIO  # heavy-column threshold of the sparse kernel (spgemm.py)
-    direction: str = "candidate"  # itemknn / content_knn: candidate | history (see module docstring)
+    direction: str = "candidate"  # itemknn / content_knn: candidate | history (see knn.py)
     lam: float = 200.0            # EASE L2 weight
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
     n_tokens: int = 0             # size of the token vocabulary of the stored item bags
@@ -63,16 +47,25 @@ class MemoryConfig:
         return asdict(self)
 
 
-class MemoryScorer(nn.Module):
-    """Holds the user histories (CSR) plus the fitted item/user tables of one kind."""
+HIST = ("hist_indptr", "hist_indices", "hist_values")
+TOKENS = ("tok_indptr", "tok_indices", "tok_weights")
+FILL = ("fill_indptr", "fill_indices", "fill_weights")
 
-    parallel_chunks = True     # ranking may score chunks on several threads (per-thread tables["ws"])
+
+class MemoryModel(Model):
+    """Holds the user histories (CSR) plus the fitted tables of one kind (`tables`, the names
+    of its own tensors); the items' token bags when given (what items added later are compared
+    with); and the cold items' fill matrix (coldstart.py) when the kind can borrow scores."""
+
+    parallel_chunks = True     # ranking may score chunks on several threads (per-thread ws)
+    tables: ClassVar[tuple[str, ...]] = ()
+    fills_cold: ClassVar[bool] = False      # a collaborative kind: cold items can borrow scores
 
     def __init__(self, config: MemoryConfig, buffers: dict[str, torch.Tensor]):
         super().__init__()
+        if config.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} holds kind {self.kind!r}, not {config.kind!r}")
         self.config = config
-        if config.kind not in (*KNN_KINDS, "ease", "popularity"):
-            raise ValueError(f"unknown memory-based model kind {config.kind!r}")
         for name, t in buffers.items():
             self.register_buffer(name, torch.as_tensor(t).clone())
 
@@ -81,75 +74,52 @@ class MemoryScorer(nn.Module):
     @classmethod
     def fit(cls, config: MemoryConfig, hist_indptr, hist_indices, hist_values=None,
             tok_indptr=None, tok_indices=None, tok_weights=None, n_tokens: int = 0,
-            device: str | torch.device = "cpu") -> "MemoryScorer":
+            device: str | torch.device = "cpu", fill: tuple | None = None) -> "MemoryModel":
         """hist_*: each user's training items (CSR, values = ratings or None); tok_*: the
-        items' TF-IDF token bags (content_knn only)."""
+        items' TF-IDF token bags; fill: the cold items' fill matrix (coldstart.fill_matrix),
+        used by the collaborative kinds when config.cold_k > 0."""
         c = config
         dev = torch.device(device)
-        hist_indptr, hist_indices = hist_indptr.to(dev), hist_indices.to(dev)
-        vals = hist_values.to(dev).float() if (hist_values is not None and c.values == "rating") else None
         if c.direction not in ("candidate", "history"):
             raise ValueError(f"model.direction={c.direction!r} must be 'candidate' or 'history'")
         if c.values not in ("binary", "rating"):
             raise ValueError(f"model.values={c.values!r} must be 'binary' or 'rating'")
+        hist_indptr, hist_indices = hist_indptr.to(dev), hist_indices.to(dev)
+        vals = hist_values.to(dev).float() if (hist_values is not None and c.values == "rating") else None
         buffers = {"hist_indptr": hist_indptr, "hist_indices": hist_indices,
                    "hist_values": vals if vals is not None else torch.ones(len(hist_indices), device=dev)}
-        if tok_indptr is not None:   # the items' token bags: content_knn's input, and what items
-            buffers.update(tok_indptr=tok_indptr.to(dev), tok_indices=tok_indices.to(dev),   # added later
-                           tok_weights=tok_weights.to(dev).float())                         # are compared with
+        if tok_indptr is not None:
+            buffers.update(tok_indptr=tok_indptr.to(dev), tok_indices=tok_indices.to(dev),
+                           tok_weights=tok_weights.to(dev).float())
             if c.n_tokens == 0:
                 c.n_tokens = int(n_tokens)
         X = sparse_rows(hist_indptr, hist_indices, buffers["hist_values"], c.n_items)     # (U, I)
-        if c.kind in ("itemknn", "content_knn"):
-            if c.kind == "itemknn":
-                src = _t(X)                                                      # (I, U)
-            else:
-                if tok_indptr is None:
-                    raise ValueError("content_knn needs the items' token bags")
-                src = sparse_rows(tok_indptr.to(dev), tok_indices.to(dev), tok_weights.to(dev), n_tokens)
-            W = topk_neighbours(src, c.similarity, c.k, c.shrink, c.block_size, c.max_products, c.dense_ratio)  # (I, I)
-            buffers.update(_csr_buffers(W, "w"))
-        elif c.kind == "userknn":
-            W = topk_neighbours(X, c.similarity, c.k, c.shrink, c.block_size, c.max_products, c.dense_ratio)  # (U, U)
-            buffers.update(_csr_buffers(W, "w"))
-        elif c.kind == "ease":
-            if c.n_items > c.max_items:
-                raise ValueError(f"EASE needs {3 * 4 * c.n_items ** 2 / 2 ** 30:.1f} GiB for {c.n_items} items "
-                                 f"(O(items^2)); model.max_items={c.max_items}. Raise it if the memory is there.")
-            # G = X^T X with the sparse kernel (heavy users by GEMM), row block by row block,
-            # written straight into G; then P = G^-1 by Cholesky (G + lambda I is symmetric
-            # positive definite), in place of G where possible
-            XT = _t(X)                                                                   # (I, U)
-            cc = column_counts(XT)
-            op = RightOperand(XT, heavy_columns(cc, cc, c.n_items, c.n_items, c.dense_ratio))
-            G = torch.empty(c.n_items, c.n_items, dtype=XT.values().dtype, device=dev)
-            ws = Workspace()
-            op.product_bounded(XT, G, ws, c.max_products)
-            del ws
-            G.diagonal().add_(c.lam)
-            L = torch.linalg.cholesky(G)
-            del G
-            P = torch.cholesky_inverse(L)
-            del L
-            if not P.is_contiguous():    # LAPACK hands back column-major; P is symmetric, so P.T
-                P = P.T if P.T.is_contiguous() else P.contiguous()   # is the same matrix, row-major
-            B = P.div_((-P.diagonal()).clone()[None, :])                                 # in place
-            B.diagonal().zero_()
-            buffers["ease_B"] = B
-        else:  # popularity
-            buffers["pop"] = torch.bincount(hist_indices, minlength=c.n_items).float()
-        return cls(c, buffers)
+        buffers.update(cls._fit_tables(c, X, buffers))
+        m = cls(c, buffers)
+        if fill is not None and c.cold_k > 0 and cls.fills_cold:
+            m.set_fill(*(t.to(dev) for t in fill))
+        return m
+
+    @classmethod
+    def _fit_tables(cls, c: MemoryConfig, X: torch.Tensor, buffers: dict) -> dict[str, torch.Tensor]:
+        """The kind's own tensors, from the (U, I) history matrix X (and buffers' token bags)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, config: dict, state: dict[str, torch.Tensor]) -> "MemoryModel":
+        cfg = MemoryConfig(**config)
+        missing = [n for n in cls.tables + HIST if n not in state]
+        if missing:
+            raise KeyError(f"missing tensors {missing}")
+        m = cls(cfg, {n: state[n] for n in cls.tables + HIST + TOKENS if n in state})
+        if "fill_indptr" in state:
+            m.set_fill(*(state[n] for n in FILL))
+        return m
 
     def set_fill(self, fill_indptr: torch.Tensor, fill_indices: torch.Tensor, fill_weights: torch.Tensor) -> None:
         """The cold items' fill matrix (coldstart.py), applied to every score block."""
-        for name, t in (("fill_indptr", fill_indptr), ("fill_indices", fill_indices), ("fill_weights", fill_weights)):
+        for name, t in zip(FILL, (fill_indptr, fill_indices, fill_weights)):
             self.register_buffer(name, t.clone())
-
-    def _fill(self, s: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "fill_indptr"):
-            return s
-        from recsys.models.coldstart import fill_scores
-        return fill_scores(s, self.fill_indptr, self.fill_indices, self.fill_weights)
 
     # --- scoring ----------------------------------------------------------------------------
 
@@ -157,203 +127,52 @@ class MemoryScorer(nn.Module):
         c = self.config
         return torch.sparse_csr_tensor(self.hist_indptr, self.hist_indices, self.hist_values, (c.n_users, c.n_items))
 
-    def item_tables(self) -> dict:
-        """The right-hand operands of the scoring products, prepared once per ranking pass:
-        itemknn/content_knn score H @ W^T or H @ W (direction), userknn W_u @ X."""
-        c = self.config
-        t: dict = {"ws": Workspace()}
-        if c.kind in ("itemknn", "content_knn"):
-            W = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_items, c.n_items))
-            # scores = H @ B^T: B = W (candidate direction) or W^T (history direction)
-            B = W if c.direction == "candidate" else _t(W)                            # (I, I)
-            pop = torch.bincount(self.hist_indices, minlength=c.n_items)             # (I,) nnz of H's columns
-            heavy = heavy_columns(pop, column_counts(B), c.n_users, c.n_items, c.dense_ratio)
-            t["WT"] = RightOperand(B, heavy)
-            if c.normalize:
-                t["absWT"] = RightOperand(_abs(B), heavy)
-        if c.kind == "userknn":
-            W = torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_users, c.n_users))
-            XT = _t(self._hist())                                                     # (I, U)
-            heavy = heavy_columns(column_counts(W), column_counts(XT), c.n_users, c.n_items, c.dense_ratio)
-            t["W"] = W
-            t["XT"] = RightOperand(XT, heavy)
-            if c.normalize:
-                t["MT"] = RightOperand(_ones(XT), heavy)
-        return t
+    def _fill(self, s: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "fill_indptr"):
+            return s
+        return coldstart.fill_scores(s, self.fill_indptr, self.fill_indices, self.fill_weights)
 
-    def score_users(self, users: torch.Tensor, tables: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(b,) users -> (b, I) scores (written into `out` when given)."""
-        c = self.config
-        if c.kind == "userknn":
-            return self._fill(self._userknn_votes(select_rows(tables["W"], users), tables, out))   # W rows (b, U)
-        H = select_rows(self._hist(), users)                                      # (b, I) sparse
-        return self.score_histories(H, tables, out)
+    def item_side(self):
+        return None
 
-    def score_histories(self, H: torch.Tensor, tables: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(b, I) sparse CSR history rows (of any users, known or not) -> (b, I) scores.
-        userknn: neighbours among the known users, found with the fitted similarity."""
-        c = self.config
-        if c.kind == "popularity":
-            return self.pop.expand(H.shape[0], -1).clone()
-        if c.kind == "ease":
-            # s[u] = sum_j x_uj B[j]: a weighted sum of rows of B per user (an embedding bag),
-            # work nnz(H) x I reads, no (b, I) temporary besides the result
-            # (`out` is not used: embedding_bag has no out=, and a copy would be one more pass)
-            return self._fill(torch.nn.functional.embedding_bag(
-                H.col_indices(), self.ease_B, H.crow_indices()[:-1],
-                mode="sum", per_sample_weights=H.values().to(self.ease_B.dtype)))
-        if c.kind in ("itemknn", "content_knn"):
-            out = _out(out, H.shape[0], c.n_items, H.values())
-            s = tables["WT"].product_bounded(H, out, tables.get("ws"), c.max_products)    # (b, I)
-            if c.normalize:
-                den = tables["absWT"].product_bounded(_ones(H), torch.empty_like(s), tables.get("ws"), c.max_products)
-                s = _normalise(s, den)
-            return self._fill(s)
-        if c.kind == "userknn":
-            return self._fill(self._userknn_histories(H, tables, out))
-        raise ValueError(f"unknown memory-based model kind {c.kind!r}")
+    def score_users(self, users: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
+        """(b,) users -> (b, I): their training histories, scored as given histories."""
+        return self.score_histories(select_rows(self._hist(), users), side, out, ws)
 
-    def _userknn_histories(self, H: torch.Tensor, tables: dict, out: torch.Tensor | None) -> torch.Tensor:
-        """UserKNN for users outside the model: each history row's k most similar known users
-        (the fitted similarity, computed on the known users' rows stacked with the new rows;
-        the new rows are not each other's neighbours), then the same aggregation as score_users."""
-        from recsys.sparse.similarity import _Prepared
-        c = self.config
-        X = self._hist()                                                              # (U, I)
-        U, b = c.n_users, H.shape[0]
-        vals = H.values().to(X.values().dtype)
-        Z = torch.sparse_csr_tensor(torch.cat([X.crow_indices(), H.crow_indices()[1:] + X.crow_indices()[-1]]),
-                                    torch.cat([X.col_indices(), H.col_indices()]), torch.cat([X.values(), vals]),
-                                    (U + b, c.n_items))
-        sim = _Prepared(Z, c.similarity, c.shrink, c.dense_ratio).block(U, U + b)[:, :U].float()   # (b, U)
-        v, i = torch.topk(sim, min(c.k, U), dim=1)
-        keep = v > 0
-        crow = torch.zeros(b + 1, dtype=torch.long, device=v.device)
-        crow[1:] = torch.cumsum(keep.sum(1), 0)
-        return self._userknn_votes(torch.sparse_csr_tensor(crow, i[keep], v[keep], (b, U)), tables, out)
+    # --- growing the catalog ----------------------------------------------------------------
 
-    def _userknn_votes(self, Wb: torch.Tensor, tables: dict, out: torch.Tensor | None) -> torch.Tensor:
-        """(b, U) sparse neighbour weights -> (b, I) scores: s = Wb @ X (normalised by the
-        neighbours' weights on each item with normalize=True)."""
-        c = self.config
-        out = _out(out, Wb.shape[0], c.n_items, Wb.values())
-        s = tables["XT"].product_bounded(Wb, out, tables.get("ws"), c.max_products)   # (b, I)
-        if c.normalize:
-            den = tables["MT"].product_bounded(_abs(Wb), torch.empty_like(s), tables.get("ws"), c.max_products)
-            s = _normalise(s, den)
-        return s
+    def grow(self, bags) -> "MemoryModel":
+        """The model with bags.n_items new items (extend.py): token bags appended, the kind's
+        tables grown (_grow_tables), fill rows for the new items when the kind borrows."""
+        from recsys.models.extend import cat_bags, fill_rows
+        c, m = self.config, bags.n_items
+        n_old = c.n_items
+        st = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        if "tok_indptr" not in st:
+            raise ValueError("this export keeps no item token bags (made by an older recsys): refit it to add items")
+        st["tok_indptr"], st["tok_indices"], st["tok_weights"] = cat_bags(*(st[n] for n in TOKENS), bags)
+        self._grow_tables(st, m)
+        out = type(self)(replace(c, n_items=n_old + m), {k: v for k, v in st.items() if not k.startswith("fill_")})
+        if "fill_indptr" in st or (c.cold_k > 0 and self.fills_cold):
+            dev = st["hist_indptr"].device
+            warm = torch.bincount(st["hist_indices"], minlength=n_old) > 0
+            old = (tuple(st[n] for n in FILL) if "fill_indptr" in st else
+                   (torch.zeros(n_old + 1, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.long, device=dev),
+                    torch.zeros(0, device=dev)))
+            out.set_fill(*fill_rows(st, old, n_old, m, c.n_tokens, warm, c.cold_k, c.cold_scale))
+        return out.train(self.training)
 
-    def forward(self, users: torch.Tensor) -> torch.Tensor:
-        return self.score_users(users, self.item_tables())
-
-    @classmethod
-    def from_export(cls, config: dict, state: dict) -> "MemoryScorer":
-        cfg = MemoryConfig(**config)
-        need = {"itemknn": ["w_indptr", "w_indices", "w_values"], "content_knn": ["w_indptr", "w_indices", "w_values"],
-                "userknn": ["w_indptr", "w_indices", "w_values"],
-                "ease": ["ease_B"], "popularity": ["pop"]}[cfg.kind] + ["hist_indptr", "hist_indices", "hist_values"]
-        missing = [n for n in need if n not in state]
-        if missing:
-            raise KeyError(f"missing tensors {missing}")
-        need += [n for n in ("tok_indptr", "tok_indices", "tok_weights") if n in state]
-        m = cls(cfg, {n: state[n] for n in need})
-        if "fill_indptr" in state:
-            m.set_fill(state["fill_indptr"], state["fill_indices"], state["fill_weights"])
-        return m
+    def _grow_tables(self, st: dict[str, torch.Tensor], m: int) -> None:
+        """In place in the state st: the kind's tables for m more items (token bags already grown)."""
 
 
-def _csr_buffers(W: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+def csr_buffers(W: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}_indptr": W.crow_indices().long(), f"{prefix}_indices": W.col_indices().long(),
             f"{prefix}_values": W.values().float()}
 
 
-def _out(out: torch.Tensor | None, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+def out_block(out: torch.Tensor | None, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """`out` when it is a contiguous (rows, cols) block, else a new one."""
     if out is None or out.shape != (rows, cols) or not out.is_contiguous():
         return torch.empty(rows, cols, dtype=like.dtype, device=like.device)
     return out
-
-
-def _ones(W: torch.Tensor) -> torch.Tensor:
-    return torch.sparse_csr_tensor(W.crow_indices(), W.col_indices(), torch.ones_like(W.values()), W.shape)
-
-
-def _abs(W: torch.Tensor) -> torch.Tensor:
-    return torch.sparse_csr_tensor(W.crow_indices(), W.col_indices(), W.values().abs(), W.shape)
-
-
-def _normalise(s: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """In place: s / den where den > 0, else 0."""
-    return s.div_(den.masked_fill_(den <= 0, float("inf")))
-
-
-@dataclass
-class BlendConfig:
-    n_users: int
-    n_items: int
-    alpha: float
-    first: dict
-    second: dict
-    kind: str = "blend"
-    norm: str = "zscore"          # per-user normalisation of each part: zscore | max
-
-    @property
-    def variant(self) -> str:
-        name = lambda part: part.get("kind") or part.get("variant")        # learned parts: their variant
-        return f"blend({name(self.first)},{name(self.second)})"
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-BLEND_NORMS = ("zscore", "max")
-
-
-class Blend(nn.Module):
-    """alpha * n_u(first) + (1 - alpha) * n_u(second), n_u a per-user normalisation over the
-    catalog, for any two scorers (typically a collaborative model and a content model):
-
-    zscore  (s - mean_u) / std_u, as in the learned hybrid (scorer.py): right for dense scores;
-    max     s / max_u |s|: right for sparse scores such as KNN votes, where most items score 0
-            and the z-score of the few voted items is huge (it would swamp the other part)."""
-
-    def __init__(self, first: nn.Module, second: nn.Module, alpha: float, norm: str = "zscore"):
-        super().__init__()
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"model.alpha={alpha} is outside [0, 1]")
-        if norm not in BLEND_NORMS:
-            raise ValueError(f"model.norm={norm!r} is not one of {BLEND_NORMS}")
-        self.first, self.second = first, second
-        self.config = BlendConfig(first.config.n_users, first.config.n_items, float(alpha),
-                                  first.config.to_json(), second.config.to_json(), norm=norm)
-
-    @property
-    def hist_indptr(self) -> torch.Tensor:
-        return self.first.hist_indptr
-
-    @property
-    def hist_indices(self) -> torch.Tensor:
-        return self.first.hist_indices
-
-    def item_tables(self) -> dict:
-        return {"first": self.first.item_tables(), "second": self.second.item_tables()}
-
-    def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
-        a = self.config.alpha
-        return (a * self._norm(self.first.score_users(users, tables["first"]))
-                + (1 - a) * self._norm(self.second.score_users(users, tables["second"])))
-
-    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
-        """Histories of any users ((b, I) sparse CSR) -> (b, I), if both parts can score them."""
-        a = self.config.alpha
-        return (a * self._norm(self.first.score_histories(H, tables["first"]))
-                + (1 - a) * self._norm(self.second.score_histories(H, tables["second"])))
-
-    def _norm(self, s: torch.Tensor) -> torch.Tensor:
-        if self.config.norm == "max":
-            top = s.abs().amax(dim=1, keepdim=True)                                  # (b, 1)
-            return s / torch.where(top > 0, top, torch.ones_like(top))
-        from recsys.models.learned import Scorer
-        return Scorer.standardise(s)
-
-    def forward(self, users: torch.Tensor) -> torch.Tensor:
-        return self.score_users(users, self.item_tables())

@@ -1,37 +1,31 @@
-"""Most-popular baseline: every user gets the items with the most training interactions.
-Same ranking interface as Scorer (config.n_items, item_tables, score_users), so it goes through
-the same chunked ranking and metrics."""
+"""Most-popular baseline: every user, known or not, gets the items with the most training
+interactions, s[u, i] = number of training interactions of i."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import nn
+
+from recsys.models.memory import MemoryConfig, MemoryModel
 
 
-@dataclass
-class PopularityConfig:
-    n_users: int
-    n_items: int
-    variant: str = "popularity"
+def popularity_counts(item_indices: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(I,) float: how many of the given interactions each item has."""
+    return torch.bincount(item_indices, minlength=n_items).float()
 
 
-class Popularity(nn.Module):
-    def __init__(self, n_users: int, train_items: torch.Tensor, n_items: int):
-        """train_items: (N,) item index of every training interaction."""
-        super().__init__()
-        self.config = PopularityConfig(n_users, n_items)
-        self.register_buffer("counts", torch.bincount(train_items, minlength=n_items).float())
-        self.register_buffer("hist_indptr", torch.zeros(n_users + 1, dtype=torch.long))  # device anchor
+class Popularity(MemoryModel):
+    kind = "popularity"
+    tables = ("pop",)
+    parallel_chunks = False
 
-    def item_tables(self) -> dict:
-        return {"counts": self.counts}
+    @classmethod
+    def _fit_tables(cls, c: MemoryConfig, X: torch.Tensor, buffers: dict) -> dict[str, torch.Tensor]:
+        return {"pop": popularity_counts(buffers["hist_indices"], c.n_items)}
 
-    def score_users(self, users: torch.Tensor, tables: dict) -> torch.Tensor:
-        return tables["counts"].expand(len(users), -1).clone()   # (B, I)
+    def score_users(self, users: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
+        return self.pop.expand(len(users), -1).clone()                             # (b, I)
 
-    def score_histories(self, H: torch.Tensor, tables: dict) -> torch.Tensor:
-        return tables["counts"].expand(H.shape[0], -1).clone()   # (b, I): the same for anybody
+    def score_histories(self, H: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
+        return self.pop.expand(H.shape[0], -1).clone()                             # the same for anybody
 
-    def forward(self, users: torch.Tensor) -> torch.Tensor:
-        return self.score_users(users, self.item_tables())
+    def _grow_tables(self, st: dict[str, torch.Tensor], m: int) -> None:
+        st["pop"] = torch.cat([st["pop"], torch.zeros(m, dtype=st["pop"].dtype, device=st["pop"].device)])

@@ -1,37 +1,36 @@
-"""The one table of model kinds: what an export's config.json names, and how each is rebuilt.
+"""The one table of model kinds: what an export's config.json names, and the class that
+rebuilds it. Nothing else in the package switches on kind strings.
 
-`model_from_state(config, state)` rebuilds any recsys model from its JSON config and its
-state_dict tensors (an export's model.safetensors); `bake(model)` gives the form an export
-stores. Nothing else in the package switches on kind strings.
+    model_from_state(config, state)   any recsys model from its JSON config and state_dict
+    model_class(kind)                 the class of a kind ("learned" when config has none)
 """
 from __future__ import annotations
 
 import torch
 
+from recsys.models.base import Model
+from recsys.models.blend import Blend
+from recsys.models.ease import EASE
+from recsys.models.knn import ContentKNN, ItemKNN, UserKNN
+from recsys.models.learned import Scorer
+from recsys.models.popularity import Popularity
 
-def bake(model: torch.nn.Module) -> torch.nn.Module:
-    """Pretrained token tables replaced by their projection, in a model or a blend's parts."""
-    from recsys.models.memory import Blend
-    if isinstance(model, Blend):
-        first, second = bake(model.first), bake(model.second)
-        if first is model.first and second is model.second:
-            return model
-        return Blend(first, second, model.config.alpha, model.config.norm)
-    return model.baked() if hasattr(model, "baked") else model
+KINDS: dict[str, type[Model]] = {cls.kind: cls for cls in (Scorer, ItemKNN, ContentKNN, UserKNN, EASE,
+                                                          Popularity, Blend)}
 
 
-def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+def model_class(kind: str) -> type[Model]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; the kinds are {sorted(KINDS)}")
+    return KINDS[kind]
+
+
+def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> Model:
     """Rebuild any recsys model from its JSON config and its state_dict tensors."""
-    from recsys.models.memory import KNN_KINDS, Blend, MemoryConfig, MemoryScorer
-    from recsys.models.learned import BUFFERS, FILL, Scorer, ScorerConfig
-    kind = cfg.get("kind", "learned")
-    if kind == "blend":
-        def sub(prefix):
-            return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        return Blend(model_from_state(cfg["first"], sub("first")), model_from_state(cfg["second"], sub("second")),
-                     cfg["alpha"], cfg.get("norm", "zscore"))
-    if kind in (*KNN_KINDS, "ease", "popularity"):
-        return MemoryScorer.from_export(cfg, state)
-    scorer = Scorer(ScorerConfig(**cfg), {k: state[k] for k in BUFFERS + FILL if k in state})
-    scorer.load_state_dict(state, strict=True)
-    return scorer
+    return model_class(cfg.get("kind", "learned")).from_state(cfg, state)
+
+
+def fit_memory(config, *args, **kwargs) -> Model:
+    """Fit the memory-based / closed-form model that config.kind (a MemoryConfig) names:
+    model_class(config.kind).fit(config, hist_indptr, hist_indices, ...) (see memory.py)."""
+    return model_class(config.kind).fit(config, *args, **kwargs)

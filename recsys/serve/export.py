@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from recsys.models.registry import bake, model_from_state
+from recsys.models.registry import model_from_state
 from recsys.data.tokenize import WordTokenizer, tokenizer_from_json
 from recsys.data.vocab import Vocab
 
@@ -140,7 +140,7 @@ def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, 
     from recsys import __version__
     tmp = atomic_dir(path)
     try:
-        scorer = bake(scorer)
+        scorer = scorer.baked()
         tokenizer.save_files(tmp)
         state = {k: v.detach().cpu().contiguous() for k, v in scorer.state_dict().items()}
         save_file(state, os.path.join(tmp, "model.safetensors"))

@@ -14,6 +14,7 @@ import torch
 
 from recsys.sparse.csr import csr
 from recsys.eval.evaluation import evaluate
+from recsys.models.popularity import popularity_counts
 from recsys.serve.export import load_export, save_export
 from recsys.eval.ranking import topk
 
@@ -30,7 +31,7 @@ class Recommender:
 
     @property
     def device(self) -> torch.device:
-        return self.scorer.hist_indptr.device
+        return self.scorer.device
 
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu") -> "Recommender":
@@ -127,8 +128,7 @@ class Recommender:
                           self.seen if exclude_seen else None, chunk_size)
             ids[known], sc[known] = self._item_ids[idx.cpu().numpy()], s.cpu().numpy()
         if not known.all():
-            pop = torch.bincount(self.seen[1], minlength=len(self.items)).float()
-            v, i = torch.topk(pop, int(k))
+            v, i = torch.topk(popularity_counts(self.seen[1], len(self.items)), int(k))
             ids[~known], sc[~known] = self._item_ids[i.cpu().numpy()], v.cpu().numpy()
         return (ids[0], sc[0]) if single else (ids, sc)
 
@@ -139,7 +139,6 @@ class Recommender:
         scores); a list of histories -> ((B, k), (B, k)). The history's items are excluded
         unless exclude_given=False. unknown="error" refuses item ids outside the catalog,
         "ignore" drops them. UserKNN finds the history's neighbours among the known users."""
-        from recsys.eval.ranking import topk_histories
         single = len(items) == 0 or np.isscalar(items[0]) or isinstance(items[0], (str, bytes))
         hists = [list(items)] if single else [list(h) for h in items]
         self._check_k(k)
@@ -154,8 +153,8 @@ class Recommender:
             rows.append(np.unique(idx[idx >= 0]))
         pairs = np.array([(r, j) for r, h in enumerate(rows) for j in h], dtype=np.int64).reshape(-1, 2)
         given = tuple(t.to(self.device) for t in csr(pairs, len(rows)))
-        sc, idx = topk_histories(self.scorer, given, torch.arange(len(rows), device=self.device), int(k),
-                                 exclude_given)
+        idx, sc = topk(self.scorer, torch.arange(len(rows), device=self.device), int(k),
+                       given if exclude_given else None, histories=given)
         ids = self._item_ids[idx.cpu().numpy()]
         sc = sc.cpu().numpy()
         return (ids[0], sc[0]) if single else (ids, sc)

@@ -66,7 +66,7 @@ def select_rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(new_crow, X.col_indices()[pos], X.values()[pos], (len(rows), X.shape[1]))
 
 
-def _t(X: torch.Tensor) -> torch.Tensor:
+def transpose(X: torch.Tensor) -> torch.Tensor:
     return X.t().to_sparse_csr()
 
 
@@ -74,7 +74,7 @@ def _with_values(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(X.crow_indices(), X.col_indices(), values, X.shape)
 
 
-class _Prepared:
+class Similarity:
     """Per-row statistics and the sparse operands each similarity needs, computed once."""
 
     def __init__(self, X: torch.Tensor, similarity: str, shrink: float, dense_ratio: float = DENSE_RATIO):
@@ -160,15 +160,15 @@ class _Prepared:
         return (sim, None) if row_scale_later else sim
 
 
-def _blocks(p: _Prepared, block_size: int, max_products: float) -> list[tuple[int, int]]:
+def _blocks(p: Similarity, block_size: int, max_products: float) -> list[tuple[int, int]]:
     """Row ranges of at most block_size rows and max_products materialised scalar products."""
     if block_size < 1:
         raise ValueError(f"block_size={block_size} must be >= 1")
     return cut_rows(p.products, block_size, max_products)
 
 
-def _run_blocks(p: _Prepared, blocks: list[tuple[int, int]], fn, workers: int | None) -> list:
-    """fn(r0, r1, sim, row_scale) for every block (see _Prepared.block), in block order; blocks spread over `workers` threads on
+def _run_blocks(p: Similarity, blocks: list[tuple[int, int]], fn, workers: int | None) -> list:
+    """fn(r0, r1, sim, row_scale) for every block (see Similarity.block), in block order; blocks spread over `workers` threads on
     the CPU (each with its own scratch), one thread on other devices."""
     dev = p.X.values().device
     if workers is None:
@@ -208,7 +208,7 @@ def similarity_matrix(X: torch.Tensor, similarity: str = "cosine", shrink: float
                       block_size: int = 256, max_products: float = 2_000_000,
                       dense_ratio: float = DENSE_RATIO, workers: int | None = None) -> torch.Tensor:
     """The dense (R, R) similarity matrix (diagonal included). Only for small R: tests, EASE-sized data."""
-    p = _Prepared(X, similarity, shrink, dense_ratio)
+    p = Similarity(X, similarity, shrink, dense_ratio)
     parts = _run_blocks(p, _blocks(p, block_size, max_products), _scaled_copy, workers)
     if not parts:
         return torch.zeros(0, 0, device=X.values().device)
@@ -223,7 +223,7 @@ def topk_neighbours(X: torch.Tensor, similarity: str = "cosine", k: int = 100, s
     rows and max_products scalar products; dense_ratio picks the heavy columns (spgemm.py)."""
     if k < 1:
         raise ValueError(f"k={k} must be >= 1")
-    p = _Prepared(X, similarity, shrink, dense_ratio)
+    p = Similarity(X, similarity, shrink, dense_ratio)
     R = X.shape[0]
     kk = min(k, max(R - 1, 1))
 

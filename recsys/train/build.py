@@ -61,21 +61,23 @@ def eval_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def build_memory(prep: Prepared, model: dict, device: str = "cpu"):
     """Fit a memory-based / closed-form model (itemknn, userknn, content_knn, ease, popularity)
     or a `blend` of two of them, from plain config values."""
-    from recsys.models.memory import FILLED_KINDS, Blend, MemoryConfig, MemoryScorer
+    from recsys.models.blend import Blend
+    from recsys.models.memory import MemoryConfig
+    from recsys.models.registry import model_class
     model = dict(model)
-    kind = model.get("kind")
-    if kind == "blend":
+    cls = model_class(model.get("kind"))
+    if cls is Blend:
         first = build_memory(prep, model["first"], device)
         second = build_memory(prep, model["second"], device)
         return Blend(first, second, model.get("alpha", 0.5), model.get("norm", "zscore"))
     hist_indptr, hist_indices, values = _csr_with_values(prep)
     cfg = MemoryConfig(n_users=prep.n_users, n_items=prep.n_items, **model)
-    m = MemoryScorer.fit(cfg, hist_indptr, hist_indices, values,
-                         torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
-                         torch.from_numpy(prep.bags.weights), len(prep.tokens), device=device)
-    if cfg.cold_k > 0 and cfg.kind in FILLED_KINDS:
-        m.set_fill(**{k: v.to(device) for k, v in fill_buffers(prep, cfg.cold_k, cfg.cold_scale).items()})
-    return m
+    fill = None
+    if cfg.cold_k > 0 and cls.fills_cold:
+        fill = tuple(fill_buffers(prep, cfg.cold_k, cfg.cold_scale).values())
+    return cls.fit(cfg, hist_indptr, hist_indices, values,
+                   torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
+                   torch.from_numpy(prep.bags.weights), len(prep.tokens), device=device, fill=fill)
 
 
 def _csr_with_values(prep: Prepared):

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
-from recsys.eval.evaluation import MetricSums, chunk_metrics, users_with_targets
+from recsys.eval.evaluation import MetricSums, measure, users_with_targets
 from recsys.train.losses import LOSSES
 from recsys.models.learned import Scorer
 
@@ -41,7 +41,7 @@ class RecsysModule(L.LightningModule):
             self.register_buffer(f"{name}_indptr", indptr, persistent=False)
             self.register_buffer(f"{name}_indices", indices, persistent=False)
         self._sums: MetricSums | None = None
-        self._tables: dict | None = None
+        self._side = None
         self._base_seed = torch.initial_seed()         # set by seed_everything before this module
 
     # --- resuming: the negatives come from torch's global generator; its state travels in
@@ -76,23 +76,25 @@ class RecsysModule(L.LightningModule):
         # that is the row's own positive is masked out of that row.
         neg = torch.randint(cfg.n_items, (self.hparams.n_neg,), device=users.device)   # (N,)
         clash = pos[:, None] == neg[None, :]                                  # (B, N)
-        tables = self.scorer.item_tables()
-        pos_s = self.scorer.component_scores(users, tables, pos[:, None])    # each (B, 1)
-        neg_s = self.scorer.component_scores(users, tables, neg)             # each (B, N)
+        side = self.scorer.item_side()
+        # one content profile per batch, shared by the positive and the negative scores
+        P = self.scorer.user_profile(users, side.C) if cfg.uses_content else None
+        pos_s = self.scorer.component_scores(users, side, pos[:, None], P)   # each (B, 1)
+        neg_s = self.scorer.component_scores(users, side, neg, P)            # each (B, N)
         loss = 0.0
         for name in pos_s:
             part = self.loss_fn(pos_s[name][:, 0], neg_s[name], clash)
             self.log(f"train/loss_{name}", part, on_step=False, on_epoch=True)
             loss = loss + part
         if cfg.variant == "hybrid" and cfg.learn_alpha:
-            loss = loss + self._alpha_loss(users, tables, pos_s, neg_s, clash)
+            loss = loss + self._alpha_loss(pos_s, neg_s, clash)
         if self.hparams.l2 > 0 and cfg.uses_cf:
             reg = self.scorer.user_emb(users).pow(2).sum() + self.scorer.item_emb(pos).pow(2).sum()
             loss = loss + self.hparams.l2 * reg / len(users)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
-    def _alpha_loss(self, users, tables, pos_s, neg_s, clash):
+    def _alpha_loss(self, pos_s, neg_s, clash):
         """Loss on the blended score that trains alpha alone: components detached, per-user
         mean/std estimated on the batch's shared negatives, a uniform sample of the catalog
         (the exact full-catalog statistics used at ranking time would cost a (B, I) matmul)."""
@@ -119,19 +121,19 @@ class RecsysModule(L.LightningModule):
 
     def _eval_start(self):
         self._sums = MetricSums()
-        self._tables = self.scorer.item_tables()
+        self._side = self.scorer.item_side()
 
     def _eval_step(self, users, split):
-        m = chunk_metrics(self.scorer, users, self.ks, self.csr(f"{split}_target"),
-                          self.csr(f"{split}_seen"), tables=self._tables)
-        self._sums.update(m)
+        for _, _, m in measure(self.scorer, users, self.csr(f"{split}_target"), self.csr(f"{split}_seen"),
+                               self.ks, chunk_size=max(len(users), 1), side=self._side):
+            self._sums.update(m)
 
     def _eval_end(self, prefix):
         # sums over all processes' users, then the means, identical on every process (so
         # sync_dist's averaging leaves them as they are)
         for name, v in self._sums.all_reduce(self.ks).compute(prefix).items():
             self.log(name, v, prog_bar=name.endswith("ndcg@10"), sync_dist=True)
-        self._tables = None
+        self._side = None
 
     def on_validation_epoch_start(self):
         self._eval_start()

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from recsys.eval.evaluation import evaluate_histories
+from recsys.eval.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def choose_fold_in_lambda(scorer, train: tuple[torch.Tensor, torch.Tensor], val_
     k = int(metric.split("@")[1])
     for lam in grid:
         scorer.config.fold_in_lambda = float(lam)
-        m, _ = evaluate_histories(scorer, train, val_target, ks=(k,), prefix="")
+        m, _ = evaluate(scorer, val_target, train, ks=(k,), prefix="", histories=train)
         curve[float(lam)] = m[metric]
     best = max(curve, key=lambda lam: (curve[lam], -lam))
     scorer.config.fold_in_lambda = best

@@ -1,0 +1,100 @@
+"""The alpha blend of any two models:
+
+    s[u, i] = alpha * n_u(first)[i] + (1 - alpha) * n_u(second)[i]
+
+n_u a per-user normalisation over the catalog, typically of a collaborative model and a content
+model:
+
+    zscore  (s - mean_u) / std_u, as in the learned hybrid (learned.py): right for dense scores;
+    max     s / max_u |s|: right for sparse scores such as KNN votes, where most items score 0
+            and the z-score of the few voted items is huge (it would swamp the other part).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from recsys.models.base import Model
+
+BLEND_NORMS = ("zscore", "max")
+
+
+@dataclass
+class BlendConfig:
+    n_users: int
+    n_items: int
+    alpha: float
+    first: dict
+    second: dict
+    kind: str = "blend"
+    norm: str = "zscore"          # per-user normalisation of each part: zscore | max
+
+    @property
+    def variant(self) -> str:
+        name = lambda part: part.get("kind") or part.get("variant")        # learned parts: their variant
+        return f"blend({name(self.first)},{name(self.second)})"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BlendSide:
+    first: Any
+    second: Any
+
+
+def standardise(s: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> torch.Tensor:
+    """z_u: per row, (s - mean) / std over the catalog (or with given (B, 1) statistics)."""
+    if mean is None:
+        std, mean = torch.std_mean(s, dim=1, keepdim=True)
+    return (s - mean) / (std + 1e-8)
+
+
+class Blend(Model):
+    kind = "blend"
+
+    def __init__(self, first: Model, second: Model, alpha: float, norm: str = "zscore"):
+        super().__init__()
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"model.alpha={alpha} is outside [0, 1]")
+        if norm not in BLEND_NORMS:
+            raise ValueError(f"model.norm={norm!r} is not one of {BLEND_NORMS}")
+        self.first, self.second = first, second
+        self.config = BlendConfig(first.config.n_users, first.config.n_items, float(alpha),
+                                  first.config.to_json(), second.config.to_json(), norm=norm)
+
+    @classmethod
+    def from_state(cls, config: dict, state: dict[str, torch.Tensor]) -> "Blend":
+        from recsys.models.registry import model_from_state
+
+        def sub(prefix):
+            return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        return cls(model_from_state(config["first"], sub("first")), model_from_state(config["second"], sub("second")),
+                   config["alpha"], config.get("norm", "zscore"))
+
+    def item_side(self) -> BlendSide:
+        return BlendSide(self.first.item_side(), self.second.item_side())
+
+    def score(self, who: torch.Tensor, side: BlendSide, out=None, ws=None) -> torch.Tensor:
+        """Known users or histories (if both parts can score them) -> (b, I)."""
+        a = self.config.alpha
+        return (a * self._norm(self.first.score(who, side.first))
+                + (1 - a) * self._norm(self.second.score(who, side.second)))
+
+    def _norm(self, s: torch.Tensor) -> torch.Tensor:
+        if self.config.norm == "max":
+            top = s.abs().amax(dim=1, keepdim=True)                                  # (b, 1)
+            return s / torch.where(top > 0, top, torch.ones_like(top))
+        return standardise(s)
+
+    def grow(self, bags) -> "Blend":
+        return Blend(self.first.grow(bags), self.second.grow(bags), self.config.alpha, self.config.norm)
+
+    def baked(self) -> "Blend":
+        first, second = self.first.baked(), self.second.baked()
+        if first is self.first and second is self.second:
+            return self
+        return Blend(first, second, self.config.alpha, self.config.norm)

@@ -1,0 +1,57 @@
+"""EASE (Steck 2019), the closed-form item-item model:
+
+    s[u, :] = x_u B,   B = I - P diagMat(1 / diag(P)),   P = (X^T X + lambda I)^-1
+
+Memory O(I^2): config.max_items refuses catalogs that would not fit (3 x 4 x I^2 bytes).
+"""
+from __future__ import annotations
+
+import torch
+
+from recsys.models.memory import MemoryConfig, MemoryModel
+from recsys.sparse.similarity import transpose
+from recsys.sparse.spgemm import RightOperand, Workspace, column_counts, heavy_columns
+
+
+class EASE(MemoryModel):
+    kind = "ease"
+    tables = ("ease_B",)
+    fills_cold = True
+
+    @classmethod
+    def _fit_tables(cls, c: MemoryConfig, X: torch.Tensor, buffers: dict) -> dict[str, torch.Tensor]:
+        if c.n_items > c.max_items:
+            raise ValueError(f"EASE needs {3 * 4 * c.n_items ** 2 / 2 ** 30:.1f} GiB for {c.n_items} items "
+                             f"(O(items^2)); model.max_items={c.max_items}. Raise it if the memory is there.")
+        # G = X^T X with the sparse kernel (heavy users by GEMM), row block by row block,
+        # written straight into G; then P = G^-1 by Cholesky (G + lambda I is symmetric
+        # positive definite), in place of G where possible
+        XT = transpose(X)                                                            # (I, U)
+        cc = column_counts(XT)
+        op = RightOperand(XT, heavy_columns(cc, cc, c.n_items, c.n_items, c.dense_ratio))
+        G = torch.empty(c.n_items, c.n_items, dtype=XT.values().dtype, device=XT.device)
+        ws = Workspace()
+        op.product_bounded(XT, G, ws, c.max_products)
+        del ws
+        G.diagonal().add_(c.lam)
+        L = torch.linalg.cholesky(G)
+        del G
+        P = torch.cholesky_inverse(L)
+        del L
+        if not P.is_contiguous():    # LAPACK hands back column-major; P is symmetric, so P.T
+            P = P.T if P.T.is_contiguous() else P.contiguous()   # is the same matrix, row-major
+        B = P.div_((-P.diagonal()).clone()[None, :])                                 # in place
+        B.diagonal().zero_()
+        return {"ease_B": B}
+
+    def score_histories(self, H: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
+        """(b, I) sparse history rows -> (b, I): s[u] = sum_j x_uj B[j], a weighted sum of rows
+        of B per user (an embedding bag), work nnz(H) x I reads, no (b, I) temporary besides
+        the result (`out` is not used: embedding_bag has no out=, and a copy would be one more pass)."""
+        return self._fill(torch.nn.functional.embedding_bag(
+            H.col_indices(), self.ease_B, H.crow_indices()[:-1],
+            mode="sum", per_sample_weights=H.values().to(self.ease_B.dtype)))
+
+    def _grow_tables(self, st: dict[str, torch.Tensor], m: int) -> None:
+        # a never-seen item's row and column of the closed form are exactly 0
+        st["ease_B"] = torch.nn.functional.pad(st["ease_B"], (0, m, 0, m))
