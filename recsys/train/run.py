@@ -1,0 +1,194 @@
+"""A training run's folder: its lock, what reproduces it, the final report and what it writes.
+
+    run_dir/
+      .lock              held while a run writes the folder (pid inside)
+      run_info.json      resolved config, versions, data checksums, seeds
+      metrics.json       validation best, test metrics with slices and beyond-accuracy figures
+      per_user.csv       per-user test metrics (external ids) for paired comparisons
+      split/             the train / valid / test parts as CSV (external ids)
+      export/            the model (serve/export.py), loadable with Recommender.from_pretrained
+
+Plain arguments only: train.py (Hydra) calls these.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+
+import torch
+
+from recsys.serve.export import save_export, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class RunFolderError(ValueError):
+    """A run folder that this run must not write into; the message says why and what to do."""
+
+
+class RunLock:
+    """Exclusive use of a run folder: a second run into a folder that is being written, or that
+    already holds a finished run, fails at once (resuming it with a checkpoint excepted)."""
+
+    def __init__(self, out: str, resume: bool):
+        self.path = os.path.join(out, ".lock")
+        os.makedirs(out, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                pid = _read_pid(self.path)
+                if pid is not None and _alive(pid):
+                    raise RunFolderError(f"run folder {out} is being written by another run (pid {pid}); "
+                                         f"choose another hydra.run.dir") from None
+                os.remove(self.path)                     # left by a run that died: take it over
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        if not resume and any(os.path.exists(os.path.join(out, n)) for n in ("run_info.json", "metrics.json", "export")):
+            self.release()
+            raise RunFolderError(f"run folder {out} already holds a run; choose another hydra.run.dir, or resume "
+                                 f"it with ckpt_path=last")
+
+    def release(self) -> None:
+        if os.path.exists(self.path) and _read_pid(self.path) == os.getpid():
+            os.remove(self.path)
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or "x")
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def checkpoint_path(ckpt_path: str | None, out: str) -> str | None:
+    """The checkpoint to resume from: None, "last" (<run dir>/checkpoints/last.ckpt) or a path;
+    one that does not exist is a clear error before anything else runs."""
+    if not ckpt_path:
+        return None
+    path = os.path.join(out, "checkpoints", "last.ckpt") if ckpt_path == "last" else ckpt_path
+    if not os.path.isfile(path):
+        raise RunFolderError(f"ckpt_path={ckpt_path}: no checkpoint file at {path}"
+                             + (" (this run folder has no last checkpoint yet)" if ckpt_path == "last" else ""))
+    return path
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_info(config: dict, seed: int, data_files: list[str]) -> dict:
+    """What is needed to reproduce the run: resolved config, versions, data checksums, seeds."""
+    import lightning as L
+
+    import recsys
+    split = config.get("data", {}).get("split")
+    return {"recsys": recsys.__version__, "torch": torch.__version__, "lightning": L.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "seed": int(seed), "split": split,
+            "data_sha256": {os.path.abspath(f): sha256(f) for f in data_files if os.path.isfile(f)},
+            "config": config}
+
+
+def data_files(data: dict) -> list[str]:
+    """The files a data config reads (its folder's CSV/Parquet files, and the named files)."""
+    files = []
+    if data.get("path") and os.path.isdir(data["path"]):
+        files += sorted(os.path.join(data["path"], f) for f in os.listdir(data["path"])
+                        if f.endswith((".csv", ".parquet")))
+    return files + [data[k] for k in ("interactions", "train", "valid", "test", "items") if data.get(k)]
+
+
+def final_report(model, prep, sets, ks, eval_chunk: int, device, history_buckets, head_share: float,
+                 loggers=(), logged=(), projector: bool = False) -> tuple[dict, dict]:
+    """Test metrics with slices (history length, cold/warm items) and beyond-accuracy metrics,
+    from one more full-ranking pass of the final model, plus the new-user protocol when the
+    split has one; logged to every logger (except the names in `logged`, which Lightning's test
+    loop has logged already)."""
+    from recsys.eval.evaluation import evaluate
+    from recsys.train.build import new_user_sets, report_context
+    model = model.to(device).eval()
+    on = lambda csr: tuple(t.to(device) for t in csr)
+    ctx = report_context(prep, history_buckets, head_share)
+    report, per_user = evaluate(model, on(sets["test_target"]), on(sets["test_seen"]), list(ks), eval_chunk,
+                                "test/", context=ctx)
+    new = new_user_sets(prep)
+    if new is not None:   # new-user protocol: scored from their given history, no retraining
+        try:
+            given = on(new["given"])
+            more, _ = evaluate(model, on(new["target"]), given, list(ks), eval_chunk, "test/new_users/",
+                               histories=given)
+            report.update(more)
+        except (ValueError, NotImplementedError) as e:     # a model that cannot score histories
+            log.warning("new users not evaluated: %s", e)
+    model.cpu()
+    for lg in loggers:
+        lg.log_metrics({k: v for k, v in report.items() if k not in logged}, step=0)
+        if projector:
+            _projector(lg, model, prep)
+        lg.finalize("success")
+    return report, per_user
+
+
+def _projector(lg, model, prep) -> None:
+    """Item embeddings in TensorBoard's Projector, labelled with item titles (learned models)."""
+    exp = getattr(lg, "experiment", None)
+    if exp is None or not hasattr(exp, "add_embedding"):
+        return
+    tables = {}
+    if hasattr(model, "item_emb"):
+        tables["items/collaborative"] = model.item_emb.weight.detach()
+    if hasattr(model, "item_content") and getattr(model.config, "uses_content", False):
+        with torch.no_grad():
+            tables["items/content"] = model.item_content().detach()
+    titles = [str(t).replace("\t", " ").replace("\n", " ") or "(untitled)" for t in prep.item_titles]
+    for tag, mat in tables.items():
+        exp.add_embedding(mat.cpu(), metadata=titles, tag=tag)
+
+
+def write_per_user(path: str, per_user: dict, prep, buckets) -> None:
+    """Per-user test metrics (external user ids) for paired run comparisons (evaluate.py compare=)."""
+    import pandas as pd
+
+    from recsys.eval.evaluation import bucket_labels
+    df = pd.DataFrame({"user": [prep.users.ids[int(u)] for u in per_user["user"]]})
+    if "bucket" in per_user:
+        labels = bucket_labels(sorted(buckets))
+        df["history"] = [labels[int(b)] for b in per_user["bucket"]]
+    for name, v in per_user.items():
+        if "@" in name:
+            df[name] = v.double().numpy()
+    tmp = path + ".tmp"
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_run(out: str, model, prep, sets, metrics: dict, per_user: dict, buckets) -> None:
+    """metrics.json, per_user.csv, split/ and export/ of a finished run."""
+    write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+    write_per_user(os.path.join(out, "per_user.csv"), per_user, prep, buckets)
+    os.makedirs(os.path.join(out, "split"), exist_ok=True)
+    for part in ("train", "valid", "test"):
+        prep.split_frame(part).to_csv(os.path.join(out, "split", f"{part}.csv"), index=False)
+    save_export(os.path.join(out, "export"), model, prep.users, prep.items, prep.tokens,
+                prep.tokenizer, sets["test_seen"], torch.from_numpy(prep.bags.idf), prep.item_titles,
+                meta={"metrics": {k: v for k, v in metrics.items() if k != "data"},
+                      "text_fields": prep.text_fields})

@@ -1,0 +1,214 @@
+"""Model specs: what a config's `model:` section instantiates to (Hydra `_target_`), and what
+`recsys.fit(model=...)` builds from a kind name. A spec knows how to fit its model on prepared
+data (data/prepare.Prepared):
+
+    Memory(kind="ease", lam=200.0)                 closed-form / memory-based: one fit, no epochs
+    Learned(variant="hybrid", dim=64, optim={...}) the token-embedding Scorer, trained with Lightning
+    Blend(first=spec, second=spec, alpha, norm)    each part fitted, then blended
+
+`spec.fit(prep, sets, ctx)` -> (model, metrics, best validation value). `ctx` (FitContext) holds
+what comes from the surroundings: the Lightning trainer factory, callbacks, loggers, K values,
+the evaluation chunk, the device. Specs are plain values: `spec.to_dict()` is the config.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitContext:
+    """trainer: callbacks, logger -> lightning.Trainer (learned models only; default: a CPU/GPU
+    trainer of `max_epochs` with no logger and no checkpoints). device: where closed-form
+    models fit ("cpu" or "cuda")."""
+    trainer: Callable[..., Any] | None = None
+    callbacks: list = field(default_factory=list)
+    loggers: list = field(default_factory=list)
+    ks: tuple[int, ...] = (10, 20)
+    eval_chunk: int = 1024
+    seed: int = 2026
+    ckpt_path: str | None = None
+    device: str = "cpu"
+    optimized_metric: str = "val/ndcg@10"
+    max_epochs: int = 30
+
+
+class Memory:
+    """A memory-based or closed-form model: kind (itemknn, userknn, content_knn, ease,
+    popularity) and its MemoryConfig fields (models/memory.py)."""
+
+    def __init__(self, kind: str, **params):
+        from recsys.models.memory import MemoryConfig
+        from recsys.models.registry import model_class
+        cls = model_class(kind)
+        unknown = sorted(set(params) - set(MemoryConfig.__dataclass_fields__))
+        if unknown or not hasattr(cls, "tables"):
+            raise ValueError(f"model kind {kind!r} takes no parameter(s) {unknown}" if unknown else
+                             f"model kind {kind!r} is not a memory-based model")
+        self.kind, self.params = kind, dict(params)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **self.params}
+
+    def build(self, prep, device: str = "cpu"):
+        from recsys.train.build import build_memory
+        return build_memory(prep, self.to_dict(), device=device)
+
+    def fit(self, prep, sets, ctx: FitContext):
+        return _fit_once(self, prep, sets, ctx)
+
+
+class Learned:
+    """The learned token-embedding Scorer (models/learned.py): ScorerConfig fields, the
+    optimisation of the Lightning module (`optim`: loss, n_neg, lr, weight_decay, l2,
+    batch_size, sparse) and the fold-in weight of users outside the model ("auto": chosen on
+    validation, train/tune.py)."""
+
+    def __init__(self, variant: str = "hybrid", optim: dict | None = None, fold_in_lambda: Any = "auto",
+                 kind: str = "learned", **params):
+        from recsys.models.learned import ScorerConfig
+        if kind != "learned":
+            raise ValueError(f"Learned spec with kind={kind!r}")
+        unknown = sorted(set(params) - set(ScorerConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"the learned model takes no parameter(s) {unknown}")
+        self.variant, self.params, self.fold_in_lambda = variant, dict(params), fold_in_lambda
+        self.optim = dict(optim or {})
+
+    def to_dict(self) -> dict:
+        return {"kind": "learned", "variant": self.variant, **self.params, "fold_in_lambda": self.fold_in_lambda,
+                "optim": dict(self.optim)}
+
+    def fit(self, prep, sets, ctx: FitContext, test: bool = True):
+        """Train with Lightning; (scorer in eval mode, metrics, best validation value).
+        test=False skips Lightning's test loop (a blend part: the blend is tested, not the part)."""
+        import lightning as L
+
+        from recsys.train.build import build_scorer
+        from recsys.train.module import RecsysModule, train_loader, user_loader
+        from recsys.train.tune import choose_fold_in_lambda
+        optim = dict(self.optim)
+        batch_size = optim.pop("batch_size", 1024)
+        model = dict(self.params, variant=self.variant)
+        if self.fold_in_lambda != "auto":
+            model["fold_in_lambda"] = float(self.fold_in_lambda)
+        scorer = build_scorer(prep, **model)
+        module = RecsysModule(scorer, sets, ks=tuple(ctx.ks), **optim)
+        trainer = (ctx.trainer or _default_trainer(ctx))(callbacks=ctx.callbacks, logger=ctx.loggers or False)
+        # weights_only: a checkpoint to resume from is read without unpickling code objects
+        try:
+            trainer.fit(module, train_loader(prep.train, batch_size, ctx.seed),
+                        user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path,
+                        weights_only=True)
+        except pickle.UnpicklingError as e:       # a checkpoint that would run code: refused
+            raise ValueError(f"ckpt_path={ctx.ckpt_path}: refused, it is not a plain-tensor checkpoint "
+                             f"({str(e).splitlines()[0][:120]})") from None
+        best_ckpt = next((c.best_model_path for c in ctx.callbacks
+                          if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
+        if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
+            state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state, strict=True)
+        if self.fold_in_lambda == "auto" and scorer.config.uses_cf:   # MF fold-in of users outside the model
+            choose_fold_in_lambda(scorer, sets["val_seen"], sets["val_target"])
+        if test:
+            trainer.test(module, user_loader(sets["test_target"][0], ctx.eval_chunk), verbose=False)
+        best = next((c.best_model_score for c in ctx.callbacks if getattr(c, "best_model_score", None) is not None), None)
+        best = float(best) if best is not None else float(trainer.callback_metrics.get(ctx.optimized_metric,
+                                                                                         float("nan")))
+        metrics = dict(module.last_test_metrics) if test else {}
+        metrics["trainer/world_size"] = trainer.world_size
+        # the test loop's own figures (sharded over processes under DDP, then summed): the final
+        # report recomputes test/* in one pass; the two must agree
+        metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
+        if scorer.config.uses_cf:
+            metrics["fold_in/lambda"] = scorer.config.fold_in_lambda
+        return scorer.cpu().eval(), metrics, best      # eval mode: Lightning leaves it training
+
+
+class Blend:
+    """alpha * n_u(first) + (1 - alpha) * n_u(second) (models/blend.py) of two specs."""
+
+    def __init__(self, first, second, alpha: float = 0.5, norm: str = "zscore", kind: str = "blend"):
+        self.first, self.second = as_spec(first), as_spec(second)
+        self.alpha, self.norm = float(alpha), norm
+
+    def to_dict(self) -> dict:
+        return {"kind": "blend", "alpha": self.alpha, "norm": self.norm,
+                "first": self.first.to_dict(), "second": self.second.to_dict()}
+
+    def build(self, prep, device: str = "cpu"):
+        """Both parts fitted without epochs (neither may be learned), blended."""
+        from recsys.models.blend import Blend as BlendModel
+        return BlendModel(self.first.build(prep, device), self.second.build(prep, device), self.alpha, self.norm)
+
+    def fit(self, prep, sets, ctx: FitContext):
+        """A learned part is trained with Lightning (early stopping on its own validation
+        metric; the best value reported is that part's), the other fitted without epochs, then
+        blended; without a learned part, the blend is fitted and validated once."""
+        from recsys.models.blend import Blend as BlendModel
+        if not any(isinstance(s, Learned) for s in (self.first, self.second)):
+            return _fit_once(self, prep, sets, ctx)
+        parts, best = [], float("nan")
+        for spec in (self.first, self.second):
+            if isinstance(spec, Learned):
+                m, _, best = spec.fit(prep, sets, ctx, test=False)
+            else:
+                m = spec.build(prep)
+            parts.append(m)
+        return BlendModel(parts[0], parts[1], self.alpha, self.norm), {}, best
+
+
+def _fit_once(spec, prep, sets, ctx: FitContext):
+    """Fit a model that needs no epochs on ctx.device, validate it, log both to every logger."""
+    from recsys.eval.evaluation import evaluate
+    t0 = time.perf_counter()
+    model = spec.build(prep, ctx.device)
+    fit_s = time.perf_counter() - t0
+    on = {k: tuple(t.to(ctx.device) for t in v) for k, v in sets.items()}
+    val, _ = evaluate(model, on["val_target"], on["val_seen"], list(ctx.ks), ctx.eval_chunk, "val/")
+    val.pop("val/users", None)
+    for lg in ctx.loggers:
+        lg.log_metrics({**val, "fit/seconds": fit_s}, step=0)
+    log.info("fitted %s in %.2f s on %s", spec.to_dict()["kind"], fit_s, ctx.device)
+    return model.cpu(), {"fit/seconds": fit_s}, val.get(ctx.optimized_metric, float("nan"))
+
+
+LEARNED_VARIANTS = ("collaborative", "content", "hybrid")
+
+
+def as_spec(model) -> Memory | Learned | Blend:
+    """A spec from a spec, a kind name ("ease", "itemknn", ..., "hybrid" / "collaborative" /
+    "content" for the learned variants, "learned") or a config dict with "kind"."""
+    if isinstance(model, (Memory, Learned, Blend)):
+        return model
+    if isinstance(model, str):
+        model = {"kind": model}
+    if not isinstance(model, dict):
+        raise TypeError(f"model must be a kind name, a dict with 'kind' or a spec, got {type(model).__name__}")
+    model = {k: v for k, v in model.items() if k != "_target_"}
+    kind = model.pop("kind", "learned")
+    if kind in LEARNED_VARIANTS:
+        return Learned(variant=kind, **model)
+    if kind == "learned":
+        return Learned(**model)
+    if kind == "blend":
+        return Blend(**model)
+    return Memory(kind, **model)
+
+
+def _default_trainer(ctx: FitContext):
+    import lightning as L
+
+    def make(callbacks, logger):
+        return L.Trainer(max_epochs=ctx.max_epochs, accelerator="cuda" if ctx.device == "cuda" else "cpu",
+                         devices=1, logger=logger, callbacks=callbacks, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         use_distributed_sampler=False)
+    return make
