@@ -14,6 +14,7 @@ import sys
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from recsys.eval.evaluation import format_table
@@ -98,8 +99,8 @@ def _is_rank_zero() -> bool:
 def main(cfg: DictConfig) -> float:
     try:
         metrics = run(cfg)
-    except (ValueError, OSError) as e:    # bad input or config: the package's one-line message
-        log.error("%s: %s", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    except (ValueError, OSError, InstantiationException) as e:   # bad input or config: one line
+        log.error("%s: %s", type(e).__name__, " ".join(str(e).split()))
         sys.exit(1)
     return metrics[f"best/{cfg.optimized_metric}"]
 
