@@ -13,6 +13,8 @@ import torch
 from omegaconf import DictConfig
 
 from recsys import Recommender
+from recsys.data.ids import conform_ids
+from recsys.data.io import DataError
 from recsys.data.prepare import read_interactions
 from recsys.eval.evaluation import format_table
 from recsys.serve.export import write_json_atomic
@@ -25,9 +27,19 @@ def run(cfg: DictConfig) -> dict:
         return compare(cfg)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     rec = Recommender.from_pretrained(cfg.export, device=device)
-    df = read_interactions(cfg.test, cfg.user_col, cfg.item_col, rating_col=None, time_col=None)
-    metrics, report = rec.evaluate(df["user"], df["item"], ks=list(cfg.ks), chunk_size=cfg.chunk)
+    # ids as at training (the id rule, recsys/data/ids.py): "1" is the integer 1 only when the
+    # model's ids are integers, so a run with ids "1".."60" plus "bob" reads back its own split
+    df = read_interactions(cfg.test, cfg.user_col, cfg.item_col, rating_col=None, time_col=None,
+                           raw_ids=True, what="test", arg="test")
+    users = conform_ids(df["user"], f"{cfg.test}, column {cfg.user_col!r}", rec.users.ids)
+    items = conform_ids(df["item"], f"{cfg.test}, column {cfg.item_col!r}", rec.items.ids)
+    metrics, report = rec.evaluate(users, items, ks=list(cfg.ks), chunk_size=cfg.chunk)
     log.info("test pairs: %s", report)
+    if report["pairs_used"] == 0:
+        raise DataError(f"{cfg.test}: none of its {report['pairs_given']} (user, item) pairs can be "
+                        f"evaluated ({report['dropped_unknown_user']} unknown users, "
+                        f"{report['dropped_unknown_item']} unknown items, {report['dropped_seen']} "
+                        f"seen in training)")
     print(format_table(metrics))
     if cfg.out:
         write_json_atomic(cfg.out, {**metrics, "report": report})
@@ -36,7 +48,6 @@ def run(cfg: DictConfig) -> dict:
 
 def compare(cfg: DictConfig) -> dict:
     from recsys.eval.compare import compare_runs, format_comparison
-    from recsys.data.io import DataError
     runs = list(cfg.compare)
     if len(runs) != 2:
         raise DataError(f"compare= needs exactly two run folders, got {len(runs)}: {runs}")

@@ -122,8 +122,8 @@ def test_not_utf8_and_the_encoding_option(tmp_path):
 
 
 def test_unseen_test_users_and_items_are_reported_and_dropped(tmp_path):
-    tr = write_csv(tmp_path / "train.csv", ["user", "item"], [(u, i) for u in range(4) for i in range(3)])
-    te = write_csv(tmp_path / "test.csv", ["user", "item"], [(0, 99), (77, 1), (1, 2)])
+    tr = write_csv(tmp_path / "train.csv", ["user", "item"], [(u, i) for u in range(4) for i in range(3)] + [(4, 3)])
+    te = write_csv(tmp_path / "test.csv", ["user", "item"], [(0, 99), (77, 1), (1, 2), (0, 3)])
     prep = prepare_files(train=tr, test=te, valid_ratio=0.0)
     assert prep.report["test_rows_unknown_user"] == 1 and prep.report["test_rows_unknown_item"] == 1
 

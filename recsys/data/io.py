@@ -10,28 +10,40 @@ class DataError(ValueError):
     """Bad input data. The message names the file, column or argument at fault."""
 
 
-def read_table(path: str, what: str = "table", encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a CSV or Parquet file (by extension; anything not .parquet/.pq is read as CSV)."""
+def read_table(path: str, what: str = "table", encoding: str = "utf-8", id_cols: tuple = (),
+               arg: str | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file (by extension; anything not .parquet/.pq is read as CSV).
+    id_cols: columns a CSV gives as written (text), for the id rule (recsys/data/ids.py) to read.
+    arg: the option that named the file ("data.train"), for the messages."""
     if path is None:
-        raise DataError(f"no {what} file given")
+        raise DataError(f"no {what} file given" + (f" ({arg})" if arg else ""))
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError(f"{what} file not found: {path}")
-    if os.path.getsize(path) == 0:
+    is_parquet = path.endswith((".parquet", ".pq"))
+    if os.path.isdir(path) and not is_parquet:     # a .parquet folder is a partitioned dataset
+        raise DataError(f"{arg or what + ' file'}={path} is a directory; give a CSV or Parquet file")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise DataError(f"{what} file is empty: {path}")
     try:
-        if path.endswith((".parquet", ".pq")):
+        if is_parquet:
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, encoding=encoding, keep_default_na=False, na_values=[""])
+            df = pd.read_csv(path, encoding=encoding, keep_default_na=False, na_values=[""],
+                             dtype={c: str for c in id_cols})
     except UnicodeDecodeError as e:
         raise DataError(f"{what} file {path} is not valid {encoding} text (byte {e.start}); "
                         f"pass the right encoding") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as e:
-        raise DataError(f"cannot read {what} file {path}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"cannot read {what} file {path}: {_first_line(e)}") from None
     if len(df) == 0:
         raise DataError(f"{what} file has a header but no rows: {path}")
     return df
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def require_columns(df: pd.DataFrame, cols: dict[str, str | None], path: str) -> None:

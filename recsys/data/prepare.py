@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from recsys.data.content import TokenBags, tfidf_bags
+from recsys.data.ids import clean_id_column, clean_ids
 from recsys.data.io import DataError, read_table, require_columns
 from recsys.data.splits import NEW_GIVEN, NEW_TARGET, SPLITS, TEST, TRAIN, VALID
 from recsys.data.tokenize import WordTokenizer, make_tokenizer
@@ -81,25 +82,24 @@ class Prepared:
 # reading and cleaning
 
 
-def _clean_ids(s: pd.Series, where: str) -> pd.Series:
-    if s.isna().any():
-        row = int(np.flatnonzero(s.isna().to_numpy())[0])
-        raise DataError(f"{where}: missing id in data row {row + 1}")
-    if pd.api.types.is_float_dtype(s):
-        if not np.all(np.mod(s.to_numpy(), 1) == 0):
-            raise DataError(f"{where}: ids must be integers or strings, found fractional values")
-        return s.astype(np.int64)
-    if pd.api.types.is_integer_dtype(s):
-        return s.astype(np.int64)
-    kinds = {type(v) for v in s.to_numpy()}
-    if len(kinds) > 1:
-        raise DataError(f"{where}: ids of mixed types {sorted(k.__name__ for k in kinds)}; "
-                        f"use one type per column")
-    return s.astype(str)
+_clean_ids = clean_id_column      # one column alone under the id rule (recsys/data/ids.py)
+
+
+def _apply_id_rule(frames: list[tuple[pd.DataFrame, dict[str, str]]]) -> None:
+    """In place: the user and item columns of frames that share one id space, each role under
+    one id rule over all its frames. frames: (frame, {role: "FILE, column 'COL'"})."""
+    for role in ("user", "item"):
+        has = [(df, w[role]) for df, w in frames if role in w]
+        for (df, _), ids in zip(has, clean_ids([df[role] for df, _ in has], [w for _, w in has])):
+            df[role] = ids
 
 
 def _numeric(s: pd.Series, where: str, allow_datetime: bool = False) -> pd.Series:
-    out = pd.to_numeric(s, errors="coerce")
+    try:
+        out = pd.to_numeric(s, errors="coerce")
+    except (TypeError, ValueError):       # cells pandas cannot even try (lists, dicts, bytes)
+        bad = next((v for v in s if not isinstance(v, (int, float, str, np.number))), s.iloc[0])
+        raise DataError(f"{where}: non-numeric value of type {type(bad).__name__}") from None
     if allow_datetime and out.isna().any() and not s.isna().any():
         dt = pd.to_datetime(s, errors="coerce", utc=True)
         if not dt.isna().any():
@@ -114,24 +114,37 @@ def _numeric(s: pd.Series, where: str, allow_datetime: bool = False) -> pd.Serie
 
 def read_interactions(path: str, user_col: str = "user", item_col: str = "item",
                       rating_col: str | None = "rating", time_col: str | None = "timestamp",
-                      encoding: str = "utf-8") -> pd.DataFrame:
+                      encoding: str = "utf-8", raw_ids: bool = False, what: str = "interactions",
+                      arg: str | None = None) -> pd.DataFrame:
     """A table with columns user, item[, rating][, timestamp]. rating_col/time_col are used
-    when present in the file; name them None to ignore them."""
-    df = read_table(path, "interactions", encoding)
+    when present in the file; name them None to ignore them. Ids follow the id rule
+    (recsys/data/ids.py) over this file alone; raw_ids=True leaves them as read (CSV: text as
+    written) for the caller to apply the rule over several files, or an existing vocabulary."""
+    df = read_table(path, what, encoding, id_cols=(user_col, item_col), arg=arg)
     require_columns(df, {"user": user_col, "item": item_col}, path)
-    out = pd.DataFrame({"user": _clean_ids(df[user_col], f"{path}, column {user_col!r}"),
-                        "item": _clean_ids(df[item_col], f"{path}, column {item_col!r}")})
+    out = pd.DataFrame({"user": df[user_col].to_numpy(), "item": df[item_col].to_numpy()})
+    if not raw_ids:
+        _apply_id_rule([(out, _where(path, user_col, item_col))])
     if rating_col is not None and rating_col in df:
-        out["rating"] = _numeric(df[rating_col], f"{path}, column {rating_col!r}")
+        out["rating"] = _numeric(df[rating_col], f"{path}, column {rating_col!r}").to_numpy()
     if time_col is not None and time_col in df:
-        out["timestamp"] = _numeric(df[time_col], f"{path}, column {time_col!r}", allow_datetime=True)
+        out["timestamp"] = _numeric(df[time_col], f"{path}, column {time_col!r}", allow_datetime=True).to_numpy()
     return out
 
 
+def _where(path: str, user_col: str | None, item_col: str) -> dict[str, str]:
+    w = {"item": f"{path}, column {item_col!r}"}
+    if user_col is not None:
+        w["user"] = f"{path}, column {user_col!r}"
+    return w
+
+
 def read_items(path: str, item_col: str = "item", text_cols: list[str] | None = None,
-               encoding: str = "utf-8") -> pd.DataFrame:
-    """Item table: column `item` plus text columns (all other columns when text_cols is None)."""
-    df = read_table(path, "items", encoding)
+               encoding: str = "utf-8", raw_ids: bool = False) -> pd.DataFrame:
+    """Item table: column `item` plus text columns (all other columns when text_cols is None).
+    Ids as in `read_interactions`; with raw_ids=True duplicate rows are left to the caller
+    (`_dedupe_items`), after the id rule."""
+    df = read_table(path, "items", encoding, id_cols=(item_col,), arg="data.items")
     require_columns(df, {"item": item_col}, path)
     if text_cols is None:
         text_cols = [c for c in df.columns if c != item_col]
@@ -140,14 +153,21 @@ def read_items(path: str, item_col: str = "item", text_cols: list[str] | None = 
             raise DataError(f"{path}: no text column {c!r} (columns are {list(df.columns)})")
     if not text_cols:
         raise DataError(f"{path}: the items file has no text column besides {item_col!r}")
-    out = pd.DataFrame({"item": _clean_ids(df[item_col], f"{path}, column {item_col!r}")})
+    out = pd.DataFrame({"item": df[item_col].to_numpy()})
     for c in text_cols:
-        out[c] = df[c].fillna("").astype(str)
-    dup = out["item"].duplicated(keep="last")
+        out[c] = df[c].fillna("").astype(str).to_numpy()
+    if raw_ids:
+        return out
+    _apply_id_rule([(out, _where(path, None, item_col))])
+    return _dedupe_items(out, path)
+
+
+def _dedupe_items(items: pd.DataFrame, path: str) -> pd.DataFrame:
+    dup = items["item"].duplicated(keep="last")
     if dup.any():
         log.warning("%s: %d duplicate item rows, kept the last of each", path, int(dup.sum()))
-        out = out[~dup]
-    return out.reset_index(drop=True)
+        items = items[~dup]
+    return items.reset_index(drop=True)
 
 
 def _dedupe(df: pd.DataFrame, what: str, report: dict) -> pd.DataFrame:
@@ -167,7 +187,10 @@ def _implicit(df: pd.DataFrame, min_rating: float | None, what: str) -> pd.DataF
         return df
     if "rating" not in df:
         raise DataError(f"{what}: data.min_rating={min_rating} needs a rating column")
-    return df[df["rating"] >= min_rating]
+    df = df[df["rating"] >= min_rating]
+    if len(df) == 0:
+        raise DataError(f"no interactions left after min_rating={min_rating} in {what}")
+    return df
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +200,10 @@ def _implicit(df: pd.DataFrame, min_rating: float | None, what: str) -> pd.DataF
 def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
            items: pd.DataFrame | None, text_cols: list[str], tags: pd.DataFrame | None,
            tokenizer: WordTokenizer, min_count: int, max_tokens: int | None,
-           report: dict, untagged: set | None = None, new_parts: dict | None = None) -> Prepared:
+           report: dict, untagged: set | None = None, new_parts: dict | None = None,
+           expect: dict[str, str] | None = None) -> Prepared:
+    """expect: the held-out parts ("valid", "test") that were asked for -> where from (a file,
+    or "data.split.test=0.1 of FILE"); one left empty after the drops below is a DataError."""
     # users: everybody with a training interaction, sorted for a deterministic order
     users = Vocab(sorted(pd.unique(train["user"])))
     # catalog: the item table plus every training item
@@ -219,6 +245,9 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         parts[what] = p[~inter]
         # test ranks with train + valid masked, so a test pair that is also in valid is dropped too
         masked = np.concatenate([masked, parts[what][:, 0] * n_items + parts[what][:, 1]])
+    for what, df in (("test", test), ("valid", valid)):
+        if what in (expect or {}) and len(parts[what]) == 0:
+            _no_pairs_left(what, expect[what], len(df), report)
 
     # item text: fields of the item table, plus tags not taken from held-out pairs
     fields: list[dict[str, str]] = [dict() for _ in range(len(item_vocab))]
@@ -268,6 +297,31 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
                   n_cold_items=int((~prep.item_warm()).sum()))
     log.info("data: %s", report)
     return prep
+
+
+def _no_pairs_left(what: str, where: str, n_rows: int, report: dict) -> None:
+    """The one-line error for a held-out part asked for and left empty: every model is
+    validated (early stopping, model choice) and tested on these pairs."""
+    drops = [(f"{what}_rows_unknown_user", "of users with no training interaction"),
+             (f"{what}_rows_unknown_item", "of items not in the catalog"),
+             (f"{what}_rows_already_seen", "already in train" + (" or valid" if what == "test" else ""))]
+    why = [f"{report[k]} {text}" for k, text in drops if report.get(k)]
+    reason = (f"all {n_rows} rows dropped: " + ", ".join(why) if n_rows and why
+              else "no rows held out: users have too few interactions for it")
+    name = "test" if what == "test" else "validation"
+    raise DataError(f"no {name} pairs left from {where} ({reason}); every model needs {name} pairs")
+
+
+def _split_expects(split: dict, path: str) -> dict[str, str]:
+    """The held-out parts a split asks for (ratio or count > 0, its own default when unset)."""
+    import inspect
+    params = inspect.signature(SPLITS[split.get("kind", "random")]).parameters
+    out = {}
+    for what in ("valid", "test"):
+        v = split.get(what, params[what].default if what in params else 0)
+        if v and float(v) > 0:
+            out[what] = f"data.split.{what}={v} of {path}"
+    return out
 
 
 def _member(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
@@ -333,31 +387,38 @@ def _tokenizer(tokens: dict) -> tuple[WordTokenizer, int, int | None]:
 
 
 def prepare_movielens(path: str, min_rating: float | None = None, use_tags: bool = True,
-                      split: dict | None = None, tokens: dict | None = None) -> Prepared:
-    """MovieLens (ml-latest-small layout). Item text = title, genres, user tags."""
+                      split: dict | None = None, tokens: dict | None = None,
+                      require_held_out: bool = True) -> Prepared:
+    """MovieLens (ml-latest-small layout). Item text = title, genres, user tags.
+    require_held_out: as in `prepare_files`."""
     import os
     report: dict = {}
-    ratings = read_interactions(os.path.join(path, "ratings.csv"), "userId", "movieId", "rating", "timestamp")
-    movies = read_table(os.path.join(path, "movies.csv"), "items")
-    require_columns(movies, {"item": "movieId", "title": "title", "genres": "genres"}, path)
-    items = pd.DataFrame({"item": _clean_ids(movies["movieId"], "movies.csv, column 'movieId'"),
+    rpath, mpath, tpath = (os.path.join(path, f) for f in ("ratings.csv", "movies.csv", "tags.csv"))
+    ratings = read_interactions(rpath, "userId", "movieId", "rating", "timestamp", raw_ids=True)
+    movies = read_table(mpath, "items", id_cols=("movieId",))
+    require_columns(movies, {"item": "movieId", "title": "title", "genres": "genres"}, mpath)
+    items = pd.DataFrame({"item": movies["movieId"].to_numpy(),
                           "title": movies["title"].fillna("").astype(str),
                           "genres": movies["genres"].fillna("").astype(str)
                           .str.replace("(no genres listed)", "", regex=False).str.replace("|", " ")})
+    frames = [(ratings, _where(rpath, "userId", "movieId")), (items, _where(mpath, None, "movieId"))]
     tags = None
     if use_tags:
-        t = read_table(os.path.join(path, "tags.csv"), "tags")
-        tags = pd.DataFrame({"user": _clean_ids(t["userId"], "tags.csv"),
-                             "item": _clean_ids(t["movieId"], "tags.csv"),
+        t = read_table(tpath, "tags", id_cols=("userId", "movieId"))
+        require_columns(t, {"user": "userId", "item": "movieId", "tag": "tag"}, tpath)
+        tags = pd.DataFrame({"user": t["userId"].to_numpy(), "item": t["movieId"].to_numpy(),
                              "tag": t["tag"].fillna("").astype(str)})
-    df = _dedupe(_implicit(ratings, min_rating, "ratings.csv"), "ratings.csv", report)
+        frames.append((tags, _where(tpath, "userId", "movieId")))
+    _apply_id_rule(frames)
+    df = _dedupe(_implicit(ratings, min_rating, rpath), "ratings.csv", report)
     split = split or {"kind": "random", "valid": 0.1, "test": 0.1, "seed": 2026}
     new_parts: dict = {}
     tr, va, te = _split(df, split, new_parts)
     tok, mc, ms = _tokenizer(tokens or {"prefix_fields": ["genres"], "min_count": 2})
     # cold-item protocol: the held-out items lose all user tags, not only the held-out pairs'
     untagged = set(te["item"]) - set(tr["item"]) - set(va["item"]) if split.get("kind") == "colditems" else None
-    return _build(tr, va, te, items, ["title", "genres"], tags, tok, mc, ms, report, untagged, new_parts)
+    return _build(tr, va, te, items, ["title", "genres"], tags, tok, mc, ms, report, untagged, new_parts,
+                  expect=_split_expects(split, rpath) if require_held_out else None)
 
 
 def prepare_files(interactions: str | None = None, train: str | None = None,
@@ -367,33 +428,51 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
                   items_item_col: str | None = None, text_cols: list[str] | None = None,
                   min_rating: float | None = None, encoding: str = "utf-8",
                   split: dict | None = None, valid_ratio: float = 0.1, seed: int = 2026,
-                  tokens: dict | None = None) -> Prepared:
+                  tokens: dict | None = None, require_held_out: bool = True) -> Prepared:
     """A user's own files. Either `interactions` (split by `split`) or `train` + `test`
-    (+ optional `valid`; otherwise a per-user `valid_ratio` of train is carved out)."""
+    (+ optional `valid`; otherwise a per-user `valid_ratio` of train is carved out).
+    Ids follow one id rule over all the files (recsys/data/ids.py). A test part, or a valid
+    part asked for (a valid file, valid_ratio > 0, data.split.valid > 0), left with no pairs is
+    a DataError; require_held_out=False allows it (a model or export built for use, not
+    evaluated)."""
     report: dict = {}
-    cols = dict(user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
-                encoding=encoding)
-
-    def load(p, what):
-        return _dedupe(_implicit(read_interactions(p, **cols), min_rating, p), what, report)
-
     if interactions is not None:
         if train is not None or test is not None:
             raise DataError("give either data.interactions or data.train/data.test, not both")
-        new_parts: dict = {}
-        tr, va, te = _split(load(interactions, "interactions"), split or {"kind": "random"}, new_parts)
+        paths = {"interactions": interactions}
     elif train is not None and test is not None:
-        tr, te = load(train, "train"), load(test, "test")
-        if valid is not None:
-            va = load(valid, "valid")
-        else:
-            tr, va = _carve_valid(tr, valid_ratio, seed)
+        paths = {"train": train, "test": test, **({"valid": valid} if valid is not None else {})}
     else:
         raise DataError("no interactions: set data.interactions=FILE, or data.train=FILE and data.test=FILE")
+    raw = {what: read_interactions(p, user_col, item_col, rating_col, time_col, encoding, raw_ids=True,
+                                   what=what, arg=f"data.{what}") for what, p in paths.items()}
+    frames = [(raw[what], _where(p, user_col, item_col)) for what, p in paths.items()]
     item_df = None
     if items is not None:
-        item_df = read_items(items, items_item_col or item_col, text_cols, encoding)
+        item_df = read_items(items, items_item_col or item_col, text_cols, encoding, raw_ids=True)
+        frames.append((item_df, _where(items, None, items_item_col or item_col)))
         text_cols = [c for c in item_df.columns if c != "item"]
+    _apply_id_rule(frames)
+    if item_df is not None:
+        item_df = _dedupe_items(item_df, items)
+    load = {what: _dedupe(_implicit(raw[what], min_rating, p), what, report) for what, p in paths.items()}
+
+    if interactions is not None:
+        new_parts: dict = {}
+        split = split or {"kind": "random"}
+        tr, va, te = _split(load["interactions"], split, new_parts)
+        expect = _split_expects(split, interactions)
+    else:
+        tr, te = load["train"], load["test"]
+        expect = {"test": test}
+        if valid is not None:
+            va = load["valid"]
+            expect["valid"] = valid
+        else:
+            tr, va = _carve_valid(tr, valid_ratio, seed)
+            if valid_ratio > 0:
+                expect["valid"] = f"data.valid_ratio={valid_ratio} of {train}"
     tok, mc, ms = _tokenizer(tokens)
     return _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report,
-                  new_parts=new_parts if interactions is not None else None)
+                  new_parts=new_parts if interactions is not None else None,
+                  expect=expect if require_held_out else None)

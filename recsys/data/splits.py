@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recsys.data.io import DataError
+
 TRAIN, VALID, TEST = 0, 1, 2
 NEW_GIVEN, NEW_TARGET = 3, 4     # new-user protocol: history given at inference / held-out target
 
@@ -17,7 +19,7 @@ def _rank_within_user(df: pd.DataFrame, key: np.ndarray):
     codes, _ = pd.factorize(df["user"].to_numpy())
     n = np.bincount(codes)
     order = np.lexsort((-key, codes))
-    starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+    starts = np.cumsum(n) - n                      # (U,) first position of each user
     pos = np.empty(len(df), dtype=np.int64)
     pos[order] = np.arange(len(df)) - np.repeat(starts, n)
     return codes, n, pos
@@ -30,7 +32,7 @@ def _cut(codes, pos, n_test, n_valid) -> np.ndarray:
 
 def _check_ratios(valid: float, test: float) -> None:
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
-        raise ValueError(f"data.split: ratios must be in [0, 1) with valid + test < 1, got valid={valid}, test={test}")
+        raise DataError(f"data.split: ratios must be in [0, 1) with valid + test < 1, got valid={valid}, test={test}")
 
 
 def random_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -49,7 +51,7 @@ def random_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: 
 def _time_order(df: pd.DataFrame, seed: int) -> np.ndarray:
     """Rank of each row by timestamp, ties broken by a seeded random key. (N,) float64."""
     if "timestamp" not in df:
-        raise ValueError("this split needs a timestamp column (set data.time_col)")
+        raise DataError("this split needs a timestamp column (set data.time_col)")
     rng = np.random.default_rng(seed)
     ts = df["timestamp"].to_numpy(dtype=np.float64)
     return np.lexsort((rng.random(len(df)), ts)).argsort().astype(np.float64)
@@ -91,7 +93,7 @@ def cold_items_split(df: pd.DataFrame, cold: float = 0.1, valid: float = 0.1, te
     recommended from their content. The other rows are split per user at random (valid, test),
     so test also holds warm items and the warm/cold slices are measured on the same users."""
     if not 0 < cold < 1:
-        raise ValueError(f"data.split.cold={cold} must be in (0, 1)")
+        raise DataError(f"data.split.cold={cold} must be in (0, 1)")
     _check_ratios(valid, test)
     rng = np.random.default_rng(seed)
     is_cold = _held_out(df["item"].to_numpy(), cold, rng)
@@ -110,9 +112,9 @@ def new_users_split(df: pd.DataFrame, new: float = 0.1, given: float = 0.5, vali
     at least one row when the user has two or more). The other users are split per user at
     random (valid, test) as usual."""
     if not 0 < new < 1:
-        raise ValueError(f"data.split.new={new} must be in (0, 1)")
+        raise DataError(f"data.split.new={new} must be in (0, 1)")
     if not 0 < given < 1:
-        raise ValueError(f"data.split.given={given} must be in (0, 1)")
+        raise DataError(f"data.split.given={given} must be in (0, 1)")
     _check_ratios(valid, test)
     rng = np.random.default_rng(seed)
     is_new = _held_out(df["user"].to_numpy(), new, rng)

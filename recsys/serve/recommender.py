@@ -52,7 +52,7 @@ class Recommender:
         import pandas as pd
 
         from recsys.data.content import tfidf_bags
-        from recsys.data.prepare import _clean_ids
+        from recsys.data.ids import conform_ids
         from recsys.models.extend import add_items
         from recsys.data.vocab import Vocab
         if not isinstance(items, pd.DataFrame):
@@ -66,7 +66,8 @@ class Recommender:
         if missing or not text_cols:
             raise KeyError(f"add_items: text column(s) {missing or text_cols} not in the frame "
                            f"(the model was trained on text fields {known})")
-        ids = _clean_ids(items[item_col], f"add_items, column {item_col!r}").tolist()
+        # the catalog's id kind decides (recsys/data/ids.py): "1" is the integer 1 in an integer catalog
+        ids = conform_ids(items[item_col], f"add_items, column {item_col!r}", self.items.ids, strict=True).tolist()
         if len(set(ids)) != len(ids):
             dup = pd.Series(ids)[pd.Series(ids).duplicated()].tolist()[:5]
             raise ValueError(f"add_items: duplicate item ids {dup}")
