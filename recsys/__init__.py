@@ -1,8 +1,24 @@
 """recsys: users, items and content tokens as embedding tables; collaborative, content and
-hybrid scores from one torch module. See README.md."""
+hybrid scores from one torch module. See README.md.
+
+    import recsys
+    rec = recsys.fit(ratings, items=movies, model="ease")            # in-process, no files
+    rec = recsys.Recommender.from_pretrained("outputs/run/export")   # or a train.py export
+    ids, scores = rec.recommend(["u1", "u2"], k=10)
+
+`import recsys` loads the serving path only (torch, numpy, safetensors); `recsys.fit` brings in
+the data preparation, and Lightning for the learned models, when it is called.
+"""
 __version__ = "0.1.0"
 
-from recsys.serve.recommender import Recommender  # noqa: E402
 from recsys.models.learned import Scorer, ScorerConfig  # noqa: E402
+from recsys.serve.recommender import Recommender  # noqa: E402
 
-__all__ = ["Recommender", "Scorer", "ScorerConfig", "__version__"]
+
+def fit(interactions, items=None, model="ease", **kwargs) -> Recommender:
+    """Fit a model from a DataFrame or sparse matrix in-process: recsys/train/fit.py."""
+    from recsys.train.fit import fit as _fit
+    return _fit(interactions, items, model, **kwargs)
+
+
+__all__ = ["Recommender", "Scorer", "ScorerConfig", "fit", "__version__"]

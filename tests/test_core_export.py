@@ -136,9 +136,12 @@ def test_seen_items_excluded_by_default(tmp_path):
     for r, u in enumerate(prep.users.ids):
         assert seen_of[u] <= set(ids_all[r])
         assert np.array_equal(sc_all[r], np.sort(scores[r])[::-1])
-    # with the mask, asking for the whole catalog puts the seen items last at -inf
-    _, sc_masked = rec.recommend("u0", k=n)
-    assert np.isneginf(sc_masked[-4:]).all() and np.isfinite(sc_masked[:-4]).all()
+    # with the mask, a seen item is never handed out: one user asking for the whole catalog
+    # gets the n - 4 items left; a batch that asks more than a user has left is refused
+    ids_masked, sc_masked = rec.recommend("u0", k=n)
+    assert len(ids_masked) == n - 4 and np.isfinite(sc_masked).all() and not seen_of["u0"] & set(ids_masked)
+    with pytest.raises(ValueError, match=f"k={n} exceeds the {n - 4} items user 'u0' may still get"):
+        rec.recommend(prep.users.ids, k=n)
 
 
 def test_unknown_user_and_bad_k(tmp_path):

@@ -121,6 +121,17 @@ def read_interactions(path: str, user_col: str = "user", item_col: str = "item",
     (recsys/data/ids.py) over this file alone; raw_ids=True leaves them as read (CSV: text as
     written) for the caller to apply the rule over several files, or an existing vocabulary."""
     df = read_table(path, what, encoding, id_cols=(user_col, item_col), arg=arg)
+    return interactions_from_frame(df, path, user_col, item_col, rating_col, time_col, raw_ids)
+
+
+def interactions_from_frame(df: pd.DataFrame, path: str, user_col: str = "user", item_col: str = "item",
+                            rating_col: str | None = "rating", time_col: str | None = "timestamp",
+                            raw_ids: bool = False) -> pd.DataFrame:
+    """read_interactions of a frame in memory; `path` names it in messages."""
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"{path}: expected a pandas DataFrame, got {type(df).__name__}")
+    if len(df) == 0:
+        raise DataError(f"{path} has no rows")
     require_columns(df, {"user": user_col, "item": item_col}, path)
     out = pd.DataFrame({"user": df[user_col].to_numpy(), "item": df[item_col].to_numpy()})
     if not raw_ids:
@@ -145,6 +156,14 @@ def read_items(path: str, item_col: str = "item", text_cols: list[str] | None = 
     Ids as in `read_interactions`; with raw_ids=True duplicate rows are left to the caller
     (`_dedupe_items`), after the id rule."""
     df = read_table(path, "items", encoding, id_cols=(item_col,), arg="data.items")
+    return items_from_frame(df, path, item_col, text_cols, raw_ids)
+
+
+def items_from_frame(df: pd.DataFrame, path: str, item_col: str = "item", text_cols: list[str] | None = None,
+                     raw_ids: bool = False) -> pd.DataFrame:
+    """read_items of a frame in memory; `path` names it in messages."""
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"{path}: expected a pandas DataFrame, got {type(df).__name__}")
     require_columns(df, {"item": item_col}, path)
     if text_cols is None:
         text_cols = [c for c in df.columns if c != item_col]
@@ -476,3 +495,31 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
     return _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report,
                   new_parts=new_parts if interactions is not None else None,
                   expect=expect if require_held_out else None)
+
+
+def prepare_frames(interactions: pd.DataFrame, items: pd.DataFrame | None = None,
+                   user_col: str = "user", item_col: str = "item", rating_col: str | None = "rating",
+                   time_col: str | None = "timestamp", items_item_col: str | None = None,
+                   text_cols: list[str] | None = None, min_rating: float | None = None,
+                   valid_ratio: float = 0.0, seed: int = 2026, tokens: dict | None = None) -> Prepared:
+    """Frames in memory, for a model fitted for use (recsys.fit): every interaction is training
+    data except a per-user `valid_ratio` carved out for validation; there is no test part. The
+    same id rule, cleaning and token bags as prepare_files (the frames are read as files are:
+    their id columns under the id rule, ratings and timestamps numeric)."""
+    report: dict = {}
+    where = "interactions frame"
+    raw = interactions_from_frame(interactions, where, user_col, item_col, rating_col, time_col, raw_ids=True)
+    frames = [(raw, _where(where, user_col, item_col))]
+    item_df = None
+    if items is not None:
+        item_df = items_from_frame(items, "items frame", items_item_col or item_col, text_cols, raw_ids=True)
+        frames.append((item_df, _where("items frame", None, items_item_col or item_col)))
+        text_cols = [c for c in item_df.columns if c != "item"]
+    _apply_id_rule(frames)
+    if item_df is not None:
+        item_df = _dedupe_items(item_df, "items frame")
+    tr = _dedupe(_implicit(raw, min_rating, where), "train", report)
+    tr, va = _carve_valid(tr, valid_ratio, seed)
+    te = tr.iloc[:0]
+    tok, mc, ms = _tokenizer(tokens)
+    return _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report, new_parts=None, expect=None)

@@ -46,3 +46,18 @@ def csr(pairs: np.ndarray, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(user, item) pairs (N, 2) -> CSR (indptr (n_rows+1,), indices (N,)) as int64 tensors."""
     indptr, indices, _ = csr_from_pairs(pairs[:, 0], pairs[:, 1], n_rows)
     return torch.from_numpy(indptr), torch.from_numpy(indices)
+
+
+def row_ids(indptr: torch.Tensor) -> torch.Tensor:
+    """(nnz,) the row of every entry of a CSR matrix: [0, 0, 1, 3, 3, 3] for indptr [0, 2, 3, 3, 6]."""
+    return torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr[1:] - indptr[:-1])
+
+
+def pairs_in(pairs: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_cols: int) -> np.ndarray:
+    """(N,) bool: which (row, col) pairs (N, 2) are entries of the CSR matrix (indptr, indices)
+    with n_cols columns: one sort of the matrix's keys, one binary search per pair."""
+    indptr, indices = np.asarray(indptr), np.asarray(indices)
+    keys = np.sort(np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr)) * n_cols + indices)
+    q = pairs[:, 0].astype(np.int64) * n_cols + pairs[:, 1]
+    pos = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
+    return (keys[pos] == q) if len(keys) else np.zeros(len(q), dtype=bool)

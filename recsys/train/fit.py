@@ -1,0 +1,96 @@
+"""Fit any recsys model in-process, from a pandas DataFrame (or a scipy sparse matrix), with no
+Hydra and no files written; the result is the same `Recommender` that `from_pretrained` loads.
+
+    import recsys
+    rec = recsys.fit(ratings, items=movies, model="ease", lam=200.0)
+    ids, scores = rec.recommend(["u1", "u2"], k=10)
+    rec.save_pretrained("my-model")                   # an export like train.py's
+
+    rec = recsys.fit(ratings, items=movies, model="hybrid", max_epochs=10)   # learned (Lightning)
+    rec = recsys.fit(csr_matrix)                      # rows users, columns items, ids = indices
+
+`model`: a kind ("itemknn", "userknn", "content_knn", "ease", "popularity", "hybrid",
+"collaborative", "content"), a dict as in configs/model/*.yaml (e.g. a blend), or a spec
+(train/specs.py); `**params` are the model's fields (lam=200.0, k=50, dim=32, ...).
+All interactions train the model (a learned model keeps a per-user `valid_ratio`, default 0.1,
+for early stopping and its fold-in weight). train.py fits through the same specs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _frame(interactions, user_col: str, item_col: str):
+    """A DataFrame from a DataFrame, or from a scipy sparse / dense 2-d matrix (users x items)."""
+    import pandas as pd
+    if isinstance(interactions, pd.DataFrame):
+        return interactions, user_col, item_col
+    try:
+        import scipy.sparse as sp
+    except ImportError:      # scipy is optional
+        sp = None
+    if sp is not None and sp.issparse(interactions):
+        m = sp.coo_matrix(interactions)
+        keep = m.data != 0
+        return pd.DataFrame({"user": m.row[keep].astype(np.int64), "item": m.col[keep].astype(np.int64),
+                             "rating": m.data[keep]}), "user", "item"
+    raise TypeError(f"interactions must be a pandas DataFrame or a scipy sparse matrix, got "
+                    f"{type(interactions).__name__}")
+
+
+def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user", item_col: str = "item",
+        rating_col: str | None = None, time_col: str | None = None, items_item_col: str | None = None,
+        text_cols: list[str] | None = None, min_rating: float | None = None, tokens: dict | None = None,
+        valid_ratio: float | None = None, seed: int = 2026, device: str = "cpu", max_epochs: int = 30,
+        **params):
+    """A fitted `Recommender` (serve/recommender.py). interactions: one row per (user, item)
+    interaction (columns user_col, item_col, optional rating_col / time_col), or a sparse users x
+    items matrix; items: an optional item table (items_item_col, default item_col, and text
+    columns: all others unless text_cols), whose text feeds content models, cold items and
+    items added later. Ids follow the package's id rule (recsys/data/ids.py)."""
+    import lightning as L
+
+    from recsys.data.prepare import prepare_frames
+    from recsys.serve.recommender import Recommender
+    from recsys.sparse.csr import csr
+    from recsys.train.build import eval_sets
+    from recsys.train.specs import Blend, FitContext, Learned, as_spec
+    if params:
+        if not isinstance(model, str):
+            raise TypeError("pass model parameters either in the model dict or as keywords with a kind name")
+        model = {"kind": model, **params}
+    spec = as_spec(model)
+    learned = isinstance(spec, Learned) or (isinstance(spec, Blend) and any(
+        isinstance(p, Learned) for p in (spec.first, spec.second)))
+    if learned and max_epochs < 1:
+        raise ValueError(f"max_epochs={max_epochs} trains nothing: a learned model needs at least one epoch")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} must be 'cpu' or 'cuda'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device on this machine")
+    frame, ucol, icol = _frame(interactions, user_col, item_col)
+    if ucol != user_col:
+        rating_col = "rating"
+    prep = prepare_frames(frame, items, user_col=ucol, item_col=icol, rating_col=rating_col, time_col=time_col,
+                          items_item_col=items_item_col, text_cols=text_cols, min_rating=min_rating,
+                          valid_ratio=(0.1 if learned else 0.0) if valid_ratio is None else valid_ratio,
+                          seed=seed, tokens=tokens)
+    sets = eval_sets(prep)
+    L.seed_everything(seed, workers=True, verbose=False)
+    callbacks = []
+    if learned and len(prep.valid):
+        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val/ndcg@10", mode="max", patience=3))
+    ctx = FitContext(callbacks=callbacks, seed=seed, device=device, max_epochs=max_epochs)
+    if isinstance(spec, Learned):
+        m, _, _ = spec.fit(prep, sets, ctx, test=False)
+    elif learned:
+        m, _, _ = spec.fit(prep, sets, ctx)
+    else:
+        m = spec.build(prep, device)
+    seen = csr(np.concatenate([prep.train, prep.valid]), prep.n_users)
+    return Recommender(m.cpu().eval(), prep.users, prep.items, prep.tokens, prep.tokenizer, seen,
+                       torch.from_numpy(prep.bags.idf), prep.item_titles,
+                       {"text_fields": prep.text_fields, "model": spec.to_dict()})
