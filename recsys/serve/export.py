@@ -486,12 +486,13 @@ def _read_vocab(path: str, n: int, size_name: str, what: str, keys=("ids", "unk"
         kinds = sorted({type(i).__name__ for i in ids})
         rule = "strings" if what == "tokens" else "all strings or all 64-bit integers"
         raise ExportError(f"{path}: {what} ids must be {rule}, found {kinds}")
-    if len(set(ids)) != len(ids):
+    unique = set(ids)
+    if len(unique) != len(ids):
         seen: set = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise ExportError(f"{path}: id {_show(dup)} appears more than once")
     unk = obj.get("unk")
-    if unk is not None and not (isinstance(unk, (str, int)) and not isinstance(unk, bool) and unk in set(ids)):
+    if unk is not None and not (isinstance(unk, (str, int)) and not isinstance(unk, bool) and unk in unique):
         raise ExportError(f"{path}: unk={_show(unk)} is not one of its ids")
     return Vocab(ids, unk=unk), obj
 
