@@ -56,9 +56,16 @@ def _abs(W: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(W.crow_indices(), W.col_indices(), W.values().abs(), W.shape)
 
 
-def _normalise(s: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """In place: s / den where den > 0, else 0."""
-    return s.div_(den.masked_fill_(den <= 0, float("inf")))
+def _votes(c: MemoryConfig, op: RightOperand, op_den: RightOperand | None, A: torch.Tensor,
+           A_den: torch.Tensor | None, out, ws) -> torch.Tensor:
+    """(b, I) = A @ op (into `out` when it fits); with normalize=True divided elementwise by
+    A_den @ op_den, the sum of the similarities that contributed (0 where none did)."""
+    out = out_block(out, A.shape[0], c.n_items, A.values())
+    s = op.product_bounded(A, out, ws, c.max_products)                                # (b, I)
+    if c.normalize:
+        den = op_den.product_bounded(A_den, torch.empty_like(s), ws, c.max_products)
+        s.div_(den.masked_fill_(den <= 0, float("inf")))
+    return s
 
 
 class ItemKNN(MemoryModel):
@@ -85,12 +92,7 @@ class ItemKNN(MemoryModel):
 
     def score_histories(self, H: torch.Tensor, side: ItemKNNSide, out=None, ws=None) -> torch.Tensor:
         c = self.config
-        out = out_block(out, H.shape[0], c.n_items, H.values())
-        s = side.B.product_bounded(H, out, ws, c.max_products)                    # (b, I)
-        if c.normalize:
-            den = side.absB.product_bounded(_ones(H), torch.empty_like(s), ws, c.max_products)
-            s = _normalise(s, den)
-        return self._fill(s)
+        return self._fill(_votes(c, side.B, side.absB, H, _ones(H) if c.normalize else None, out, ws))
 
     def _grow_tables(self, st: dict[str, torch.Tensor], m: int) -> None:
         # new items have no co-occurrence: no neighbours
@@ -157,9 +159,4 @@ class UserKNN(MemoryModel):
         """(b, U) sparse neighbour weights -> (b, I) scores: s = Wb @ X (normalised by the
         neighbours' weights on each item with normalize=True)."""
         c = self.config
-        out = out_block(out, Wb.shape[0], c.n_items, Wb.values())
-        s = side.XT.product_bounded(Wb, out, ws, c.max_products)                   # (b, I)
-        if c.normalize:
-            den = side.MT.product_bounded(_abs(Wb), torch.empty_like(s), ws, c.max_products)
-            s = _normalise(s, den)
-        return s
+        return _votes(c, side.XT, side.MT, Wb, _abs(Wb) if c.normalize else None, out, ws)
