@@ -44,6 +44,10 @@ class EASE(MemoryModel):
         B.diagonal().zero_()
         return {"ease_B": B}
 
+    @classmethod
+    def _declare_tables(cls, c: MemoryConfig, spec, p: str) -> None:
+        spec.add(p + "ease_B", "F32", c.n_items, c.n_items)
+
     def score_histories(self, H: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
         """(b, I) sparse history rows -> (b, I): s[u] = sum_j x_uj B[j], a weighted sum of rows
         of B per user (an embedding bag), work nnz(H) x I reads, no (b, I) temporary besides

@@ -78,6 +78,10 @@ class ItemKNN(MemoryModel):
     def _fit_tables(cls, c: MemoryConfig, X: torch.Tensor, buffers: dict) -> dict[str, torch.Tensor]:
         return _neighbours(c, transpose(X))                                        # W (I, I) from (I, U)
 
+    @classmethod
+    def _declare_tables(cls, c: MemoryConfig, spec, p: str) -> None:
+        spec.add_csr(p + "w", c.n_items, c.n_items, p + "w_values")                # W (I, I)
+
     def _W(self) -> torch.Tensor:
         n = self.config.n_items
         return torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (n, n))
@@ -126,6 +130,10 @@ class UserKNN(MemoryModel):
     @classmethod
     def _fit_tables(cls, c: MemoryConfig, X: torch.Tensor, buffers: dict) -> dict[str, torch.Tensor]:
         return _neighbours(c, X)                                                   # W (U, U)
+
+    @classmethod
+    def _declare_tables(cls, c: MemoryConfig, spec, p: str) -> None:
+        spec.add_csr(p + "w", c.n_users, c.n_users, p + "w_values")                # W (U, U)
 
     def item_side(self) -> UserKNNSide:
         c = self.config

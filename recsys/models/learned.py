@@ -216,6 +216,25 @@ class Scorer(Model):
         return coldstart.cold_rows(V, b, self.item_warm, self._fill() if use_fill else None)
 
     @classmethod
+    def declare_tensors(cls, c: ScorerConfig, spec, p: str = "") -> None:
+        """What an export of a Scorer holds (see MemoryModel.declare_tensors): the baked form,
+        token table projected (token_pre_dim 0)."""
+        U, I, T = c.n_users, c.n_items, c.n_tokens
+        spec.add_csr(p + "tok", I, T, p + "tok_weights")
+        spec.add_csr(p + "hist", U, I, None)
+        spec.add_csr(p + "fill", I, I, p + "fill_weights")
+        spec.add(p + "item_warm", "BOOL", I)
+        if c.uses_cf:
+            spec.add(p + "user_emb.weight", "F32", U, c.dim)
+            spec.add(p + "item_emb.weight", "F32", I, c.dim)
+            if c.item_bias:
+                spec.add(p + "item_bias", "F32", I)
+        if c.uses_content:
+            spec.add(p + "token_emb.weight", "F32", T, c.dim)
+        if c.variant == "hybrid" and c.learn_alpha:
+            spec.add(p + "alpha_logit", "F32")
+
+    @classmethod
     def from_state(cls, config: dict, state: dict[str, torch.Tensor]) -> "Scorer":
         scorer = cls(ScorerConfig(**config), {k: state[k] for k in BUFFERS + FILL if k in state})
         scorer.load_state_dict(state, strict=True)

@@ -116,6 +116,21 @@ class MemoryModel(Model):
             m.set_fill(*(state[n] for n in FILL))
         return m
 
+    @classmethod
+    def declare_tensors(cls, c: MemoryConfig, spec, p: str = "") -> None:
+        """What an export of this kind holds, for the loader to check before reading a tensor
+        (serve/export.py): spec.add_csr(name, rows, cols, values name or None, optional=...)
+        and spec.add(name, dtype, *shape); p prefixes a blend part's names."""
+        U, I, T = c.n_users, c.n_items, c.n_tokens
+        spec.add_csr(p + "hist", U, I, p + "hist_values")
+        cls._declare_tables(c, spec, p)
+        spec.add_csr(p + "tok", I, T, p + "tok_weights", optional=True)
+        spec.add_csr(p + "fill", I, I, p + "fill_weights", optional=True)
+
+    @classmethod
+    def _declare_tables(cls, c: MemoryConfig, spec, p: str) -> None:
+        raise NotImplementedError
+
     def set_fill(self, fill_indptr: torch.Tensor, fill_indices: torch.Tensor, fill_weights: torch.Tensor) -> None:
         """The cold items' fill matrix (coldstart.py), applied to every score block."""
         for name, t in zip(FILL, (fill_indptr, fill_indices, fill_weights)):

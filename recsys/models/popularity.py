@@ -21,6 +21,10 @@ class Popularity(MemoryModel):
     def _fit_tables(cls, c: MemoryConfig, X: torch.Tensor, buffers: dict) -> dict[str, torch.Tensor]:
         return {"pop": popularity_counts(buffers["hist_indices"], c.n_items)}
 
+    @classmethod
+    def _declare_tables(cls, c: MemoryConfig, spec, p: str) -> None:
+        spec.add(p + "pop", "F32", c.n_items)
+
     def score_users(self, users: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
         return self.pop.expand(len(users), -1).clone()                             # (b, I)
 

@@ -155,7 +155,6 @@ def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, 
 # structure, indices in range, finite floats, 0/1 bools); the vocabularies against the same sizes.
 # Every failure is an ExportError whose one-line message names the file at fault.
 
-MEMORY_KINDS = ("itemknn", "userknn", "content_knn", "ease", "popularity")
 MAX_BLEND_DEPTH = 8             # a blend's part may be a blend, up to this deep
 _INT64 = 2 ** 63
 
@@ -328,14 +327,19 @@ def _model_spec(c, file: str, where: str = "scorer", prefix: str = "", spec: _Sp
                 depth: int = 0) -> _Spec:
     """The tensors config.json's scorer entry `c` says model.safetensors holds (key prefix for a
     blend's parts), with every size and option type-checked first."""
-    from recsys.models.blend import BLEND_NORMS
+    from recsys.models.blend import BLEND_NORMS, Blend
     from recsys.models.learned import ScorerConfig
-    from recsys.models.memory import MemoryConfig
+    from recsys.models.memory import MemoryConfig, MemoryModel
+    from recsys.models.registry import KINDS
     spec = spec if spec is not None else _Spec()
     if not isinstance(c, dict):
         raise ExportError(f"{file}: {where} must be a JSON object, got {_show(c)}")
     kind = c.get("kind", "learned")
-    if kind == "blend":
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ExportError(f"{file}: {where}.kind={_show(kind)} is not a model kind "
+                          f"({', '.join(sorted(KINDS))}; none means learned)")
+    if cls is Blend:
         _check_fields(c, _BLEND, ("n_users", "n_items", "alpha", "first", "second"), file, where)
         unknown = sorted(set(c) - set(_BLEND))
         if unknown:
@@ -353,49 +357,21 @@ def _model_spec(c, file: str, where: str = "scorer", prefix: str = "", spec: _Sp
                                       f"{where}.{size}={c[size]}")
             _model_spec(sub, file, f"{where}.{part}", f"{prefix}{part}.", spec, depth + 1)
         return spec
-    if kind not in MEMORY_KINDS and kind != "learned":
-        raise ExportError(f"{file}: {where}.kind={_show(kind)} is not a model kind "
-                          f"({', '.join(MEMORY_KINDS + ('blend',))}, or none for the learned scorer)")
-    if kind in MEMORY_KINDS:
+    memory = issubclass(cls, MemoryModel)
+    if memory:
         _check_fields(c, _MEMORY, ("kind", "n_users", "n_items"), file, where)
     else:
         _check_fields(c, _LEARNED, ("n_users", "n_items", "n_tokens"), file, where)
     try:
-        m = MemoryConfig(**c) if kind in MEMORY_KINDS else ScorerConfig(**c)
+        m = MemoryConfig(**c) if memory else ScorerConfig(**c)
     except (TypeError, ValueError) as e:
         raise ExportError(f"{file}: {where}: {_line(e)}") from None
-    U, I, T, p = m.n_users, m.n_items, m.n_tokens, prefix
-    if kind in MEMORY_KINDS:
-        spec.add_csr(p + "hist", U, I, p + "hist_values")
-        if kind in ("itemknn", "content_knn", "userknn"):
-            n = U if kind == "userknn" else I
-            spec.add_csr(p + "w", n, n, p + "w_values")
-        elif kind == "ease":
-            spec.add(p + "ease_B", "F32", I, I)
-        else:
-            spec.add(p + "pop", "F32", I)
-        spec.add_csr(p + "tok", I, T, p + "tok_weights", optional=True)
-        spec.add_csr(p + "fill", I, I, p + "fill_weights", optional=True)
-        if T > 0:
-            spec.n_tokens.add(T)
-        return spec
-    if m.token_pre_dim:
+    if not memory and m.token_pre_dim:
         raise ExportError(f"{file}: {where}.token_pre_dim={m.token_pre_dim}: an export stores the token "
                           f"table projected (token_pre_dim 0)")
-    spec.add_csr(p + "tok", I, T, p + "tok_weights")
-    spec.add_csr(p + "hist", U, I, None)
-    spec.add_csr(p + "fill", I, I, p + "fill_weights")
-    spec.add(p + "item_warm", "BOOL", I)
-    if m.uses_cf:
-        spec.add(p + "user_emb.weight", "F32", U, m.dim)
-        spec.add(p + "item_emb.weight", "F32", I, m.dim)
-        if m.item_bias:
-            spec.add(p + "item_bias", "F32", I)
-    if m.uses_content:
-        spec.add(p + "token_emb.weight", "F32", T, m.dim)
-    if m.variant == "hybrid" and m.learn_alpha:
-        spec.add(p + "alpha_logit", "F32")
-    spec.n_tokens.add(T)
+    cls.declare_tensors(m, spec, prefix)            # each kind says what its export holds
+    if not memory or m.n_tokens > 0:
+        spec.n_tokens.add(m.n_tokens)
     return spec
 
 
