@@ -124,6 +124,18 @@ def test_plain_integer_means_ascii_digits_no_sign_tricks_within_int64(column, ki
     assert all(type(i) is kind for i in ids) and [str(i) for i in ids] == column
 
 
+def test_whitespace_is_pythons():
+    """The stripped characters are exactly those of Python's str.isspace, found alike in Arrow
+    and Python string columns (an id padded with U+3000 or U+001C is that id)."""
+    import sys
+    from recsys.data.ids import WHITESPACE
+    assert WHITESPACE == "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+    raw = ["\u3000a", "a", "b\x1c", "b", "c\u200b"]       # U+200B (zero width) is not whitespace
+    for dtype in ("str", "string[python]", object):
+        ids = clean_ids([pd.Series(raw, dtype=dtype)], ["f.csv, column 'item'"])[0].tolist()
+        assert ids == ["a", "a", "b", "b", "c\u200b"], dtype
+
+
 def test_conform_follows_the_vocabulary_kind():
     s = pd.Series(["1", " 2", "bob"])
     assert conform_ids(s, "w", [1, 2]).tolist() == [1, 2, "bob"]
