@@ -146,7 +146,8 @@ def _taste_files(d):
     pd.DataFrame(rows[:5], columns=["user", "item"]).to_csv(os.path.join(d, "test.csv"), index=False)
     pd.DataFrame(items, columns=["item", "title", "genres"]).to_csv(os.path.join(d, "items.csv"), index=False)
     return prepare_files(train=os.path.join(d, "train.csv"), test=os.path.join(d, "test.csv"),
-                         items=os.path.join(d, "items.csv"), valid_ratio=0.0)
+                         items=os.path.join(d, "items.csv"), valid_ratio=0.0,
+                         require_held_out=False)           # built for use: its test pairs are all seen
 
 
 NEW = pd.DataFrame({"item": ["new_space", "new_cooking"],
