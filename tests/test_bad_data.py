@@ -328,3 +328,24 @@ def test_cli_fails_before_training_when_validation_is_empty(tmp_path, model):
     assert res.returncode != 0
     assert "no validation pairs left from data.valid_ratio=0.1 of" in res.stdout + res.stderr
     assert not (run_dir / "export").exists() and not (run_dir / "metrics.json").exists()
+
+
+def test_large_csv_reads_like_the_c_engine(tmp_path, monkeypatch):
+    """Files past ARROW_CSV_BYTES are parsed by pyarrow: the same frame as the C engine (text ids,
+    only empty cells missing, quoted commas and newlines, CRLF), and a file pyarrow refuses
+    falls back to the C engine's reading."""
+    import pandas as pd
+
+    from recsys.data import io
+    text = 'user,item,title\r\n1,NA,"a, b"\r\n2,nan,NULL\r\n 3 ,007,\r\n4,x,"multi\nline"\r\n'
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    small = io.read_table(str(path), "interactions", id_cols=("user", "item"))
+    monkeypatch.setattr(io, "ARROW_CSV_BYTES", 1)
+    big = io.read_table(str(path), "interactions", id_cols=("user", "item"))
+    assert big.equals(small) and small["item"].tolist() == ["NA", "nan", "007", "x"]
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("user,item\n1,2\n3,4,5,6\n")
+    with pytest.raises(io.DataError, match="cannot read interactions file"):
+        io.read_table(str(ragged), "interactions")
+    assert isinstance(small, pd.DataFrame)
