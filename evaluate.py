@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 import torch
@@ -61,7 +62,11 @@ def compare(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except (ValueError, KeyError, OSError) as e:    # bad input: the package's one-line message
+        log.error("%s: %s", type(e).__name__, " ".join(str(e).split()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

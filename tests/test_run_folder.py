@@ -91,3 +91,14 @@ def test_bad_model_values_end_train_py_with_one_line(override, words, tiny_files
     assert res.returncode == 1
     text = res.stdout + res.stderr
     assert words in text and "Traceback" not in text
+
+
+def test_evaluate_py_ends_bad_input_with_one_line(tmp_path):
+    """evaluate.py on a folder that is no export: exit 1, the loader's message, no traceback."""
+    (tmp_path / "test.csv").write_text("user,item\n1,2\n")
+    res = subprocess.run([sys.executable, "evaluate.py", f"export={tmp_path / 'nothing'}",
+                          f"test={tmp_path / 'test.csv'}", f"hydra.run.dir={tmp_path / 'h'}"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 1
+    text = res.stdout + res.stderr
+    assert "export directory not found" in text and "Traceback" not in text
