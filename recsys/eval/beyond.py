@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from recsys.sparse.csr import row_ids
+
 
 def recommendation_counts(lists: torch.Tensor, n_items: int) -> torch.Tensor:
     """(n_items,) how many lists contain each item. lists: (N, K) item indices."""
@@ -77,7 +79,7 @@ def intra_list_distance(lists: torch.Tensor, unit_vectors: torch.Tensor, chunk: 
 
 def _dense(X: torch.Tensor) -> torch.Tensor:
     crow = X.crow_indices()
-    rows = torch.repeat_interleave(torch.arange(X.shape[0], device=crow.device), crow[1:] - crow[:-1])
+    rows = row_ids(crow)
     out = torch.zeros(X.shape, dtype=X.values().dtype, device=crow.device)
     out[rows, X.col_indices()] = X.values()
     return out
@@ -109,7 +111,7 @@ def beyond_accuracy(lists: torch.Tensor, ks: list[int], n_items: int, train_user
 def unit_rows(indptr: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, n_cols: int) -> torch.Tensor:
     """Sparse CSR (R, n_cols) of the rows scaled to unit L2 norm (empty rows stay empty)."""
     R = len(indptr) - 1
-    row = torch.repeat_interleave(torch.arange(R), indptr[1:] - indptr[:-1])
+    row = row_ids(indptr)
     w = weights.float()
     sq = torch.zeros(R).index_add_(0, row, w * w)
     inv = torch.where(sq > 0, sq.rsqrt(), torch.zeros_like(sq))

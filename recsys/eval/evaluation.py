@@ -8,6 +8,7 @@ import torch
 
 from recsys.eval.metrics import hits_matrix, per_user_metrics
 from recsys.eval.ranking import rank
+from recsys.sparse.csr import row_ids
 
 
 class MetricSums:
@@ -58,7 +59,7 @@ def restrict_target(target: tuple[torch.Tensor, torch.Tensor], keep_item: torch.
     """The CSR target (indptr, indices) keeping only entries whose item has keep_item[item]."""
     indptr, indices = target
     keep = keep_item[indices]
-    row = torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr[1:] - indptr[:-1])
+    row = row_ids(indptr)
     counts = torch.bincount(row[keep], minlength=len(indptr) - 1)
     new = torch.zeros_like(indptr)
     new[1:] = torch.cumsum(counts, 0)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from recsys.sparse.csr import row_ids
 from recsys.sparse.spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, cut_rows, heavy_columns, slice_rows
 
 SIMILARITIES = ("cosine", "pearson", "euclidean", "jaccard")
@@ -87,7 +88,7 @@ class Similarity:
             X = _with_values(X, X.values().double())
         crow, val = X.crow_indices(), X.values()
         counts = (crow[1:] - crow[:-1])
-        row_of = torch.repeat_interleave(torch.arange(R, device=val.device), counts)
+        row_of = row_ids(crow)
         cc = column_counts(X)
         heavy = heavy_columns(cc, cc, R, R, dense_ratio)
         self.X = X

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from recsys.sparse.csr import row_ids
+
 DENSE_RATIO = 400.0   # cost of one sparse scalar product / one GEMM multiply-add, measured on a CPU core
 DENSE_FIXED = 16.0    # the GEMM's pass over the (b, R) output, in heavy columns' worth of work
 PAD_RATIO = 1.5       # light lists are padded to the longest of their group: lengths within 1.5x
@@ -107,7 +109,7 @@ class RightOperand:
         self.heavy_pos = torch.full((C,), -1, dtype=torch.long, device=dev)          # (C,)
         self.heavy_pos[self.heavy] = torch.arange(len(self.heavy), device=dev)
         crow, col, val = B.crow_indices(), B.col_indices(), B.values()
-        row = torch.repeat_interleave(torch.arange(R, device=dev), crow[1:] - crow[:-1])
+        row = row_ids(crow)
         is_h = self.heavy_pos[col] >= 0
         self.dense = torch.zeros(R, len(self.heavy), dtype=val.dtype, device=dev)     # (R, n_heavy)
         self.dense[row[is_h], self.heavy_pos[col[is_h]]] = val[is_h]
@@ -126,7 +128,7 @@ class RightOperand:
     def light_products(self, A: torch.Tensor) -> torch.Tensor:
         """(b,) number of light scalar products each row of A (b, C) costs."""
         crow = A.crow_indices()
-        row = torch.repeat_interleave(torch.arange(A.shape[0], device=crow.device), crow[1:] - crow[:-1])
+        row = row_ids(crow)
         lens = self.width_of[A.col_indices()].double()                 # padded lengths: what is materialised
         return torch.zeros(A.shape[0], dtype=torch.float64, device=crow.device).index_add_(0, row, lens)
 
@@ -146,7 +148,7 @@ class RightOperand:
         else:
             out.zero_()
         crow = A_light.crow_indices()
-        row = torch.repeat_interleave(torch.arange(A_light.shape[0], device=crow.device), crow[1:] - crow[:-1])
+        row = row_ids(crow)
         self._scatter(row, A_light.col_indices(), A_light.values(), out, ws if ws is not None else Workspace())
         return out
 
@@ -159,7 +161,7 @@ class RightOperand:
         dev = val.device
         if out is None:
             out = torch.empty(b, R, dtype=val.dtype, device=dev)
-        row = torch.repeat_interleave(torch.arange(b, device=dev), crow[1:] - crow[:-1])  # (nA,)
+        row = row_ids(crow)                                                # (nA,)
         is_h = self.heavy_pos[col] >= 0 if len(self.heavy) else None
         if is_h is not None and bool(is_h.any()):
             Ah = torch.zeros(b, len(self.heavy), dtype=val.dtype, device=dev)           # (b, n_heavy)
