@@ -31,9 +31,10 @@ def _modules() -> dict[str, str]:
     return out
 
 
-def _imports(path: str) -> set[str]:
+def _imports(path: str, top_level_only: bool = False) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    for node in (tree.body if top_level_only else ast.walk(tree)):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -68,8 +69,9 @@ def test_layers_import_only_downwards():
 
 
 def test_serving_path_never_reaches_preparation():
-    """Everything serve/ imports, followed transitively through the package, avoids the
-    pandas-based preparation."""
+    """Everything serve/ imports (also inside functions), followed transitively through the
+    package, avoids the pandas-based preparation. The package root counts with its module-level
+    imports only: its `fit` function is the training entry point, imported when called."""
     mods = _modules()
     seen, todo = set(), [m for m in mods if _layer(m) == "serve"]
     while todo:
@@ -77,7 +79,7 @@ def test_serving_path_never_reaches_preparation():
         if m in seen or m not in mods:
             continue
         seen.add(m)
-        for name in _imports(mods[m]):
+        for name in _imports(mods[m], top_level_only=(m == "recsys")):
             for cand in (name, name.rsplit(".", 1)[0]):
                 if cand in mods:
                     todo.append(cand)
