@@ -9,7 +9,7 @@ hybrid scores from one torch module. See README.md.
 `import recsys` loads the serving path only (torch, numpy, safetensors); `recsys.fit` brings in
 the data preparation, and Lightning for the learned models, when it is called.
 """
-__version__ = "0.1.0"
+from recsys.version import __version__  # noqa: E402
 
 from recsys.models.learned import Scorer, ScorerConfig  # noqa: E402
 from recsys.serve.recommender import Recommender  # noqa: E402

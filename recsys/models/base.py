@@ -81,8 +81,9 @@ class Model(nn.Module):
         return self
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, torch.Tensor]) -> "Model":
-        """Rebuild from an export's config (JSON dict) and state_dict tensors."""
+    def from_state(cls, config: dict, state: dict[str, torch.Tensor], rebuild=None) -> "Model":
+        """Rebuild from an export's config (JSON dict) and state_dict tensors; `rebuild`
+        (registry.model_from_state) rebuilds the parts of a composite model."""
         raise NotImplementedError
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:

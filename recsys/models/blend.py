@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from recsys.models.base import Model
+from recsys.models.normalise import max_abs, standardise
 
 BLEND_NORMS = ("zscore", "max")
 
@@ -46,13 +47,6 @@ class BlendSide:
     second: Any
 
 
-def standardise(s: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> torch.Tensor:
-    """z_u: per row, (s - mean) / std over the catalog (or with given (B, 1) statistics)."""
-    if mean is None:
-        std, mean = torch.std_mean(s, dim=1, keepdim=True)
-    return (s - mean) / (std + 1e-8)
-
-
 class Blend(Model):
     kind = "blend"
 
@@ -67,12 +61,11 @@ class Blend(Model):
                                   first.config.to_json(), second.config.to_json(), norm=norm)
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, torch.Tensor]) -> "Blend":
-        from recsys.models.registry import model_from_state
-
+    def from_state(cls, config: dict, state: dict[str, torch.Tensor], rebuild=None) -> "Blend":
+        """rebuild: registry.model_from_state, which rebuilds each part from its config."""
         def sub(prefix):
             return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        return cls(model_from_state(config["first"], sub("first")), model_from_state(config["second"], sub("second")),
+        return cls(rebuild(config["first"], sub("first")), rebuild(config["second"], sub("second")),
                    config["alpha"], config.get("norm", "zscore"))
 
     def item_side(self) -> BlendSide:
@@ -85,10 +78,7 @@ class Blend(Model):
                 + (1 - a) * self._norm(self.second.score(who, side.second)))
 
     def _norm(self, s: torch.Tensor) -> torch.Tensor:
-        if self.config.norm == "max":
-            top = s.abs().amax(dim=1, keepdim=True)                                  # (b, 1)
-            return s / torch.where(top > 0, top, torch.ones_like(top))
-        return standardise(s)
+        return max_abs(s) if self.config.norm == "max" else standardise(s)
 
     def grow(self, bags) -> "Blend":
         return Blend(self.first.grow(bags), self.second.grow(bags), self.config.alpha, self.config.norm)

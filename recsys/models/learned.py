@@ -34,7 +34,7 @@ from torch import nn
 
 from recsys.models import coldstart
 from recsys.models.base import Model
-from recsys.models.blend import standardise
+from recsys.models.normalise import standardise
 from recsys.sparse.csr import gather_rows
 
 VARIANTS = ("collaborative", "content", "hybrid")
@@ -235,7 +235,7 @@ class Scorer(Model):
             spec.add(p + "alpha_logit", "F32")
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, torch.Tensor]) -> "Scorer":
+    def from_state(cls, config: dict, state: dict[str, torch.Tensor], rebuild=None) -> "Scorer":
         scorer = cls(ScorerConfig(**config), {k: state[k] for k in BUFFERS + FILL if k in state})
         scorer.load_state_dict(state, strict=True)
         return scorer

@@ -106,7 +106,7 @@ class MemoryModel(Model):
         raise NotImplementedError
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, torch.Tensor]) -> "MemoryModel":
+    def from_state(cls, config: dict, state: dict[str, torch.Tensor], rebuild=None) -> "MemoryModel":
         cfg = MemoryConfig(**config)
         missing = [n for n in cls.tables + HIST if n not in state]
         if missing:

@@ -27,7 +27,7 @@ def model_class(kind: str) -> type[Model]:
 
 def model_from_state(cfg: dict, state: dict[str, torch.Tensor]) -> Model:
     """Rebuild any recsys model from its JSON config and its state_dict tensors."""
-    return model_class(cfg.get("kind", "learned")).from_state(cfg, state)
+    return model_class(cfg.get("kind", "learned")).from_state(cfg, state, model_from_state)
 
 
 def fit_memory(config, *args, **kwargs) -> Model:

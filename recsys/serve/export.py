@@ -122,7 +122,7 @@ def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, 
                 tokenizer: WordTokenizer, seen: tuple[torch.Tensor, torch.Tensor],
                 token_idf: torch.Tensor, item_titles: list[str] | None = None,
                 meta: dict | None = None) -> str:
-    from recsys import __version__
+    from recsys.version import __version__
     tmp = atomic_dir(path)
     try:
         scorer = scorer.baked()

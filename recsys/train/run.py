@@ -99,9 +99,9 @@ def run_info(config: dict, seed: int, data_files: list[str]) -> dict:
     """What is needed to reproduce the run: resolved config, versions, data checksums, seeds."""
     import lightning as L
 
-    import recsys
+    from recsys.version import __version__
     split = config.get("data", {}).get("split")
-    return {"recsys": recsys.__version__, "torch": torch.__version__, "lightning": L.__version__,
+    return {"recsys": __version__, "torch": torch.__version__, "lightning": L.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "seed": int(seed), "split": split,
             "data_sha256": {os.path.abspath(f): sha256(f) for f in data_files if os.path.isfile(f)},
