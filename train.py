@@ -21,7 +21,7 @@ from recsys.eval.evaluation import format_table
 from recsys.serve.export import write_json_atomic
 from recsys.train.build import eval_sets
 from recsys.train.run import RunLock, checkpoint_path, data_files, final_report, run_info, write_run
-from recsys.train.specs import FitContext, Learned
+from recsys.train.specs import FitContext
 
 log = logging.getLogger("train")
 
@@ -49,8 +49,7 @@ def run(cfg: DictConfig) -> dict:
 def _run(cfg: DictConfig, out: str) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     spec = hydra.utils.instantiate(cfg.model)          # checks the model's parameters first
-    uses_epochs = isinstance(spec, Learned) or any(isinstance(p, Learned) for p in vars(spec).values())
-    if uses_epochs and cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) < 1:
+    if spec.trains and cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) < 1:
         raise ValueError(f"trainer.max_epochs={cfg.trainer.max_epochs} trains nothing: a learned model "
                          f"needs at least one epoch")
     ckpt = checkpoint_path(cfg.ckpt_path, out)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
 from recsys.data.content import TokenBags, tfidf_bags
 from recsys.data.ids import clean_id_column, clean_ids
@@ -32,6 +31,7 @@ from recsys.data.io import DataError, read_table, require_columns
 from recsys.data.splits import NEW_GIVEN, NEW_TARGET, SPLITS, TEST, TRAIN, VALID
 from recsys.data.tokenize import WordTokenizer, make_tokenizer
 from recsys.data.vocab import Vocab
+from recsys.sparse.csr import member
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     parts = {}
     for what, df in (("valid", valid), ("test", test)):
         p = to_pairs(df, what)
-        inter = _member(p[:, 0] * n_items + p[:, 1], masked)
+        inter = member(p[:, 0] * n_items + p[:, 1], masked)
         if inter.any():
             report[f"{what}_rows_already_seen"] = int(inter.sum())
             log.warning("%s: dropped %d (user, item) pairs already in train%s", what, int(inter.sum()),
@@ -341,16 +341,6 @@ def _split_expects(split: dict, path: str) -> dict[str, str]:
         if v and float(v) > 0:
             out[what] = f"data.split.{what}={v} of {path}"
     return out
-
-
-def _member(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """(N,) bool: keys[i] is in pool (int64 arrays), by one sort and a binary search (np.isin's
-    hashing is several times slower on tens of millions of keys)."""
-    if len(pool) == 0 or len(keys) == 0:
-        return np.zeros(len(keys), dtype=bool)
-    srt = torch.sort(torch.from_numpy(np.ascontiguousarray(pool))).values.numpy()
-    pos = np.minimum(np.searchsorted(srt, keys), len(srt) - 1)
-    return srt[pos] == keys
 
 
 def _add_new_users(prep: Prepared, new_parts: dict, report: dict) -> None:
@@ -440,6 +430,23 @@ def prepare_movielens(path: str, min_rating: float | None = None, use_tags: bool
                   expect=_split_expects(split, rpath) if require_held_out else None)
 
 
+def _clean(raw: dict[str, pd.DataFrame], where: dict[str, str], item_df: pd.DataFrame | None,
+           items_where: str | None, user_col: str, item_col: str, items_item_col: str | None,
+           text_cols: list[str] | None, min_rating: float | None, report: dict):
+    """Interaction parts and the item table as read (raw ids) -> (parts cleaned: id rule over
+    all of them, implicit positives, duplicates dropped; the item table deduplicated; its text
+    columns). where: each part's file (or frame) name for the messages."""
+    frames = [(raw[what], _where(where[what], user_col, item_col)) for what in raw]
+    if item_df is not None:
+        frames.append((item_df, _where(items_where, None, items_item_col or item_col)))
+        text_cols = [c for c in item_df.columns if c != "item"]
+    _apply_id_rule(frames)
+    if item_df is not None:
+        item_df = _dedupe_items(item_df, items_where)
+    load = {what: _dedupe(_implicit(raw[what], min_rating, where[what]), what, report) for what in raw}
+    return load, item_df, text_cols
+
+
 def prepare_files(interactions: str | None = None, train: str | None = None,
                   test: str | None = None, valid: str | None = None, items: str | None = None,
                   user_col: str = "user", item_col: str = "item",
@@ -465,16 +472,10 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
         raise DataError("no interactions: set data.interactions=FILE, or data.train=FILE and data.test=FILE")
     raw = {what: read_interactions(p, user_col, item_col, rating_col, time_col, encoding, raw_ids=True,
                                    what=what, arg=f"data.{what}") for what, p in paths.items()}
-    frames = [(raw[what], _where(p, user_col, item_col)) for what, p in paths.items()]
-    item_df = None
-    if items is not None:
-        item_df = read_items(items, items_item_col or item_col, text_cols, encoding, raw_ids=True)
-        frames.append((item_df, _where(items, None, items_item_col or item_col)))
-        text_cols = [c for c in item_df.columns if c != "item"]
-    _apply_id_rule(frames)
-    if item_df is not None:
-        item_df = _dedupe_items(item_df, items)
-    load = {what: _dedupe(_implicit(raw[what], min_rating, p), what, report) for what, p in paths.items()}
+    item_df = None if items is None else read_items(items, items_item_col or item_col, text_cols, encoding,
+                                                    raw_ids=True)
+    load, item_df, text_cols = _clean(raw, paths, item_df, items, user_col, item_col, items_item_col, text_cols,
+                                      min_rating, report)
 
     if interactions is not None:
         new_parts: dict = {}
@@ -508,18 +509,13 @@ def prepare_frames(interactions: pd.DataFrame, items: pd.DataFrame | None = None
     their id columns under the id rule, ratings and timestamps numeric)."""
     report: dict = {}
     where = "interactions frame"
-    raw = interactions_from_frame(interactions, where, user_col, item_col, rating_col, time_col, raw_ids=True)
-    frames = [(raw, _where(where, user_col, item_col))]
-    item_df = None
-    if items is not None:
-        item_df = items_from_frame(items, "items frame", items_item_col or item_col, text_cols, raw_ids=True)
-        frames.append((item_df, _where("items frame", None, items_item_col or item_col)))
-        text_cols = [c for c in item_df.columns if c != "item"]
-    _apply_id_rule(frames)
-    if item_df is not None:
-        item_df = _dedupe_items(item_df, "items frame")
-    tr = _dedupe(_implicit(raw, min_rating, where), "train", report)
-    tr, va = _carve_valid(tr, valid_ratio, seed)
+    raw = {"train": interactions_from_frame(interactions, where, user_col, item_col, rating_col, time_col,
+                                            raw_ids=True)}
+    item_df = None if items is None else items_from_frame(items, "items frame", items_item_col or item_col,
+                                                          text_cols, raw_ids=True)
+    load, item_df, text_cols = _clean(raw, {"train": where}, item_df, "items frame", user_col, item_col,
+                                      items_item_col, text_cols, min_rating, report)
+    tr, va = _carve_valid(load["train"], valid_ratio, seed)
     te = tr.iloc[:0]
     tok, mc, ms = _tokenizer(tokens)
     return _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report, new_parts=None, expect=None)

@@ -120,17 +120,16 @@ def cold_rows(V: torch.Tensor, b: torch.Tensor | None, warm: torch.Tensor,
     return V, b
 
 
-def neutralise(s: torch.Tensor, warm: torch.Tensor, keep: torch.Tensor,
-               scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, I) scores whose columns outside `keep` (I,) bool are set to each user's mean score
-    over the `warm` (I,) items: the neutral score of an item the model knows nothing of.
+def neutralise(s: torch.Tensor, warm: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, I) scores whose columns outside `warm` (I,) bool are set to each user's mean score
+    over the warm items: the neutral score of an item the model knows nothing of.
     With a (B, I) scratch block: in place in s (no autograd), the same values."""
-    if bool(keep.all()):
+    if bool(warm.all()):
         return s
     masked = s * warm if scratch is None else torch.mul(s, warm, out=scratch)
     mean = masked.sum(1, keepdim=True) / warm.sum().clamp(min=1)                   # (B, 1)
     if scratch is None:
-        return torch.where(keep, s, mean)
-    cold = torch.nonzero(~keep).flatten()
+        return torch.where(warm, s, mean)
+    cold = torch.nonzero(~warm).flatten()
     s[:, cold] = mean.expand(-1, len(cold))
     return s

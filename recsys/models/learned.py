@@ -208,12 +208,9 @@ class Scorer(Model):
             side = LearnedItems(V, b, C, self._hybrid_side(side))
         return side
 
-    def _fill(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.fill_indptr, self.fill_indices, self.fill_weights
-
     def _cold_rows(self, V: torch.Tensor, b: torch.Tensor | None, use_fill: bool = True):
         """coldstart.cold_rows of this model: cold rows filled (eval mode) or neutral."""
-        return coldstart.cold_rows(V, b, self.item_warm, self._fill() if use_fill else None)
+        return coldstart.cold_rows(V, b, self.item_warm, (self.fill_indptr, self.fill_indices, self.fill_weights) if use_fill else None)
 
     @classmethod
     def declare_tensors(cls, c: ScorerConfig, spec, p: str = "") -> None:
@@ -312,7 +309,7 @@ class Scorer(Model):
         the cold rows already, so scores come back unchanged."""
         if not self.training:
             return s_cf
-        return coldstart.neutralise(s_cf, self.item_warm, self.item_warm, scratch)
+        return coldstart.neutralise(s_cf, self.item_warm, scratch)
 
     standardise = staticmethod(standardise)
 

@@ -53,11 +53,19 @@ def row_ids(indptr: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr[1:] - indptr[:-1])
 
 
+def member(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """(N,) bool: keys[i] is in pool (int64 arrays), by one sort and a binary search (np.isin's
+    hashing is several times slower on tens of millions of keys)."""
+    if len(pool) == 0 or len(keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    srt = torch.sort(torch.from_numpy(np.ascontiguousarray(pool))).values.numpy()
+    pos = np.minimum(np.searchsorted(srt, keys), len(srt) - 1)
+    return srt[pos] == keys
+
+
 def pairs_in(pairs: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_cols: int) -> np.ndarray:
     """(N,) bool: which (row, col) pairs (N, 2) are entries of the CSR matrix (indptr, indices)
-    with n_cols columns: one sort of the matrix's keys, one binary search per pair."""
+    with n_cols columns (keys row * n_cols + col, `member`)."""
     indptr, indices = np.asarray(indptr), np.asarray(indices)
-    keys = np.sort(np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr)) * n_cols + indices)
-    q = pairs[:, 0].astype(np.int64) * n_cols + pairs[:, 1]
-    pos = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
-    return (keys[pos] == q) if len(keys) else np.zeros(len(q), dtype=bool)
+    rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    return member(pairs[:, 0].astype(np.int64) * n_cols + pairs[:, 1], rows * n_cols + indices)

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 
-def _frame(interactions, user_col: str, item_col: str):
-    """A DataFrame from a DataFrame, or from a scipy sparse / dense 2-d matrix (users x items)."""
+def _frame(interactions, user_col: str, item_col: str, rating_col: str | None):
+    """(frame, user_col, item_col, rating_col) from a DataFrame, or from a scipy sparse matrix
+    (users x items: ids are the row and column indices, the values ratings)."""
     import pandas as pd
     if isinstance(interactions, pd.DataFrame):
-        return interactions, user_col, item_col
+        return interactions, user_col, item_col, rating_col
     try:
         import scipy.sparse as sp
     except ImportError:      # scipy is optional
@@ -36,7 +37,7 @@ def _frame(interactions, user_col: str, item_col: str):
         m = sp.coo_matrix(interactions)
         keep = m.data != 0
         return pd.DataFrame({"user": m.row[keep].astype(np.int64), "item": m.col[keep].astype(np.int64),
-                             "rating": m.data[keep]}), "user", "item"
+                             "rating": m.data[keep]}), "user", "item", "rating"
     raise TypeError(f"interactions must be a pandas DataFrame or a scipy sparse matrix, got "
                     f"{type(interactions).__name__}")
 
@@ -57,37 +58,33 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     from recsys.serve.recommender import Recommender
     from recsys.sparse.csr import csr
     from recsys.train.build import eval_sets
-    from recsys.train.specs import Blend, FitContext, Learned, as_spec
+    from recsys.train.specs import FitContext, Learned, as_spec
     if params:
         if not isinstance(model, str):
             raise TypeError("pass model parameters either in the model dict or as keywords with a kind name")
         model = {"kind": model, **params}
     spec = as_spec(model)
-    learned = isinstance(spec, Learned) or (isinstance(spec, Blend) and any(
-        isinstance(p, Learned) for p in (spec.first, spec.second)))
-    if learned and max_epochs < 1:
+    if spec.trains and max_epochs < 1:
         raise ValueError(f"max_epochs={max_epochs} trains nothing: a learned model needs at least one epoch")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r} must be 'cpu' or 'cuda'")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch sees no CUDA device on this machine")
-    frame, ucol, icol = _frame(interactions, user_col, item_col)
-    if ucol != user_col:
-        rating_col = "rating"
-    prep = prepare_frames(frame, items, user_col=ucol, item_col=icol, rating_col=rating_col, time_col=time_col,
+    frame, ucol, icol, rcol = _frame(interactions, user_col, item_col, rating_col)
+    prep = prepare_frames(frame, items, user_col=ucol, item_col=icol, rating_col=rcol, time_col=time_col,
                           items_item_col=items_item_col, text_cols=text_cols, min_rating=min_rating,
-                          valid_ratio=(0.1 if learned else 0.0) if valid_ratio is None else valid_ratio,
+                          valid_ratio=(0.1 if spec.trains else 0.0) if valid_ratio is None else valid_ratio,
                           seed=seed, tokens=tokens)
     sets = eval_sets(prep)
     L.seed_everything(seed, workers=True, verbose=False)
     callbacks = []
-    if learned and len(prep.valid):
+    if spec.trains and len(prep.valid):
         callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val/ndcg@10", mode="max", patience=3))
     ctx = FitContext(callbacks=callbacks, seed=seed, device=device, max_epochs=max_epochs)
     if isinstance(spec, Learned):
-        m, _, _ = spec.fit(prep, sets, ctx, test=False)
-    elif learned:
-        m, _, _ = spec.fit(prep, sets, ctx)
+        m, _, _ = spec.fit(prep, sets, ctx, test=False)       # no test part: fitted for use
+    elif spec.trains:
+        m, _, _ = spec.fit(prep, sets, ctx)                   # a blend tests none of its parts
     else:
         m = spec.build(prep, device)
     seen = csr(np.concatenate([prep.train, prep.valid]), prep.n_users)

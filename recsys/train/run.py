@@ -84,6 +84,11 @@ def checkpoint_path(ckpt_path: str | None, out: str) -> str | None:
     if not os.path.isfile(path):
         raise RunFolderError(f"ckpt_path={ckpt_path}: no checkpoint file at {path}"
                              + (" (this run folder has no last checkpoint yet)" if ckpt_path == "last" else ""))
+    try:      # read as Lightning will (weights_only: nothing in it runs), so a bad file fails here, in one line
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:      # noqa: BLE001 (whatever torch.load says, the file is not resumable)
+        raise RunFolderError(f"ckpt_path={ckpt_path}: refused, {path} is not a plain-tensor checkpoint "
+                             f"(torch.load weights_only: {' '.join(str(e).split())[:160]})") from None
     return path
 
 

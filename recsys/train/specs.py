@@ -13,7 +13,6 @@ the evaluation chunk, the device. Specs are plain values: `spec.to_dict()` is th
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -54,6 +53,8 @@ class Memory:
                              f"model kind {kind!r} is not a memory-based model")
         self.kind, self.params = kind, dict(params)
 
+    trains = False                  # fitted in one pass, no epochs
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, **self.params}
 
@@ -82,6 +83,8 @@ class Learned:
         self.variant, self.params, self.fold_in_lambda = variant, dict(params), fold_in_lambda
         self.optim = dict(optim or {})
 
+    trains = True                   # Lightning epochs
+
     def to_dict(self) -> dict:
         return {"kind": "learned", "variant": self.variant, **self.params, "fold_in_lambda": self.fold_in_lambda,
                 "optim": dict(self.optim)}
@@ -103,13 +106,8 @@ class Learned:
         module = RecsysModule(scorer, sets, ks=tuple(ctx.ks), **optim)
         trainer = (ctx.trainer or _default_trainer(ctx))(callbacks=ctx.callbacks, logger=ctx.loggers or False)
         # weights_only: a checkpoint to resume from is read without unpickling code objects
-        try:
-            trainer.fit(module, train_loader(prep.train, batch_size, ctx.seed),
-                        user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path,
-                        weights_only=True)
-        except pickle.UnpicklingError as e:       # a checkpoint that would run code: refused
-            raise ValueError(f"ckpt_path={ctx.ckpt_path}: refused, it is not a plain-tensor checkpoint "
-                             f"({str(e).splitlines()[0][:120]})") from None
+        trainer.fit(module, train_loader(prep.train, batch_size, ctx.seed),
+                    user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
         best_ckpt = next((c.best_model_path for c in ctx.callbacks
                           if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
         if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
@@ -139,6 +137,10 @@ class Blend:
         self.first, self.second = as_spec(first), as_spec(second)
         self.alpha, self.norm = float(alpha), norm
 
+    @property
+    def trains(self) -> bool:
+        return self.first.trains or self.second.trains
+
     def to_dict(self) -> dict:
         return {"kind": "blend", "alpha": self.alpha, "norm": self.norm,
                 "first": self.first.to_dict(), "second": self.second.to_dict()}
@@ -153,11 +155,11 @@ class Blend:
         metric; the best value reported is that part's), the other fitted without epochs, then
         blended; without a learned part, the blend is fitted and validated once."""
         from recsys.models.blend import Blend as BlendModel
-        if not any(isinstance(s, Learned) for s in (self.first, self.second)):
+        if not self.trains:
             return _fit_once(self, prep, sets, ctx)
         parts, best = [], float("nan")
         for spec in (self.first, self.second):
-            if isinstance(spec, Learned):
+            if spec.trains:
                 m, _, best = spec.fit(prep, sets, ctx, test=False)
             else:
                 m = spec.build(prep)
