@@ -20,6 +20,12 @@ collaborative score is set to the user's mean collaborative score over the warm 
 with cold_k > 0, at ranking time (eval mode) V[c] and b[c] are borrowed from the cold item's
 cold_k most content-similar warm items (coldstart.py), so the collaborative part has a view too.
 
+Training (batch_loss, called by train/module.py) reads only the rows a batch needs: U and V, b of
+its users, positives and shared negatives, and C of the union of those items and of the batch
+users' history items (for P), pooled from their tokens; the losses and gradients equal those of
+scoring against the whole catalog. With sparse=True the large tables (sparse_tables()) get
+row-sparse gradients, for lazy Adam.
+
 Worked example (shapes): 3 users, 5 items, 7 tokens, dim 4; `Scorer(cfg, bags..., history...)`;
 `scorer(torch.tensor([0, 2]))` -> (2, 5) scores of users 0 and 2 against every item.
 The module has no Lightning, Hydra or pandas; it follows the device of its parameters.
@@ -442,6 +448,103 @@ class Scorer(Model):
             parts["content"] = self.profile_from_items(H.crow_indices(), H.col_indices(), rows, C) @ C.T
         return self._combine(parts)
 
+    # --- training: one batch's losses, reading only the rows the batch needs ---------------
+
+    def sparse_tables(self) -> list[nn.Parameter]:
+        """The large embedding tables, to which batch_loss(sparse=True) gives row-sparse
+        gradients (the batch's rows only, for SparseAdam): user_emb, item_emb, item_bias and a
+        learned token_emb (a pretrained token table and its projection stay dense)."""
+        c, out = self.config, []
+        if c.uses_cf:
+            out += [self.user_emb.weight, self.item_emb.weight]
+            if self.item_bias is not None:
+                out.append(self.item_bias)
+        if c.uses_content and c.token_pre_dim == 0:
+            out.append(self.token_emb.weight)
+        return out
+
+    def content_rows(self, items: torch.Tensor, sparse: bool = False) -> torch.Tensor:
+        """C[items]: (M, D) content vectors of (M,) items only, equal to item_content()[items]
+        without the pass over the whole catalog."""
+        pos, _ = gather_rows(self.tok_indptr, items)
+        lengths = self.tok_indptr[items + 1] - self.tok_indptr[items]                    # (M,)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        tokens = self.tok_indices[pos]
+        if sparse and self.config.token_pre_dim == 0:
+            # the distinct tokens read once: the sparse gradient then has one entry per row,
+            # not one per occurrence (which SparseAdam would have to sort and sum)
+            rows, tokens = _compact(tokens, self.config.n_tokens)
+            E = F.embedding(rows, self.token_emb.weight, sparse=True)                   # (T', D)
+        else:
+            E = self.token_table()                                                       # (T, D)
+        return bag_sum(E, tokens, self.tok_weights[pos], offsets)
+
+    def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, loss_fn,
+                   l2: float = 0.0, sparse: bool = False) -> dict[str, torch.Tensor]:
+        """The training losses of one batch: (B,) users and their (B,) positive items against
+        (N,) negatives shared by the whole batch (one (B, N) matmul per component; a negative
+        that is the row's own positive is masked out of that row). loss_fn(pos (B,), neg (B, N),
+        mask (B, N)) is one of train/losses.py. Returns one loss per component ("cf",
+        "content"), plus "alpha" (learn_alpha: the loss on the blend that trains alpha alone)
+        and "l2" (l2 > 0: l2 * (|U[u]|^2 + |V[pos]|^2) summed over the batch / B); the
+        training loss is their sum.
+
+        Only the rows the batch needs are read: U[users], V and b of pos and neg, and C of the
+        union of pos, neg and the training histories of the batch's distinct users (for their
+        content profiles), each pooled from its own tokens. The losses and gradients are those
+        of scoring against the whole catalog's item_side(), without its (I, D) content pass.
+        sparse=True: the sparse_tables() get row-sparse gradients (their other rows none)."""
+        c = self.config
+        clash = pos[:, None] == neg[None, :]                                          # (B, N)
+        pos_s, neg_s = {}, {}
+        if c.uses_cf:
+            u = F.embedding(users, self.user_emb.weight, sparse=sparse)                # (B, D)
+            Vp = F.embedding(pos, self.item_emb.weight, sparse=sparse)                 # (B, D)
+            Vn = F.embedding(neg, self.item_emb.weight, sparse=sparse)                 # (N, D)
+            pos_s["cf"] = (u * Vp).sum(1, keepdim=True)                                 # (B, 1)
+            neg_s["cf"] = u @ Vn.T                                                      # (B, N)
+            if self.item_bias is not None:
+                pos_s["cf"] = pos_s["cf"] + _rows(self.item_bias, pos, sparse)[:, None]
+                neg_s["cf"] = neg_s["cf"] + _rows(self.item_bias, neg, sparse)
+        if c.uses_content:
+            P, Cp, Cn = self._batch_content(users, pos, neg, sparse)
+            pos_s["content"] = (P * Cp).sum(1, keepdim=True)                            # (B, 1)
+            neg_s["content"] = P @ Cn.T                                                 # (B, N)
+        losses = {name: loss_fn(pos_s[name][:, 0], neg_s[name], clash) for name in pos_s}
+        if c.variant == "hybrid" and c.learn_alpha:
+            losses["alpha"] = self._alpha_loss(pos_s, neg_s, clash, loss_fn)
+        if l2 > 0 and c.uses_cf:
+            losses["l2"] = l2 * (u.pow(2).sum() + Vp.pow(2).sum()) / len(users)
+        return losses
+
+    def _batch_content(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, sparse: bool):
+        """(P (B, D), C[pos] (B, D), C[neg] (N, D)), with C computed once for the union of the
+        items these need (pos, neg, the histories of the distinct users; each user pooled once:
+        training batches repeat heavy users many times)."""
+        uniq, inv = torch.unique(users, return_inverse=True)                          # (b,), (B,)
+        hpos, _ = gather_rows(self.hist_indptr, uniq)
+        lengths = self.hist_indptr[uniq + 1] - self.hist_indptr[uniq]                  # (b,)
+        B, N = len(pos), len(neg)
+        items, slot = _compact(torch.cat([pos, neg, self.hist_indices[hpos]]), self.config.n_items)
+        C = self.content_rows(items, sparse)                                          # (M, D)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        w = torch.repeat_interleave(1.0 / lengths.clamp(min=1).to(C.dtype), lengths)  # mean: 1 / |H(u)|
+        P = bag_sum(C, slot[B + N:], w, offsets)[inv]                                 # (B, D), 0 if empty
+        return P, F.embedding(slot[:B], C), F.embedding(slot[B:B + N], C)
+
+    def _alpha_loss(self, pos_s, neg_s, clash, loss_fn) -> torch.Tensor:
+        """Loss on the blended score that trains alpha alone: components detached, per-user
+        mean/std estimated on the batch's shared negatives, a uniform sample of the catalog
+        (the exact full-catalog statistics used at ranking time would cost a (B, I) matmul)."""
+        a = self.alpha
+        z = {}
+        for n in pos_s:
+            std, mean = torch.std_mean(neg_s[n].detach(), dim=1, keepdim=True, correction=0)
+            z[n] = (standardise(pos_s[n].detach(), mean, std), standardise(neg_s[n].detach(), mean, std))
+        blend_pos = a * z["cf"][0] + (1 - a) * z["content"][0]
+        blend_neg = a * z["cf"][1] + (1 - a) * z["content"][1]
+        return loss_fn(blend_pos[:, 0], blend_neg, clash)
+
     def _combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         if "cf" in parts:
             parts["cf"] = self.neutralise_cold(parts["cf"])
@@ -452,6 +555,68 @@ class Scorer(Model):
         a = self.alpha
         return a * self.standardise(parts["cf"]) + (1 - a) * self.standardise(parts["content"])
 
+
+
+def _compact(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(items (M,), the distinct values of idx (in [0, n)) in order; slot (len(idx),) with
+    idx == items[slot]), by marking an (n,) table: no sort."""
+    mark = torch.zeros(n, dtype=torch.bool, device=idx.device)
+    mark[idx] = True
+    items = mark.nonzero().squeeze(1)
+    where = torch.empty(n, dtype=torch.long, device=idx.device)
+    where[items] = torch.arange(len(items), device=idx.device)
+    return items, where[idx]
+
+
+class _BagSum(torch.autograd.Function):
+    """out[b] = sum_{k in bag b} w[k] X[idx[k]]: F.embedding_bag(mode="sum", per_sample_weights)
+    whose backward gathers instead of scattering: with the entries sorted by their row of X,
+    each row's gradient is itself a bag sum over rows of the output gradient. (embedding_bag's
+    own backward adds one entry at a time and cost ~15x its forward here: 120 ms for the
+    340,000 token entries of a batch at 100,000 items; this one ~30 ms, of which the sort is a third.)"""
+
+    @staticmethod
+    def forward(ctx, X, idx, w, offsets):
+        ctx.save_for_backward(idx, w, offsets)
+        ctx.n_rows = X.shape[0]
+        return F.embedding_bag(idx, X, offsets, mode="sum", per_sample_weights=w)         # (n_bags, D)
+
+    @staticmethod
+    def backward(ctx, g):
+        idx, w, offsets = ctx.saved_tensors
+        lengths = torch.diff(offsets, append=offsets.new_tensor([len(idx)]))
+        bag = torch.repeat_interleave(torch.arange(len(offsets), device=idx.device), lengths)   # (nnz,)
+        order = torch.argsort(idx, stable=True)          # stable: a fixed order of summation
+        counts = torch.bincount(idx, minlength=ctx.n_rows)
+        gX = F.embedding_bag(bag[order], g.contiguous(), torch.cumsum(counts, 0) - counts, mode="sum",
+                             per_sample_weights=w[order])                                  # (n_rows, D)
+        return gX, None, None, None
+
+
+def bag_sum(X: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(n_bags, D): bag b sums w[k] X[idx[k]] over k in offsets[b]:offsets[b+1] (an empty bag
+    gives 0); differentiable in X (see _BagSum)."""
+    return _BagSum.apply(X, idx, w, offsets)
+
+
+class _SparseRows(torch.autograd.Function):
+    """weight[idx] whose gradient is a sparse COO tensor holding only the rows of idx (for a
+    1-D table such as item_bias, which F.embedding(sparse=True) cannot take)."""
+
+    @staticmethod
+    def forward(ctx, weight, idx):
+        ctx.save_for_backward(idx)
+        ctx.shape = weight.shape
+        return weight[idx]
+
+    @staticmethod
+    def backward(ctx, grad):
+        idx, = ctx.saved_tensors
+        return torch.sparse_coo_tensor(idx[None], grad, ctx.shape, check_invariants=False), None
+
+
+def _rows(weight: torch.Tensor, idx: torch.Tensor, sparse: bool) -> torch.Tensor:
+    return _SparseRows.apply(weight, idx) if sparse else weight[idx]
 
 
 def _dot(u: torch.Tensor, table: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""Lightning around the Scorer: sampling, loss, optimiser, per-epoch full-ranking validation.
+"""Lightning around the Scorer: sampling, optimiser, logging, per-epoch full-ranking validation.
+The losses of a batch are the scorer's (Scorer.batch_loss), and so is the list of its large
+tables that get row-sparse updates (Scorer.sparse_tables, model.optim.sparse=true).
 
 Only train.py (and tests) import this module; the scorer and exports do not need Lightning.
 
@@ -29,10 +31,6 @@ class RecsysModule(L.LightningModule):
         if n_neg < 1:
             raise ValueError(f"model.optim.n_neg={n_neg} must be >= 1")
         self.scorer = scorer
-        if sparse and hasattr(scorer, "user_emb"):
-            # only the batch's rows of the user table get a gradient and an update (lazy Adam):
-            # with a million users, dense Adam over the whole table costs more than the step
-            scorer.user_emb.sparse = True
         self.save_hyperparameters(ignore=["scorer", "eval_sets"])
         self.loss_fn = LOSSES[loss]
         self.ks = sorted(ks)
@@ -71,49 +69,27 @@ class RecsysModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         users, pos = batch[0][:, 0], batch[0][:, 1]                          # (B,), (B,)
-        cfg = self.scorer.config
-        # N negatives shared by the whole batch: one (B, N) matmul per component. A negative
-        # that is the row's own positive is masked out of that row.
-        neg = torch.randint(cfg.n_items, (self.hparams.n_neg,), device=users.device)   # (N,)
-        clash = pos[:, None] == neg[None, :]                                  # (B, N)
-        side = self.scorer.item_side()
-        # one content profile per batch, shared by the positive and the negative scores
-        P = self.scorer.user_profile(users, side.C) if cfg.uses_content else None
-        pos_s = self.scorer.component_scores(users, side, pos[:, None], P)   # each (B, 1)
-        neg_s = self.scorer.component_scores(users, side, neg, P)            # each (B, N)
-        loss = 0.0
-        for name in pos_s:
-            part = self.loss_fn(pos_s[name][:, 0], neg_s[name], clash)
+        # N negatives shared by the whole batch, drawn uniformly on the batch's device; the
+        # scorer scores and masks them (Scorer.batch_loss) and reads only the rows they need
+        neg = torch.randint(self.scorer.config.n_items, (self.hparams.n_neg,), device=users.device)   # (N,)
+        parts = self.scorer.batch_loss(users, pos, neg, self.loss_fn, l2=self.hparams.l2, sparse=self.hparams.sparse)
+        loss = sum(parts.values())
+        for name, part in parts.items():
             self.log(f"train/loss_{name}", part, on_step=False, on_epoch=True)
-            loss = loss + part
-        if cfg.variant == "hybrid" and cfg.learn_alpha:
-            loss = loss + self._alpha_loss(pos_s, neg_s, clash)
-        if self.hparams.l2 > 0 and cfg.uses_cf:
-            reg = self.scorer.user_emb(users).pow(2).sum() + self.scorer.item_emb(pos).pow(2).sum()
-            loss = loss + self.hparams.l2 * reg / len(users)
+        if "alpha" in parts:
+            self.log("train/alpha", self.scorer.alpha, on_step=False, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
-    def _alpha_loss(self, pos_s, neg_s, clash):
-        """Loss on the blended score that trains alpha alone: components detached, per-user
-        mean/std estimated on the batch's shared negatives, a uniform sample of the catalog
-        (the exact full-catalog statistics used at ranking time would cost a (B, I) matmul)."""
-        a = self.scorer.alpha
-        z = {}
-        for n in pos_s:
-            std, mean = torch.std_mean(neg_s[n].detach(), dim=1, keepdim=True, correction=0)
-            z[n] = (Scorer.standardise(pos_s[n].detach(), mean, std),
-                    Scorer.standardise(neg_s[n].detach(), mean, std))
-        blend_pos = a * z["cf"][0] + (1 - a) * z["content"][0]
-        blend_neg = a * z["cf"][1] + (1 - a) * z["content"][1]
-        self.log("train/alpha", a, on_step=False, on_epoch=True)
-        return self.loss_fn(blend_pos[:, 0], blend_neg, clash)
-
     def configure_optimizers(self):
-        if self.hparams.sparse and hasattr(self.scorer, "user_emb"):
-            table = self.scorer.user_emb.weight
-            dense = [p for p in self.parameters() if p is not table]
-            return MixedAdam(dense, [table], lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        """Adam; with sparse=true, SparseAdam (lazy: only the batch's rows) for the scorer's
+        large tables (scorer.sparse_tables(): with a million users, a dense Adam update of the
+        whole tables costs more than the step) and Adam for the rest (MixedAdam)."""
+        tables = self.scorer.sparse_tables() if self.hparams.sparse else []
+        if tables:
+            ids = {id(p) for p in tables}
+            dense = [p for p in self.parameters() if id(p) not in ids]
+            return MixedAdam(dense, tables, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
 
@@ -156,14 +132,17 @@ class RecsysModule(L.LightningModule):
 
 
 class MixedAdam(torch.optim.Optimizer):
-    """Adam (with weight decay) for dense-gradient parameters plus SparseAdam for the user
-    table when it has sparse gradients (model.optim.sparse=true): only the rows of the batch
-    are updated (no weight decay there; model.optim.l2 regularises the batch's rows instead).
-    One optimizer object for Lightning; its state_dict holds both."""
+    """Adam (with weight decay) for dense-gradient parameters plus SparseAdam for the tables
+    with row-sparse gradients (model.optim.sparse=true): only the rows of the batch are
+    updated (lazy Adam), and weight decay, as Adam's L2 term wd * w added to the gradient, is
+    applied to those rows only. One optimizer object for Lightning; its state_dict holds both."""
 
     def __init__(self, dense, sparse, lr: float, weight_decay: float = 0.0):
-        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
-        self.sparse = torch.optim.SparseAdam(sparse, lr=lr)
+        dense = list(dense)
+        # torch's Adam refuses an empty list (every parameter of the model may be a table)
+        self.dense = torch.optim.Adam(dense or [torch.zeros(0, requires_grad=True)], lr=lr, weight_decay=weight_decay)
+        self.sparse = torch.optim.SparseAdam(list(sparse), lr=lr)
+        self.weight_decay = float(weight_decay)
         self.defaults = dict(self.dense.defaults)
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
         self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
@@ -177,11 +156,24 @@ class MixedAdam(torch.optim.Optimizer):
     def state(self):
         return {**self.dense.state, **self.sparse.state}
 
+    @torch.no_grad()
+    def _decay_rows(self) -> None:
+        for group in self.sparse.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.coalesce()
+                rows = g.indices()[0]                                   # (r,) distinct rows
+                p.grad = torch.sparse_coo_tensor(g.indices(), g.values() + self.weight_decay * p[rows],
+                                                 p.shape, is_coalesced=True, check_invariants=False)
+
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.weight_decay > 0:
+            self._decay_rows()
         self.dense.step()
         self.sparse.step()
         return loss

@@ -4,7 +4,10 @@ choose_fold_in_lambda: the ridge weight of the MF fold-in (Scorer.fold_in), whic
 outside the model from a history handed over at inference. Chosen without any new or test user:
 every known user with validation targets is treated as if new, folded in from their training
 history alone (their learned vector unused), and the lambda with the best validation NDCG@10 of
-these folded-in users is kept.
+these folded-in users is kept. With more than `max_users` such users (default 5,000), a seeded
+uniform sample of that many is ranked (each lambda ranks the same sample): at 1M users ranking
+every one once per lambda took over 10 minutes, and the NDCG@10 of 5,000 users has a standard
+error of a few thousandths, below the spacing of the grid's values.
 """
 from __future__ import annotations
 
@@ -17,16 +20,39 @@ from recsys.eval.evaluation import evaluate
 log = logging.getLogger(__name__)
 
 FOLD_IN_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+MAX_USERS = 5_000
+
+
+def sample_users(target: tuple[torch.Tensor, torch.Tensor], max_users: int, seed: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR target with the rows of at most max_users of its users with targets kept (a
+    seeded uniform sample, the same for the same seed) and the other rows emptied; the target
+    itself when it has no more users than that."""
+    indptr, indices = target
+    lengths = indptr[1:] - indptr[:-1]
+    users = torch.nonzero(lengths > 0).flatten()
+    if len(users) <= max_users:
+        return target
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.zeros(len(lengths), dtype=torch.bool, device=indptr.device)
+    keep[users[torch.randperm(len(users), generator=g)[:max_users].to(users.device)]] = True
+    new_lengths = torch.where(keep, lengths, torch.zeros_like(lengths))
+    new_indptr = torch.zeros_like(indptr)
+    new_indptr[1:] = torch.cumsum(new_lengths, 0)
+    return new_indptr, indices[torch.repeat_interleave(keep, lengths)]
 
 
 @torch.no_grad()
 def choose_fold_in_lambda(scorer, train: tuple[torch.Tensor, torch.Tensor], val_target: tuple[torch.Tensor, torch.Tensor],
-                          grid=FOLD_IN_GRID, metric: str = "ndcg@10") -> tuple[float, dict[float, float]]:
+                          grid=FOLD_IN_GRID, metric: str = "ndcg@10", max_users: int = MAX_USERS,
+                          seed: int = 0) -> tuple[float, dict[float, float]]:
     """Sets scorer.config.fold_in_lambda to the best of `grid`; returns (it, {lambda: val metric}).
-    train/val_target: CSR (indptr, indices) over the known users. Keeps the current value when
+    train/val_target: CSR (indptr, indices) over the known users; at most max_users of the users
+    with validation targets are ranked (sample_users, seeded). Keeps the current value when
     there is no validation target."""
     if int(val_target[1].numel()) == 0:
         return scorer.config.fold_in_lambda, {}
+    val_target = sample_users(val_target, max_users, seed)
     was = scorer.training
     scorer.eval()
     curve = {}
