@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from recsys.eval.evaluation import format_table
 from recsys.serve.export import write_json_atomic
 from recsys.train.build import eval_sets
-from recsys.train.run import RunLock, checkpoint_path, data_files, final_report, run_info, write_run
+from recsys.train.run import RunLock, checkpoint_path, data_files, final_report, log_trials, run_info, write_run
+from recsys.train.search import refit_data, select_and_fit, write_trials
 from recsys.train.specs import FitContext
 
 log = logging.getLogger("train")
@@ -54,7 +55,8 @@ def _run(cfg: DictConfig, out: str) -> dict:
                          f"needs at least one epoch")
     ckpt = checkpoint_path(cfg.ckpt_path, out)
     L.seed_everything(cfg.seed, workers=True)
-    prep = hydra.utils.instantiate(cfg.data)
+    data = {k: v for k, v in config["data"].items() if k != "refit"}     # refit: select_and_fit's
+    prep = hydra.utils.instantiate(data)
     write_json_atomic(os.path.join(out, "run_info.json"), run_info(config, cfg.seed, data_files(config["data"])))
     sets = eval_sets(prep)
 
@@ -67,16 +69,22 @@ def _run(cfg: DictConfig, out: str) -> dict:
     ctx = FitContext(trainer=hydra.utils.instantiate(cfg.trainer, _partial_=True), callbacks=callbacks,
                      loggers=loggers, ks=tuple(cfg.ks), eval_chunk=cfg.eval_chunk, seed=cfg.seed, ckpt_path=ckpt,
                      device=device, optimized_metric=cfg.optimized_metric)
-    model, metrics, best = spec.fit(prep, sets, ctx)
+    search = OmegaConf.to_container(cfg.search, resolve=True) if cfg.get("search") else None
+    model, metrics, best, choice, result = select_and_fit(spec, prep, sets, ctx, search, cfg.data.get("refit", "auto"))
     metrics[f"best/{cfg.optimized_metric}"] = best
     if not _is_rank_zero():   # DDP: the other processes trained and tested with rank 0; it writes
         return metrics
-    report, per_user = final_report(model, prep, sets, cfg.ks, cfg.eval_chunk, device, cfg.report.history_buckets,
+    if result is not None:
+        write_trials(os.path.join(out, "trials.csv"), result)
+        log_trials(loggers, result)
+    final = refit_data(prep) if "refit" in choice else prep     # what the final model was fitted on
+    report, per_user = final_report(model, final, eval_sets(final), cfg.ks, cfg.eval_chunk, device,
+                                    cfg.report.history_buckets,
                                     cfg.report.head_share, loggers, logged=set(metrics),
                                     projector=cfg.report.projector)
     metrics.update(report)
     metrics["data"] = prep.report
-    write_run(out, model, prep, sets, metrics, per_user, cfg.report.history_buckets)
+    write_run(out, model, prep, sets, metrics, per_user, cfg.report.history_buckets, choice)
     print(format_table(metrics))
     log.info("run folder: %s", out)
     return metrics

@@ -56,6 +56,10 @@ class Prepared:
     new_given: np.ndarray | None = None
     new_target: np.ndarray | None = None
     text_fields: list[str] = field(default_factory=list)   # the item text fields, in token order
+    valid_ratings: np.ndarray | None = None   # (N_valid,) float32 rating of each valid pair, if given
+    # validation was carved out of a given train file (data.valid_ratio): the final model is
+    # refit on train + valid by default (data.refit=auto, train/search.py refit_data)
+    valid_carved: bool = False
 
     @property
     def n_users(self) -> int:
@@ -233,10 +237,13 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         report["train_items_without_text"] = len(extra)
         log.warning("%d training items are not in the items file; they get no content tokens", len(extra))
 
+    kept: dict[str, np.ndarray] = {}
+
     def to_pairs(df: pd.DataFrame, what: str) -> np.ndarray:
         u = users.index(df["user"], missing="drop_flag")
         i = item_vocab.index(df["item"], missing="drop_flag")
         ok = (u >= 0) & (i >= 0)
+        kept[what] = ok
         if what != "train":
             if (u < 0).any():
                 report[f"{what}_rows_unknown_user"] = int((u < 0).sum())
@@ -248,7 +255,7 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         return np.stack([u[ok], i[ok]], axis=1).astype(np.int64)
 
     tr = to_pairs(train, "train")
-    ratings = None
+    ratings = valid_ratings = None
     if "rating" in train:   # train rows all map (users and catalog are built from train)
         ratings = train["rating"].to_numpy(dtype=np.float32)
     n_items = len(item_vocab)
@@ -262,6 +269,8 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
             log.warning("%s: dropped %d (user, item) pairs already in train%s", what, int(inter.sum()),
                         "" if what == "valid" else " or valid")
         parts[what] = p[~inter]
+        if what == "valid" and ratings is not None and "rating" in df:
+            valid_ratings = df["rating"].to_numpy(dtype=np.float32)[kept[what]][~inter]
         # test ranks with train + valid masked, so a test pair that is also in valid is dropped too
         masked = np.concatenate([masked, parts[what][:, 0] * n_items + parts[what][:, 1]])
     for what, df in (("test", test), ("valid", valid)):
@@ -308,7 +317,8 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     bags = tfidf_bags(docs, tokens)
     prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
                     bags, titles, report, ratings,
-                    text_fields=list(text_cols) + (["tags"] if tags is not None and len(tags) else []))
+                    text_fields=list(text_cols) + (["tags"] if tags is not None and len(tags) else []),
+                    valid_ratings=valid_ratings)
     if new_parts:
         _add_new_users(prep, new_parts, report)
     report.update(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(tokens),
@@ -493,9 +503,11 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
             if valid_ratio > 0:
                 expect["valid"] = f"data.valid_ratio={valid_ratio} of {train}"
     tok, mc, ms = _tokenizer(tokens)
-    return _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report,
+    prep = _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report,
                   new_parts=new_parts if interactions is not None else None,
                   expect=expect if require_held_out else None)
+    prep.valid_carved = interactions is None and valid is None and valid_ratio > 0
+    return prep
 
 
 def prepare_frames(interactions: pd.DataFrame, items: pd.DataFrame | None = None,

@@ -186,8 +186,9 @@ def write_per_user(path: str, per_user: dict, prep, buckets) -> None:
     os.replace(tmp, path)
 
 
-def write_run(out: str, model, prep, sets, metrics: dict, per_user: dict, buckets) -> None:
-    """metrics.json, per_user.csv, split/ and export/ of a finished run."""
+def write_run(out: str, model, prep, sets, metrics: dict, per_user: dict, buckets, choice: dict | None = None) -> None:
+    """metrics.json, per_user.csv, split/ and export/ of a finished run; `choice` (the model's
+    configuration, its search and refit, train/search.select_and_fit) goes into the export."""
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
     write_per_user(os.path.join(out, "per_user.csv"), per_user, prep, buckets)
     os.makedirs(os.path.join(out, "split"), exist_ok=True)
@@ -196,4 +197,22 @@ def write_run(out: str, model, prep, sets, metrics: dict, per_user: dict, bucket
     save_export(os.path.join(out, "export"), model, prep.users, prep.items, prep.tokens,
                 prep.tokenizer, sets["test_seen"], torch.from_numpy(prep.bags.idf), prep.item_titles,
                 meta={"metrics": {k: v for k, v in metrics.items() if k != "data"},
-                      "text_fields": prep.text_fields})
+                      "text_fields": prep.text_fields, **(choice or {})})
+
+
+def log_trials(loggers, result) -> None:
+    """Each search trial as one HParams run of the TensorBoard logger(s): its parameters and its
+    validation value, under <log dir>/trials/<number> (so the HParams tab compares trials)."""
+    for lg in loggers:
+        log_dir = getattr(lg, "log_dir", None)
+        if not log_dir:
+            continue
+        from torch.utils.tensorboard import SummaryWriter
+        for t in result.trials:
+            params = {k[len("params."):]: v for k, v in t.items() if k.startswith("params.")}
+            with SummaryWriter(os.path.join(log_dir, "trials", f"{t['number']:03d}")) as w:
+                value = t["value"] if t["value"] is not None else float("nan")
+                w.add_hparams({**{k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()},
+                               "state": t["state"]},
+                              {f"trial/{result.metric}": value, "trial/seconds": t["seconds"] or 0.0},
+                              run_name=".")

@@ -43,10 +43,11 @@ class Memory:
     """A memory-based or closed-form model: kind (itemknn, userknn, content_knn, ease,
     popularity) and its MemoryConfig fields (models/memory.py)."""
 
-    def __init__(self, kind: str, **params):
+    def __init__(self, kind: str, search_space: dict | None = None, **params):
         from recsys.models.memory import MemoryConfig
         from recsys.models.registry import model_class
         cls = model_class(kind)
+        self.search_space = search_space
         unknown = sorted(set(params) - set(MemoryConfig.__dataclass_fields__))
         if unknown or not hasattr(cls, "tables"):
             raise ValueError(f"model kind {kind!r} takes no parameter(s) {unknown}" if unknown else
@@ -62,7 +63,8 @@ class Memory:
         from recsys.train.build import build_memory
         return build_memory(prep, self.to_dict(), device=device)
 
-    def fit(self, prep, sets, ctx: FitContext):
+    def fit(self, prep, sets, ctx: FitContext, test: bool = True):
+        """(model, metrics, validation value); no test loop (the final report tests)."""
         return _fit_once(self, prep, sets, ctx)
 
 
@@ -73,7 +75,7 @@ class Learned:
     validation, train/tune.py)."""
 
     def __init__(self, variant: str = "hybrid", optim: dict | None = None, fold_in_lambda: Any = "auto",
-                 kind: str = "learned", **params):
+                 kind: str = "learned", search_space: dict | None = None, **params):
         from recsys.models.learned import ScorerConfig
         if kind != "learned":
             raise ValueError(f"Learned spec with kind={kind!r}")
@@ -81,6 +83,7 @@ class Learned:
         if unknown:
             raise ValueError(f"the learned model takes no parameter(s) {unknown}")
         self.variant, self.params, self.fold_in_lambda = variant, dict(params), fold_in_lambda
+        self.search_space = search_space
         self.optim = dict(optim or {})
 
     trains = True                   # Lightning epochs
@@ -133,9 +136,11 @@ class Learned:
 class Blend:
     """alpha * n_u(first) + (1 - alpha) * n_u(second) (models/blend.py) of two specs."""
 
-    def __init__(self, first, second, alpha: float = 0.5, norm: str = "zscore", kind: str = "blend"):
+    def __init__(self, first, second, alpha: float = 0.5, norm: str = "zscore", kind: str = "blend",
+                 search_space: dict | None = None):
         self.first, self.second = as_spec(first), as_spec(second)
         self.alpha, self.norm = float(alpha), norm
+        self.search_space = search_space
 
     @property
     def trains(self) -> bool:
@@ -150,7 +155,7 @@ class Blend:
         from recsys.models.blend import Blend as BlendModel
         return BlendModel(self.first.build(prep, device), self.second.build(prep, device), self.alpha, self.norm)
 
-    def fit(self, prep, sets, ctx: FitContext):
+    def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """A learned part is trained with Lightning (early stopping on its own validation
         metric; the best value reported is that part's), the other fitted without epochs, then
         blended; without a learned part, the blend is fitted and validated once."""
