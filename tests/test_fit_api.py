@@ -94,3 +94,29 @@ def test_bad_arguments_are_one_line_errors(kwargs, error, words):
 def test_not_a_frame_is_a_type_error():
     with pytest.raises(TypeError, match="DataFrame or a scipy sparse matrix"):
         recsys.fit([[1, 2]], model="ease")
+
+
+def test_search_from_python_picks_on_validation_and_refits_on_everything(tmp_path, monkeypatch):
+    """recsys.fit(search=...): the winner of the grid is recorded with the model, and the final
+    EASE is fitted on every interaction (its scores are the closed form over all of X)."""
+    monkeypatch.chdir(tmp_path)
+    X, df, items = _frame(5, U=40, I=15)
+    rec = recsys.fit(df, items=items, model="ease", user_col="who", item_col="what",
+                     search={"trials": 3, "sampler": "grid", "space": {"lam": {"choices": [0.5, 5.0, 50.0]}}})
+    lam = rec.meta["search"]["params"]["lam"]
+    assert lam in (0.5, 5.0, 50.0) and rec.meta["model"]["lam"] == lam
+    assert rec.meta["refit"]["n_train"] == int(X.sum())
+    ref = recsys.fit(df, items=items, model="ease", lam=lam, user_col="who", item_col="what")
+    users = [f"u{a}" for a in range(5)]
+    torch.testing.assert_close(rec.scores(users), ref.scores(users))
+    assert os.listdir(tmp_path) == []
+
+
+def test_learned_fit_is_refit_on_every_interaction(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    X, df, items = _frame(6, U=30, I=20)
+    rec = recsys.fit(df, items=items, model="collaborative", dim=8, max_epochs=2, user_col="who", item_col="what")
+    assert rec.meta["refit"]["n_train"] == int(X.sum()) and 1 <= rec.meta["refit"]["epochs"] <= 2
+    kept = recsys.fit(df, items=items, model="collaborative", dim=8, max_epochs=2, user_col="who", item_col="what",
+                      refit=False)
+    assert "refit" not in kept.meta

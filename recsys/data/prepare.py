@@ -530,4 +530,6 @@ def prepare_frames(interactions: pd.DataFrame, items: pd.DataFrame | None = None
     tr, va = _carve_valid(load["train"], valid_ratio, seed)
     te = tr.iloc[:0]
     tok, mc, ms = _tokenizer(tokens)
-    return _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report, new_parts=None, expect=None)
+    prep = _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report, new_parts=None, expect=None)
+    prep.valid_carved = valid_ratio > 0
+    return prep

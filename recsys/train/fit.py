@@ -8,12 +8,17 @@ Hydra and no files written; the result is the same `Recommender` that `from_pret
 
     rec = recsys.fit(ratings, items=movies, model="hybrid", max_epochs=10)   # learned (Lightning)
     rec = recsys.fit(csr_matrix)                      # rows users, columns items, ids = indices
+    rec = recsys.fit(ratings, model="ease", search={"trials": 20, "space": {"lam": {"low": 10, "high": 5000, "log": True}}})
 
 `model`: a kind ("itemknn", "userknn", "content_knn", "ease", "popularity", "hybrid",
 "collaborative", "content"), a dict as in configs/model/*.yaml (e.g. a blend), or a spec
 (train/specs.py); `**params` are the model's fields (lam=200.0, k=50, dim=32, ...).
-All interactions train the model (a learned model keeps a per-user `valid_ratio`, default 0.1,
-for early stopping and its fold-in weight). train.py fits through the same specs.
+All interactions train the final model: a learned model (or a search) first holds out a per-user
+`valid_ratio` (default 0.1) for early stopping, its fold-in weight and the search, then is refit
+on everything (a learned model for the epochs of its best validation value; refit=False keeps
+the model fitted without the held-out part). `search`: the settings of train.py's `search:`
+(trials, minutes, sampler, ...) plus `space` (as `search_space:` in configs/model/*.yaml;
+recsys/train/search.py). train.py fits through the same specs and the same selection.
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
         rating_col: str | None = None, time_col: str | None = None, items_item_col: str | None = None,
         text_cols: list[str] | None = None, min_rating: float | None = None, tokens: dict | None = None,
         valid_ratio: float | None = None, seed: int = 2026, device: str = "cpu", max_epochs: int = 30,
-        **params):
+        search: dict | None = None, refit: bool = True, **params):
     """A fitted `Recommender` (serve/recommender.py). interactions: one row per (user, item)
     interaction (columns user_col, item_col, optional rating_col / time_col), or a sparse users x
     items matrix; items: an optional item table (items_item_col, default item_col, and text
@@ -58,7 +63,8 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     from recsys.serve.recommender import Recommender
     from recsys.sparse.csr import csr
     from recsys.train.build import eval_sets
-    from recsys.train.specs import FitContext, Learned, as_spec
+    from recsys.train.search import select_and_fit
+    from recsys.train.specs import FitContext, as_spec
     if params:
         if not isinstance(model, str):
             raise TypeError("pass model parameters either in the model dict or as keywords with a kind name")
@@ -73,21 +79,26 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     frame, ucol, icol, rcol = _frame(interactions, user_col, item_col, rating_col)
     prep = prepare_frames(frame, items, user_col=ucol, item_col=icol, rating_col=rcol, time_col=time_col,
                           items_item_col=items_item_col, text_cols=text_cols, min_rating=min_rating,
-                          valid_ratio=(0.1 if spec.trains else 0.0) if valid_ratio is None else valid_ratio,
+                          valid_ratio=(0.1 if spec.trains or search else 0.0) if valid_ratio is None else valid_ratio,
                           seed=seed, tokens=tokens)
     sets = eval_sets(prep)
     L.seed_everything(seed, workers=True, verbose=False)
     callbacks = []
     if spec.trains and len(prep.valid):
-        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val/ndcg@10", mode="max", patience=3))
-    ctx = FitContext(callbacks=callbacks, seed=seed, device=device, max_epochs=max_epochs)
-    if isinstance(spec, Learned):
-        m, _, _ = spec.fit(prep, sets, ctx, test=False)       # no test part: fitted for use
-    elif spec.trains:
-        m, _, _ = spec.fit(prep, sets, ctx)                   # a blend tests none of its parts
-    else:
-        m = spec.build(prep, device)
+        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor=f"val/ndcg@{min(10, prep.n_items)}", mode="max",
+                                                           patience=3))
+    k = min(10, prep.n_items)          # validation ranks the top 10 (the whole catalog if smaller)
+    ctx = FitContext(callbacks=callbacks, seed=seed, device=device, max_epochs=max_epochs, ks=(k,),
+                     optimized_metric=f"val/ndcg@{k}")
+    if search is not None and not isinstance(search, dict):
+        raise TypeError(f"search must be a dict of search settings (trials, minutes, space, ...), got {type(search).__name__}")
+    if search and not len(prep.valid):
+        raise ValueError(f"search needs a validation part: valid_ratio={valid_ratio} left none")
+    if not search and not spec.trains:
+        m, info = spec.build(prep, device), {"model": spec.to_dict()}
+    else:                        # no test part: fitted for use
+        m, _, _, info, _ = select_and_fit(spec, prep, sets, ctx, search, refit=bool(refit), test=False)
     seen = csr(np.concatenate([prep.train, prep.valid]), prep.n_users)
     return Recommender(m.cpu().eval(), prep.users, prep.items, prep.tokens, prep.tokenizer, seen,
                        torch.from_numpy(prep.bags.idf), prep.item_titles,
-                       {"text_fields": prep.text_fields, "model": spec.to_dict()})
+                       {"text_fields": prep.text_fields, **info})

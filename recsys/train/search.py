@@ -298,19 +298,21 @@ def refit_wanted(refit, prep) -> bool:
     return bool(refit) and len(prep.valid) > 0
 
 
-def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, refit="auto"):
+def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, refit="auto", test: bool = True):
     """The whole model choice of a run: an optional search on validation (search_cfg: trials,
     minutes, sampler, jobs, patience, prune), then the final fit: on train (no refit) or on
     train + validation (refit; a learned model for the epochs of its best validation value).
     Returns (model, metrics, best validation value, info, SearchResult or None); info is what
-    the export and the run folder record about the choice."""
+    the export and the run folder record about the choice. test=False: no test loop (a model
+    fitted for use, recsys.fit)."""
     from recsys.train.build import eval_sets
     from recsys.train.specs import as_spec
     search_cfg = dict(search_cfg or {})
     result = None
     info: dict = {}
     if search_cfg.get("trials") or search_cfg.get("minutes"):
-        result = search(spec, getattr(spec, "search_space", None), prep, sets, ctx,
+        space = search_cfg.get("space", getattr(spec, "search_space", None))
+        result = search(spec, space, prep, sets, ctx,
                         trials=search_cfg.get("trials"), minutes=search_cfg.get("minutes"),
                         sampler=search_cfg.get("sampler", "tpe"), jobs=int(search_cfg.get("jobs", 1)),
                         patience=int(search_cfg.get("patience", 3)), prune=bool(search_cfg.get("prune", True)))
@@ -324,7 +326,7 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
         if result is not None and not spec.trains:     # the winner is already fitted on train
             model, best = result.model, result.best_value
         else:
-            model, metrics, best = spec.fit(prep, sets, ctx)
+            model, metrics, best = spec.fit(prep, sets, ctx, test=test)
             if result is not None:
                 best = result.best_value
     else:
@@ -340,7 +342,7 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
                 cfg["fold_in_lambda"] = float(first.config.fold_in_lambda)   # chosen on validation
                 spec = as_spec(cfg)
         full = refit_data(prep)
-        model, metrics, _ = spec.fit(full, eval_sets(full), refit_context(ctx, epochs))
+        model, metrics, _ = spec.fit(full, eval_sets(full), refit_context(ctx, epochs), test=test)
         info["refit"] = {"n_train": int(len(full.train)), "n_valid_merged": int(len(prep.valid)),
                          "epochs": epochs}
         metrics.update({"refit/n_train": len(full.train), **({"refit/epochs": epochs} if epochs else {})})
