@@ -11,8 +11,10 @@ its peak RSS (ru_maxrss) is its own:
 
     load     prepare_files: read Parquet, vocabularies, CSR, token bags (seconds, RSS)
     train    the learned hybrid (dim 64, softmax loss with 1,024 shared negatives, batch 1,024)
-             through Lightning for --train-batches batches: interactions per second
-             (--sparse: lazy Adam on the user table, model.optim.sparse=true)
+             through Lightning for --train-batches batches: interactions per second over the
+             whole fit and from the median step (wall time of each batch, the first 3 left out)
+             (--sparse: lazy Adam on the large tables, model.optim.sparse=true; --max-history K:
+             training profiles pool at most K sampled history items, model.optim.max_history)
     rank     top-10 with seen items masked for --rank-users users (the first ones), for the
              collaborative and hybrid scorers, next to the bare torch.mm + torch.topk floor over
              the same shapes; users per second and the ratio to the floor
@@ -86,16 +88,28 @@ def phase(name: str, a) -> dict:
         from recsys.train.module import RecsysModule, train_loader
         L.seed_everything(0)
         scorer = build_scorer(prep, variant="hybrid", dim=64)
-        module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=1024, lr=0.005, sparse=a.sparse)
+        kw = {"max_history": a.max_history} if a.max_history else {}
+        module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=1024, lr=0.005, sparse=a.sparse, **kw)
+        steps = []
+
+        class StepTimes(L.Callback):
+            def on_train_batch_start(self, *args):
+                self.t = time.perf_counter()
+
+            def on_train_batch_end(self, *args):
+                steps.append(time.perf_counter() - self.t)
         trainer = L.Trainer(max_epochs=1, limit_train_batches=a.train_batches, limit_val_batches=0,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+                            enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+                            callbacks=[StepTimes()])
         loader = train_loader(prep.train, 1024, 0)
         t0 = time.perf_counter()
         trainer.fit(module, loader)
         s = time.perf_counter() - t0
-        out.update(train_s=s, batches=a.train_batches, sparse_user_table=a.sparse, interactions_per_s=a.train_batches * 1024 / s,
-                   epoch_s_estimate=len(prep.train) / (a.train_batches * 1024 / s))
+        med = statistics.median(steps[3:] or steps)
+        out.update(train_s=s, batches=a.train_batches, sparse=a.sparse, max_history=a.max_history,
+                   interactions_per_s=a.train_batches * 1024 / s, median_step_s=med,
+                   median_interactions_per_s=1024 / med, epoch_s_estimate=len(prep.train) * med / 1024)
     elif name == "rank":
         from recsys.train.build import build_scorer, csr
         from recsys.eval.ranking import topk
@@ -160,7 +174,8 @@ def main():
     ap.add_argument("--rank-users", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--als-iters", type=int, default=3)
-    ap.add_argument("--sparse", action="store_true", help="train with model.optim.sparse=true (lazy Adam on the user table)")
+    ap.add_argument("--sparse", action="store_true", help="train with model.optim.sparse=true (lazy Adam on the large tables)")
+    ap.add_argument("--max-history", type=int, default=0, help="train with model.optim.max_history (0: whole histories)")
     ap.add_argument("--phase-timeout", type=int, default=1200, help="seconds per phase before it is reported as timed out")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     a = ap.parse_args()

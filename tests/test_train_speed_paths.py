@@ -195,3 +195,29 @@ def test_choose_fold_in_lambda_ranks_at_most_max_users(monkeypatch):
     s = random_scorer("collaborative", n_users=2000)
     best, curve = choose_fold_in_lambda(s, (s.hist_indptr, s.hist_indices), _target(2000), max_users=100)
     assert seen == [100] * len(tune.FOLD_IN_GRID) and best == max(tune.FOLD_IN_GRID)
+
+
+def test_sampled_history_profile():
+    """max_history: a history no longer than it is pooled whole (the exact losses); a longer
+    one contributes exactly max_history draws from its own items; 0 means whole histories."""
+    s = random_scorer("content", n_users=9, n_items=13).train()
+    fn = LOSSES["softmax"]
+    lens = s.hist_indptr[1:] - s.hist_indptr[:-1]
+    exact = s.batch_loss(USERS, POS, NEG, fn)
+    torch.testing.assert_close(s.batch_loss(USERS, POS, NEG, fn, max_history=int(lens.max()))["content"], exact["content"])
+    users = torch.arange(9)
+    torch.manual_seed(0)
+    pos, take = s._sample_history(users, 2)
+    assert torch.equal(take, lens.clamp(max=2))
+    row = torch.repeat_interleave(users, take)
+    assert bool(((pos >= s.hist_indptr[row]) & (pos < s.hist_indptr[row + 1])).all())
+    short = lens[row] <= 2                     # short histories: every item, in order
+    want = torch.cat([torch.arange(int(s.hist_indptr[u]), int(s.hist_indptr[u + 1])) for u in users if lens[u] <= 2])
+    assert torch.equal(pos[short], want)
+    # k = 1: a user's profile is the content vector of one of its own history items
+    u = int(torch.argmax(lens))
+    C = s.item_content().detach()
+    torch.manual_seed(1)
+    P, _, _ = s._batch_content(torch.tensor([u]), torch.tensor([0]), torch.tensor([1]), False, max_history=1)
+    hist = s.hist_indices[s.hist_indptr[u]:s.hist_indptr[u + 1]]
+    assert any(torch.allclose(P[0].detach(), C[i]) for i in hist.tolist())

@@ -480,7 +480,7 @@ class Scorer(Model):
         return bag_sum(E, tokens, self.tok_weights[pos], offsets)
 
     def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, loss_fn,
-                   l2: float = 0.0, sparse: bool = False) -> dict[str, torch.Tensor]:
+                   l2: float = 0.0, sparse: bool = False, max_history: int = 0) -> dict[str, torch.Tensor]:
         """The training losses of one batch: (B,) users and their (B,) positive items against
         (N,) negatives shared by the whole batch (one (B, N) matmul per component; a negative
         that is the row's own positive is masked out of that row). loss_fn(pos (B,), neg (B, N),
@@ -493,7 +493,13 @@ class Scorer(Model):
         union of pos, neg and the training histories of the batch's distinct users (for their
         content profiles), each pooled from its own tokens. The losses and gradients are those
         of scoring against the whole catalog's item_side(), without its (I, D) content pass.
-        sparse=True: the sparse_tables() get row-sparse gradients (their other rows none)."""
+        sparse=True: the sparse_tables() get row-sparse gradients (their other rows none).
+
+        max_history > 0 (an approximation, off by default): the training profile of a user with
+        a longer history pools max_history of its items drawn uniformly with replacement (an
+        unbiased estimate of the mean; batches are drawn per interaction, so heavy users are in
+        almost every batch, and at 1M users their histories made up ~190,000 of the items a
+        batch pooled). The profile used at ranking time always pools the whole history."""
         c = self.config
         clash = pos[:, None] == neg[None, :]                                          # (B, N)
         pos_s, neg_s = {}, {}
@@ -507,7 +513,7 @@ class Scorer(Model):
                 pos_s["cf"] = pos_s["cf"] + _rows(self.item_bias, pos, sparse)[:, None]
                 neg_s["cf"] = neg_s["cf"] + _rows(self.item_bias, neg, sparse)
         if c.uses_content:
-            P, Cp, Cn = self._batch_content(users, pos, neg, sparse)
+            P, Cp, Cn = self._batch_content(users, pos, neg, sparse, max_history)
             pos_s["content"] = (P * Cp).sum(1, keepdim=True)                            # (B, 1)
             neg_s["content"] = P @ Cn.T                                                 # (B, N)
         losses = {name: loss_fn(pos_s[name][:, 0], neg_s[name], clash) for name in pos_s}
@@ -517,13 +523,17 @@ class Scorer(Model):
             losses["l2"] = l2 * (u.pow(2).sum() + Vp.pow(2).sum()) / len(users)
         return losses
 
-    def _batch_content(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, sparse: bool):
+    def _batch_content(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, sparse: bool,
+                       max_history: int = 0):
         """(P (B, D), C[pos] (B, D), C[neg] (N, D)), with C computed once for the union of the
         items these need (pos, neg, the histories of the distinct users; each user pooled once:
         training batches repeat heavy users many times)."""
         uniq, inv = torch.unique(users, return_inverse=True)                          # (b,), (B,)
-        hpos, _ = gather_rows(self.hist_indptr, uniq)
-        lengths = self.hist_indptr[uniq + 1] - self.hist_indptr[uniq]                  # (b,)
+        if max_history > 0:
+            hpos, lengths = self._sample_history(uniq, max_history)
+        else:
+            hpos, _ = gather_rows(self.hist_indptr, uniq)
+            lengths = self.hist_indptr[uniq + 1] - self.hist_indptr[uniq]              # (b,)
         B, N = len(pos), len(neg)
         items, slot = _compact(torch.cat([pos, neg, self.hist_indices[hpos]]), self.config.n_items)
         C = self.content_rows(items, sparse)                                          # (M, D)
@@ -531,6 +541,21 @@ class Scorer(Model):
         w = torch.repeat_interleave(1.0 / lengths.clamp(min=1).to(C.dtype), lengths)  # mean: 1 / |H(u)|
         P = bag_sum(C, slot[B + N:], w, offsets)[inv]                                 # (B, D), 0 if empty
         return P, F.embedding(slot[:B], C), F.embedding(slot[B:B + N], C)
+
+    def _sample_history(self, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions in hist_indices, per-user counts (b,)) of the history items pooled for
+        the (b,) users: all of a history of at most k items, else k drawn uniformly with
+        replacement (torch's generator, on the users' device)."""
+        start = self.hist_indptr[users]
+        lengths = self.hist_indptr[users + 1] - start                                  # (b,)
+        take = lengths.clamp(max=k)
+        row = torch.repeat_interleave(torch.arange(len(users), device=users.device), take)   # (n,)
+        j = torch.arange(len(row), device=users.device) - (torch.cumsum(take, 0) - take)[row]
+        long = lengths[row] > k
+        if bool(long.any()):
+            drawn = (torch.rand(len(row), device=users.device) * lengths[row]).long()
+            j = torch.where(long, torch.minimum(drawn, lengths[row] - 1), j)
+        return start[row] + j, take
 
     def _alpha_loss(self, pos_s, neg_s, clash, loss_fn) -> torch.Tensor:
         """Loss on the blended score that trains alpha alone: components detached, per-user

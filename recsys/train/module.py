@@ -24,12 +24,14 @@ from recsys.models.learned import Scorer
 class RecsysModule(L.LightningModule):
     def __init__(self, scorer: Scorer, eval_sets: dict, loss: str = "bpr", n_neg: int = 8,
                  lr: float = 5e-3, weight_decay: float = 0.0, l2: float = 0.0,
-                 ks: tuple[int, ...] = (10, 20), sparse: bool = False):
+                 ks: tuple[int, ...] = (10, 20), sparse: bool = False, max_history: int = 0):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"model.optim.loss={loss!r} is not one of {sorted(LOSSES)}")
         if n_neg < 1:
             raise ValueError(f"model.optim.n_neg={n_neg} must be >= 1")
+        if max_history < 0:
+            raise ValueError(f"model.optim.max_history={max_history} must be >= 0 (0: whole histories)")
         self.scorer = scorer
         self.save_hyperparameters(ignore=["scorer", "eval_sets"])
         self.loss_fn = LOSSES[loss]
@@ -72,7 +74,8 @@ class RecsysModule(L.LightningModule):
         # N negatives shared by the whole batch, drawn uniformly on the batch's device; the
         # scorer scores and masks them (Scorer.batch_loss) and reads only the rows they need
         neg = torch.randint(self.scorer.config.n_items, (self.hparams.n_neg,), device=users.device)   # (N,)
-        parts = self.scorer.batch_loss(users, pos, neg, self.loss_fn, l2=self.hparams.l2, sparse=self.hparams.sparse)
+        parts = self.scorer.batch_loss(users, pos, neg, self.loss_fn, l2=self.hparams.l2, sparse=self.hparams.sparse,
+                                       max_history=self.hparams.max_history)
         loss = sum(parts.values())
         for name, part in parts.items():
             self.log(f"train/loss_{name}", part, on_step=False, on_epoch=True)
