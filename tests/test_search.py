@@ -70,6 +70,33 @@ def test_search_picks_the_brute_force_best(prep):
     assert res.spec.to_dict()["k"] == best_k
 
 
+@pytest.fixture(scope="module")
+def prep300(tmp_path_factory):
+    from conftest import write_tiny_dataset
+    from recsys.data.prepare import prepare_files
+    p = write_tiny_dataset(str(tmp_path_factory.mktemp("d300")), n_users=300, n_items=60)
+    return prepare_files(train=p["train"], test=p["test"], items=p["items"], valid_ratio=0.2, seed=1)
+
+
+def test_the_default_stays_unless_the_best_trial_is_significantly_better(prep, prep300):
+    """The config's own values are trial 0. A best trial whose validation gain is within the
+    noise (an identical configuration, found again) leaves the default; a default far worse
+    than the best (ItemKNN with one neighbour) is replaced."""
+    sets = _val_sets(prep)
+    ctx = FitContext(ks=(10,))
+    same = search(as_spec({"kind": "itemknn", "k": 40}), {"k": {"choices": [40, 41]}}, prep, sets, ctx,
+                  trials=4, sampler="random")
+    assert same.trials[0]["params.k"] == 40 and same.best_params == {"k": 40}
+    bad = search(as_spec({"kind": "itemknn", "k": 1, "similarity": "jaccard"}), {"k": {"low": 1, "high": 60}},
+                 prep300, _val_sets(prep300), ctx, trials=6, sampler="random")
+    assert bad.trials[0]["params.k"] == 1
+    assert not bad.extra["vs_default"]["kept_default"] and bad.extra["vs_default"]["p"] < 0.05
+    assert bad.best_params["k"] > 1
+    off = search(as_spec({"kind": "itemknn", "k": 40}), {"k": {"choices": [40, 3]}}, prep, sets, ctx,
+                 trials=3, sampler="random", guard=None)
+    assert "vs_default" not in off.extra
+
+
 def test_refit_data_merges_validation_into_train(prep):
     full = refit_data(prep)
     assert len(full.train) == len(prep.train) + len(prep.valid) and len(full.valid) == 0
@@ -170,8 +197,12 @@ def test_train_py_searches_refits_and_records_the_choice(tiny_files, tmp_path, c
     m = train.run(compose(overrides, str(tmp_path)))
     trials = pd.read_csv(tmp_path / "trials.csv")
     assert len(trials) == 3 and set(trials["state"]) == {"complete"} and "params.lam" in trials
-    assert m["search/params.lam"] == pytest.approx(trials["params.lam"][trials["value"].idxmax()])
     meta = json.load(open(tmp_path / "export" / "config.json"))["meta"]
+    assert trials["params.lam"][0] == 200.0                 # the config's own value is trial 0
+    if meta["search"]["vs_default"]["kept_default"]:        # the best trial was not significantly better
+        assert m["search/params.lam"] == 200.0
+    else:
+        assert m["search/params.lam"] == pytest.approx(trials["params.lam"][trials["value"].idxmax()])
     assert meta["search"]["params"]["lam"] == m["search/params.lam"]
     assert meta["model"]["lam"] == m["search/params.lam"]
     split = {p: len(pd.read_csv(tmp_path / "split" / f"{p}.csv")) for p in ("train", "valid")}

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,9 +108,10 @@ def with_params(config: dict, params: dict) -> dict:
 
 def optimise(objective: Callable[[Any], float], space: dict, trials: int | None = None,
              minutes: float | None = None, seed: int = 2026, sampler: str = "tpe", jobs: int = 1,
-             prune: bool = True):
+             prune: bool = True, first: dict | None = None):
     """An Optuna study maximising objective(trial) over `space` (parse_space form). Ends after
-    `trials` trials or `minutes`, whichever first (at least one of them). Returns the study."""
+    `trials` trials or `minutes`, whichever first (at least one of them); `first`: the point the
+    study tries first (trial 0; not with the grid sampler). Returns the study."""
     import optuna
     if sampler not in SAMPLERS:
         raise ValueError(f"search.sampler={sampler!r} is not one of {SAMPLERS}")
@@ -128,14 +130,23 @@ def optimise(objective: Callable[[Any], float], space: dict, trials: int | None 
         s = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, (trials or 10) // 3)))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=s, pruner=pruner)
+    if first and sampler != "grid":
+        study.enqueue_trial(first)
     study.optimize(objective, n_trials=trials or None, timeout=minutes * 60 if minutes else None, n_jobs=jobs,
                    catch=())
     return study
 
 
 def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None = 20, minutes: float | None = None,
-           sampler: str = "tpe", jobs: int = 1, patience: int = 3, prune: bool = True) -> SearchResult:
-    """Search `space` for `spec` (train/specs.py) on validation; see the module docstring."""
+           sampler: str = "tpe", jobs: int = 1, patience: int = 3, prune: bool = True,
+           guard: float | None = 0.05) -> SearchResult:
+    """Search `space` for `spec` (train/specs.py) on validation; see the module docstring.
+
+    The spec's own values are trial 0 when they lie in the space. guard (a p-value, None: off):
+    the best trial replaces that default only if its per-user validation metric is higher with
+    a paired sign-flip test p < guard (eval/compare.paired); a small validation part cannot
+    tell apart configurations closer than its noise, and picking by noise lost test accuracy
+    (benchmarks/README.md, "Model selection")."""
     from recsys.train.specs import Learned, as_spec
     space = parse_space(space)
     val_sets = {k: v for k, v in sets.items() if k.startswith("val_")}    # no test part, ever
@@ -144,6 +155,7 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     base = spec.to_dict()
     metric = ctx.optimized_metric
     kept: dict = {}
+    lock = threading.Lock()
 
     def objective(trial) -> float:
         params = {n: suggest(trial, n, p) for n, p in space.items()}
@@ -168,19 +180,21 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
         trial.set_user_attr("epochs", curve.best_epoch if curve.values else None)
         if not math.isfinite(value):
             value = float("-inf")
-        if not kept or value > kept["value"]:
-            kept.update(value=value, model=model)
+        with lock:                      # search.jobs > 1: trials finish on several threads
+            if not kept or value > kept["value"]:
+                kept.update(value=value, model=model, number=trial.number)
+            if default is not None and trial.number == 0:
+                kept["default"] = model
         log.info("trial %d: %s -> %s %.4f (%.1f s)", trial.number, params, metric, value,
                  trial.user_attrs["seconds"])
         return value
 
+    default = _defaults(base, space) if sampler != "grid" else None
     t0 = time.perf_counter()
     if not space:   # nothing declared: the one configuration is the winner
-        space_trials = 1
         study = optimise(objective, {}, 1, None, ctx.seed, "random", 1, False)
     else:
-        space_trials = trials
-        study = optimise(objective, space, space_trials, minutes, ctx.seed, sampler, jobs, prune)
+        study = optimise(objective, space, trials, minutes, ctx.seed, sampler, jobs, prune, first=default)
     rows = []
     for t in study.trials:
         rows.append({"number": t.number, "state": t.state.name.lower(),
@@ -192,9 +206,25 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     if not done:
         raise ValueError("search: no trial completed")
     best = max(done, key=lambda t: (t.value, -t.number))
+    model = kept.get("model")
+    extra: dict = {}
+    base_trial = study.trials[0] if default is not None and study.trials[0].state.name == "COMPLETE" else None
+    if guard is not None and base_trial is not None and best.number != 0 and "default" in kept:
+        from recsys.eval.compare import paired
+        from recsys.eval.evaluation import evaluate
+        name = metric.split("/", 1)[-1]
+        per = [evaluate(m, val_sets["val_target"], val_sets["val_seen"], list(ctx.ks), ctx.eval_chunk, "val/")[1][name]
+               for m in (kept["default"], model)]
+        test = paired(per[0].cpu().numpy(), per[1].cpu().numpy(), seed=ctx.seed)
+        keep_default = not (test["diff"] > 0 and test["p"] < guard)
+        extra["vs_default"] = {"gain": float(test["diff"]), "p": float(test["p"]), "kept_default": keep_default}
+        log.info("search: best trial %d vs the config's own values: %+.4f %s, paired p = %.3f -> %s", best.number,
+                 test["diff"], metric, test["p"], "the default stays" if keep_default else "the best trial wins")
+        if keep_default:
+            best, model = base_trial, kept["default"]
     best_cfg = with_params(base, best.params)
     result = SearchResult(dict(best.params), float(best.value), best.user_attrs.get("epochs"), rows,
-                          as_spec(best_cfg), kept.get("model"), metric, time.perf_counter() - t0)
+                          as_spec(best_cfg), model, metric, time.perf_counter() - t0, extra)
     if best_cfg.get("kind") == "learned" and base.get("fold_in_lambda") == "auto" and result.model is not None \
             and result.model.config.uses_cf:
         from recsys.train.tune import choose_fold_in_lambda
@@ -206,6 +236,25 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
              result.best_value, result.best_params,
              f", {result.best_epochs} epochs" if result.best_epochs else "")
     return result
+
+
+def _defaults(base: dict, space: dict) -> dict | None:
+    """The spec's own values of the space's parameters, when every one is set and inside the
+    space (the config as given, tried first); else None."""
+    out = {}
+    for name, p in space.items():
+        d = base
+        for key in name.split("."):
+            if not isinstance(d, dict) or key not in d:
+                return None
+            d = d[key]
+        if p["type"] == "categorical":
+            if d not in p["choices"]:
+                return None
+        elif not isinstance(d, (int, float)) or isinstance(d, bool) or not p["low"] <= d <= p["high"]:
+            return None
+        out[name] = d
+    return out or None
 
 
 def refit_data(prep):
@@ -315,7 +364,8 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
         result = search(spec, space, prep, sets, ctx,
                         trials=search_cfg.get("trials"), minutes=search_cfg.get("minutes"),
                         sampler=search_cfg.get("sampler", "tpe"), jobs=int(search_cfg.get("jobs", 1)),
-                        patience=int(search_cfg.get("patience", 3)), prune=bool(search_cfg.get("prune", True)))
+                        patience=int(search_cfg.get("patience", 3)), prune=bool(search_cfg.get("prune", True)),
+                        guard=search_cfg.get("guard", 0.05))
         spec = result.spec
         info["search"] = {"metric": result.metric, "best_value": result.best_value, "params": result.best_params,
                           "epochs": result.best_epochs, "trials": len(result.trials),
