@@ -208,3 +208,23 @@ def test_train_py_searches_refits_and_records_the_choice(tiny_files, tmp_path, c
     split = {p: len(pd.read_csv(tmp_path / "split" / f"{p}.csv")) for p in ("train", "valid")}
     assert meta["refit"]["n_train"] == split["train"] + split["valid"] == m["refit/n_train"]
     assert os.path.exists(tmp_path / "export" / "model.safetensors")
+
+
+def test_trials_become_hparams_runs(tmp_path):
+    """Each trial is one HParams run under <log dir>/trials/<number>, holding its parameters
+    and its validation value (read back from the event file)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from recsys.train.run import log_trials
+    from recsys.train.search import SearchResult
+
+    class Logger:
+        log_dir = str(tmp_path)
+    trials = [{"number": 0, "state": "complete", "value": 0.25, "seconds": 1.0, "epochs": None, "params.lam": 200.0},
+              {"number": 1, "state": "pruned", "value": None, "seconds": 2.0, "epochs": 3, "params.lam": 10.0}]
+    log_trials([Logger()], SearchResult({"lam": 200.0}, 0.25, None, trials, None))
+    assert sorted(os.listdir(tmp_path / "trials")) == ["000", "001"]
+    acc = EventAccumulator(str(tmp_path / "trials" / "000"))
+    acc.Reload()
+    assert acc.Scalars("trial/val/ndcg@10")[0].value == pytest.approx(0.25)
+    assert "_hparams_/session_start_info" in acc.summary_metadata
