@@ -69,11 +69,11 @@ def main() -> None:
         ax.plot(x, y, marker="o", ms=3, label=f"learned {m}")
         best = max(range(len(y)), key=y.__getitem__)
         rows[m] = {"best_val_ndcg@10": y[best], "seconds_to_best": x[best], "epochs": len(y)}
-    for m, mk in zip(MEMORY, ("*", "s")):
+    for m, mk, col in zip(MEMORY, ("*", "s"), ("black", "crimson")):
         out = os.path.join(root, m)
         run(m, a.extra + ["logger=none"], out)
         met = json.load(open(os.path.join(out, "metrics.json")))
-        ax.scatter([met["fit/seconds"]], [met["best/val/ndcg@10"]], marker=mk, s=90, zorder=3,
+        ax.scatter([met["fit/seconds"]], [met["best/val/ndcg@10"]], marker=mk, s=90, zorder=3, color=col,
                    label=f"{m} (fit)")
         rows[m] = {"best_val_ndcg@10": met["best/val/ndcg@10"], "seconds_to_best": met["fit/seconds"]}
     ax.set_xlabel("seconds of training (wall clock, 2 CPU threads)")
