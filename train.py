@@ -21,7 +21,7 @@ from recsys.eval.evaluation import format_table
 from recsys.serve.export import write_json_atomic
 from recsys.train.build import eval_sets
 from recsys.train.run import RunLock, checkpoint_path, data_files, final_report, log_trials, run_info, write_run
-from recsys.train.search import refit_data, select_and_fit, write_trials
+from recsys.train.search import select_and_fit, write_trials
 from recsys.train.specs import FitContext
 
 log = logging.getLogger("train")
@@ -70,21 +70,22 @@ def _run(cfg: DictConfig, out: str) -> dict:
                      loggers=loggers, ks=tuple(cfg.ks), eval_chunk=cfg.eval_chunk, seed=cfg.seed, ckpt_path=ckpt,
                      device=device, optimized_metric=cfg.optimized_metric)
     search = OmegaConf.to_container(cfg.search, resolve=True) if cfg.get("search") else None
-    model, metrics, best, choice, result = select_and_fit(spec, prep, sets, ctx, search, cfg.data.get("refit", "auto"))
-    metrics[f"best/{cfg.optimized_metric}"] = best
+    choice = select_and_fit(spec, prep, sets, ctx, search, cfg.data.get("refit", "auto"))
+    model, metrics = choice.model, choice.metrics
+    metrics[f"best/{cfg.optimized_metric}"] = choice.best
     if not _is_rank_zero():   # DDP: the other processes trained and tested with rank 0; it writes
         return metrics
-    if result is not None:
-        write_trials(os.path.join(out, "trials.csv"), result)
-        log_trials(loggers, result)
-    final = refit_data(prep) if "refit" in choice else prep     # what the final model was fitted on
-    report, per_user = final_report(model, final, eval_sets(final), cfg.ks, cfg.eval_chunk, device,
+    if choice.result is not None:
+        write_trials(os.path.join(out, "trials.csv"), choice.result)
+        log_trials(loggers, choice.result)
+    # the report on the data the final model was fitted on (train + valid after a refit)
+    report, per_user = final_report(model, choice.prep, choice.sets, cfg.ks, cfg.eval_chunk, device,
                                     cfg.report.history_buckets,
                                     cfg.report.head_share, loggers, logged=set(metrics),
                                     projector=cfg.report.projector)
     metrics.update(report)
     metrics["data"] = prep.report
-    write_run(out, model, prep, sets, metrics, per_user, cfg.report.history_buckets, choice)
+    write_run(out, model, prep, sets, metrics, per_user, cfg.report.history_buckets, choice.info)
     print(format_table(metrics))
     log.info("run folder: %s", out)
     return metrics

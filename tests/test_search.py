@@ -113,12 +113,14 @@ def test_refit_fits_on_train_plus_validation_counted(prep):
     counts of those pairs; without refit, to train alone."""
     sets = _val_sets(prep)
     spec = as_spec("popularity")
-    model, metrics, _, info, _ = select_and_fit(spec, prep, sets, FitContext(ks=(10,)), None, refit="auto")
+    choice = select_and_fit(spec, prep, sets, FitContext(ks=(10,)), None, refit="auto")
+    model, metrics, info = choice.model, choice.metrics, choice.info
     n = len(prep.train) + len(prep.valid)
     assert prep.valid_carved and info["refit"]["n_train"] == n and metrics["refit/n_train"] == n
     counts = torch.bincount(torch.from_numpy(np.concatenate([prep.train, prep.valid])[:, 1]), minlength=prep.n_items)
     assert torch.equal(model.pop.round().long(), counts)
-    plain, _, _, info2, _ = select_and_fit(spec, prep, sets, FitContext(ks=(10,)), None, refit=False)
+    other = select_and_fit(spec, prep, sets, FitContext(ks=(10,)), None, refit=False)
+    plain, info2 = other.model, other.info
     assert "refit" not in info2 and int(plain.pop.sum()) == len(prep.train)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from recsys.eval.metrics import hits_matrix, per_user_metrics
 from recsys.eval.ranking import rank
-from recsys.sparse.csr import row_ids
+from recsys.sparse.csr import keep_entries
 
 
 class MetricSums:
@@ -58,12 +58,7 @@ def measure(model, users: torch.Tensor, target, exclude, ks, chunk_size: int = 1
 def restrict_target(target: tuple[torch.Tensor, torch.Tensor], keep_item: torch.Tensor):
     """The CSR target (indptr, indices) keeping only entries whose item has keep_item[item]."""
     indptr, indices = target
-    keep = keep_item[indices]
-    row = row_ids(indptr)
-    counts = torch.bincount(row[keep], minlength=len(indptr) - 1)
-    new = torch.zeros_like(indptr)
-    new[1:] = torch.cumsum(counts, 0)
-    return new, indices[keep]
+    return keep_entries(indptr, indices, keep_item[indices])
 
 
 def bucket_labels(edges: list[int]) -> list[str]:

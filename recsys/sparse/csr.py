@@ -53,6 +53,15 @@ def row_ids(indptr: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr[1:] - indptr[:-1])
 
 
+def keep_entries(indptr: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR (indptr, indices) with only the entries where keep (nnz,) bool is True; the
+    number of rows is unchanged (a row may become empty)."""
+    counts = torch.bincount(row_ids(indptr)[keep], minlength=len(indptr) - 1)
+    new = torch.zeros_like(indptr)
+    new[1:] = torch.cumsum(counts, 0)
+    return new, indices[keep]
+
+
 def member(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
     """(N,) bool: keys[i] is in pool (int64 arrays), by one sort and a binary search (np.isin's
     hashing is several times slower on tens of millions of keys)."""

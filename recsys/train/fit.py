@@ -97,7 +97,8 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     if not search and not spec.trains:
         m, info = spec.build(prep, device), {"model": spec.to_dict()}
     else:                        # no test part: fitted for use
-        m, _, _, info, _ = select_and_fit(spec, prep, sets, ctx, search, refit=bool(refit), test=False)
+        choice = select_and_fit(spec, prep, sets, ctx, search, refit=bool(refit), test=False)
+        m, info = choice.model, choice.info
     seen = csr(np.concatenate([prep.train, prep.valid]), prep.n_users)
     return Recommender(m.cpu().eval(), prep.users, prep.items, prep.tokens, prep.tokenizer, seen,
                        torch.from_numpy(prep.bags.idf), prep.item_titles,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
@@ -300,15 +301,7 @@ def _quiet(trainer):
                              enable_model_summary=False)
 
 
-def _callback_base():
-    try:
-        from lightning.pytorch.callbacks import Callback
-        return Callback
-    except ImportError:         # memory-model searches need no Lightning
-        return object
-
-
-class EpochCurve(_callback_base()):
+class EpochCurve(Callback):
     """Records the validation metric after every epoch (and reports it to an Optuna trial, which
     may prune it): best, best_epoch (1-based) and values."""
 
@@ -336,6 +329,21 @@ class EpochCurve(_callback_base()):
         return int(np.argmax(self.values)) + 1
 
 
+@dataclass
+class Choice:
+    """What select_and_fit chose and fitted: the final model, its metrics (the test loop's,
+    search/*, refit/*), the best validation value, info (what the export records: model,
+    search, refit), the SearchResult (or None), and the data the model was fitted on (prep and
+    its eval_sets: train + validation after a refit)."""
+    model: Any
+    metrics: dict
+    best: float
+    info: dict
+    result: SearchResult | None
+    prep: Any
+    sets: dict
+
+
 def refit_wanted(refit, prep) -> bool:
     """data.refit: true | false | auto (on when validation was carved out of a train file)."""
     if isinstance(refit, str):
@@ -351,9 +359,7 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
     """The whole model choice of a run: an optional search on validation (search_cfg: trials,
     minutes, sampler, jobs, patience, prune), then the final fit: on train (no refit) or on
     train + validation (refit; a learned model for the epochs of its best validation value).
-    Returns (model, metrics, best validation value, info, SearchResult or None); info is what
-    the export and the run folder record about the choice. test=False: no test loop (a model
-    fitted for use, recsys.fit)."""
+    Returns a Choice. test=False: no test loop (a model fitted for use, recsys.fit)."""
     from recsys.train.build import eval_sets
     from recsys.train.specs import as_spec
     search_cfg = dict(search_cfg or {})
@@ -372,6 +378,7 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
                           "seconds": round(result.seconds, 2), **result.extra}
     do_refit = refit_wanted(refit, prep)
     metrics: dict = {}
+    final, final_sets = prep, sets
     if not do_refit:
         if result is not None and not spec.trains:     # the winner is already fitted on train
             model, best = result.model, result.best_value
@@ -391,17 +398,18 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
             if cfg.get("fold_in_lambda") == "auto" and hasattr(first.config, "fold_in_lambda"):
                 cfg["fold_in_lambda"] = float(first.config.fold_in_lambda)   # chosen on validation
                 spec = as_spec(cfg)
-        full = refit_data(prep)
-        model, metrics, _ = spec.fit(full, eval_sets(full), refit_context(ctx, epochs), test=test)
-        info["refit"] = {"n_train": int(len(full.train)), "n_valid_merged": int(len(prep.valid)),
+        final = refit_data(prep)
+        final_sets = eval_sets(final)
+        model, metrics, _ = spec.fit(final, final_sets, refit_context(ctx, epochs), test=test)
+        info["refit"] = {"n_train": int(len(final.train)), "n_valid_merged": int(len(prep.valid)),
                          "epochs": epochs}
-        metrics.update({"refit/n_train": len(full.train), **({"refit/epochs": epochs} if epochs else {})})
+        metrics.update({"refit/n_train": len(final.train), **({"refit/epochs": epochs} if epochs else {})})
     info["model"] = spec.to_dict()
     if result is not None:
         metrics.update({"search/best_value": result.best_value, "search/trials": len(result.trials),
                         "search/seconds": result.seconds,
                         **{f"search/params.{k}": v for k, v in result.best_params.items()}})
-    return model, metrics, best, info, result
+    return Choice(model, metrics, best, info, result, final, final_sets)
 
 
 def write_trials(path: str, result: SearchResult) -> None:

@@ -15,7 +15,8 @@ import logging
 
 import torch
 
-from recsys.eval.evaluation import evaluate
+from recsys.eval.evaluation import evaluate, users_with_targets
+from recsys.sparse.csr import keep_entries, row_ids
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +30,13 @@ def sample_users(target: tuple[torch.Tensor, torch.Tensor], max_users: int, seed
     seeded uniform sample, the same for the same seed) and the other rows emptied; the target
     itself when it has no more users than that."""
     indptr, indices = target
-    lengths = indptr[1:] - indptr[:-1]
-    users = torch.nonzero(lengths > 0).flatten()
+    users = users_with_targets(indptr)
     if len(users) <= max_users:
         return target
     g = torch.Generator().manual_seed(seed)
-    keep = torch.zeros(len(lengths), dtype=torch.bool, device=indptr.device)
+    keep = torch.zeros(len(indptr) - 1, dtype=torch.bool, device=indptr.device)
     keep[users[torch.randperm(len(users), generator=g)[:max_users].to(users.device)]] = True
-    new_lengths = torch.where(keep, lengths, torch.zeros_like(lengths))
-    new_indptr = torch.zeros_like(indptr)
-    new_indptr[1:] = torch.cumsum(new_lengths, 0)
-    return new_indptr, indices[torch.repeat_interleave(keep, lengths)]
+    return keep_entries(indptr, indices, keep[row_ids(indptr)])
 
 
 @torch.no_grad()
