@@ -140,12 +140,14 @@ def test_seen_items_excluded_by_default(tmp_path):
     # gets the n - 4 items left; a batch that asks more than a user has left is refused
     ids_masked, sc_masked = rec.recommend("u0", k=n)
     assert len(ids_masked) == n - 4 and np.isfinite(sc_masked).all() and not seen_of["u0"] & set(ids_masked)
-    with pytest.raises(ValueError, match=f"k={n} exceeds the {n - 4} items user 'u0' may still get"):
-        rec.recommend(prep.users.ids, k=n)
+    b_ids, b_sc = rec.recommend(prep.users.ids, k=n)
+    assert b_ids.shape == (len(prep.users.ids), n - 4) and np.isfinite(b_sc).all()
+    assert (b_ids[0] == ids_masked).all()
 
 
 def test_unknown_user_and_bad_k(tmp_path):
-    """An unknown user id raises KeyError; k outside 1..n_items raises ValueError."""
+    """An unknown user id raises KeyError; k < 1 raises ValueError naming k; k above the
+    catalog gives what there is."""
     prep = prepared(tmp_path, string_ids=True)
     path, _ = export(tmp_path, prep, trained_like(prep))
     rec = Recommender.from_pretrained(path)
@@ -153,10 +155,11 @@ def test_unknown_user_and_bad_k(tmp_path):
         rec.recommend("ghost")
     with pytest.raises(KeyError):
         rec.recommend(["u1", "ghost"])
-    with pytest.raises(ValueError):
-        rec.recommend("u1", k=prep.n_items + 1)
-    with pytest.raises(ValueError):
+    assert len(rec.recommend("u1", k=prep.n_items + 1)[0]) == len(rec.recommend("u1", k=prep.n_items)[0])
+    with pytest.raises(ValueError, match="k=0 must be >= 1"):
         rec.recommend("u1", k=0)
+    with pytest.raises(ValueError, match="k=-3 must be >= 1"):
+        rec.recommend("u1", k=-3)
 
 
 @pytest.mark.parametrize("keep", [0, 5, 100, "half", "minus1"])

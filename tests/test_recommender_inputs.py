@@ -42,17 +42,24 @@ def test_users_as_0d_array_series_none(rec):
 
 
 def test_never_an_excluded_item(rec):
-    """k above what a user may still get: one user gets only the items left (finite scores);
-    a batch is refused naming the user; histories over the whole catalog likewise."""
+    """k above what a user may still get: one user gets only the items left (finite scores); a
+    batch pads the shorter rows with NaN scores and id -1 (integer ids), never a seen item;
+    histories over the whole catalog likewise."""
     n = len(rec.items)
-    ids, sc = rec.recommend(0, k=n)
+    ids, sc = rec.recommend(0, k=n + 5)
     assert len(ids) == n - 4 and np.isfinite(sc).all()
-    with pytest.raises(ValueError, match=f"k={n} exceeds the {n - 4} items user 0 may still get"):
-        rec.recommend([0, 1], k=n)
+    seen0 = set(rec.items.ids[j] for j in rec.seen[1][rec.seen[0][0]:rec.seen[0][1]].tolist())
+    assert not seen0 & set(ids.tolist())
+    b_ids, b_sc = rec.recommend([0, 1], k=n)
+    n1 = n - (int(rec.seen[0][2]) - int(rec.seen[0][1]))
+    assert b_ids.shape == (2, max(n - 4, n1))
+    assert (b_ids[0, :n - 4] == ids).all() and (b_sc[0, :n - 4] == sc).all()
+    assert np.isnan(b_sc[0, n - 4:]).all() and (b_ids[0, n - 4:] == -1).all()
     ids, sc = rec.recommend_for_history([1, 2, 3], k=n)
     assert len(ids) == n - 3 and not {1, 2, 3} & set(ids) and np.isfinite(sc).all()
-    with pytest.raises(ValueError, match="items history 0 may still get"):
-        rec.recommend_for_history([[1, 2, 3], [4]], k=n)
+    h_ids, h_sc = rec.recommend_for_history([[1, 2, 3], [4]], k=n)
+    assert h_ids.shape == (2, n - 1) and (h_ids[0, :n - 3] == ids).all()
+    assert np.isnan(h_sc[0, n - 3:]).all() and np.isfinite(h_sc[1]).all() and 4 not in h_ids[1]
 
 
 def test_evaluate_refuses_unpaired_lists(rec):

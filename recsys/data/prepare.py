@@ -60,6 +60,9 @@ class Prepared:
     # validation was carved out of a given train file (data.valid_ratio): the final model is
     # refit on train + valid by default (data.refit=auto, train/search.py refit_data)
     valid_carved: bool = False
+    # {field: one string per item}: the item table's text fields, kept in the export for the
+    # Recommender's where= filters (serve/request.py)
+    item_attributes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -280,11 +283,13 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     # item text: fields of the item table, plus tags not taken from held-out pairs
     fields: list[dict[str, str]] = [dict() for _ in range(len(item_vocab))]
     titles = [str(i) for i in item_vocab.ids]
+    attributes = {c: [""] * len(item_vocab) for c in text_cols} if items is not None else {}
     if items is not None:
         idx = item_vocab.index(items["item"])
         for c in text_cols:
             for n, t in zip(idx, items[c].tolist()):
                 fields[n][c] = t
+                attributes[c][n] = str(t)
         if text_cols:
             for n, t in zip(idx, items[text_cols[0]].tolist()):
                 titles[n] = t
@@ -318,7 +323,7 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
                     bags, titles, report, ratings,
                     text_fields=list(text_cols) + (["tags"] if tags is not None and len(tags) else []),
-                    valid_ratings=valid_ratings)
+                    valid_ratings=valid_ratings, item_attributes=attributes)
     if new_parts:
         _add_new_users(prep, new_parts, report)
     report.update(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(tokens),

@@ -3,19 +3,26 @@ masked, top-k. Peak memory is O(chunk_size x n_items) floats whatever the number
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 
 from recsys.sparse.csr import gather_rows
+from recsys.sparse.similarity import select_rows
 from recsys.sparse.spgemm import Workspace
 
 
 def mask_seen(scores: torch.Tensor, users: torch.Tensor, seen_indptr: torch.Tensor,
-              seen_indices: torch.Tensor) -> torch.Tensor:
-    """In place: scores (B, I) of `users` get -inf at each user's seen items."""
+              seen_indices: torch.Tensor, pos_of: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: scores (B, I) of `users` get -inf at each user's seen items; with pos_of
+    ((I,) item -> column of `scores`, -1 for none), scores hold only some items' columns."""
     pos, row_of = gather_rows(seen_indptr, users)
-    scores[row_of, seen_indices[pos]] = float("-inf")
+    c = seen_indices[pos]
+    if pos_of is not None:
+        c = pos_of[c]
+        row_of, c = row_of[c >= 0], c[c >= 0]
+    scores[row_of, c] = float("-inf")
     return scores
 
 
@@ -87,55 +94,115 @@ def _break_ties(s: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int,
     return torch.gather(vals, 1, o), torch.gather(idx, 1, o)
 
 
+@dataclass(frozen=True)
+class Request:
+    """Per-call controls of a ranking pass (all optional; indices are internal item indices):
+
+    items          (C,) sorted unique candidate columns: only these are scored (model.score_columns),
+                   and only they can be returned;
+    exclude        (E,) columns masked for every row;
+    exclude_rows   CSR (indptr, indices) of columns masked per row, indexed by position in `rows`
+                   (the per-call exclusion lists; the `exclude` argument of rank() is indexed by
+                   the row values themselves: the training histories of known users);
+    rerank         a re-ranker (recsys/eval/rerank.py): called per chunk with the rows, the top
+                   `pool` (>= k) candidates (b, c) and their scores, returns the (b, k) items and
+                   scores it keeps; masked candidates (-inf) are never kept.
+    pool           candidates handed to rerank (0: k).
+    """
+    items: torch.Tensor | None = None
+    exclude: torch.Tensor | None = None
+    exclude_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+    rerank: Callable | None = None
+    pool: int = 0
+
+
+ROW_ALIGN = 4     # rows scored at once are padded to a multiple of this (see rank())
+
+
 @torch.no_grad()
 def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
          chunk_size: int = 1024, histories: tuple[torch.Tensor, torch.Tensor] | None = None,
-         side=None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The one ranking path: yield (rows (b,), top-k item indices (b, k), their scores (b, k))
-    chunk by chunk, for
+         side=None, request: Request | None = None, score: Callable | None = None,
+         n_cols: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The one ranking path: yield (rows (b,), top-k columns (b, k), their scores (b, k)) chunk
+    by chunk, for
 
     known users      rows = user indices (B,), histories None: model.score(users);
     given histories  histories = CSR (indptr, indices) of the histories of users outside the
-                     model, rows = the ones to rank: model.score(their (b, I) sparse rows).
+                     model, rows = the ones to rank: model.score(their (b, I) sparse rows);
+    anything else    score(who, side, cols, out, ws) -> (b, n) for the rows (e.g. the item or
+                     user similarities of Recommender.similar_items / similar_users), over
+                     n_cols columns (default: the catalog).
 
-    exclude: CSR (indptr, indices) of items to mask per row (indexed like `rows`: seen items
-    of known users, or the given histories themselves), or None to rank everything.
-    side: model.item_side(), when the caller already has it.
-    Equal scores rank by item index, lower first (topk_rows), on any device. A masked item can
-    only appear when a row has fewer than k unmasked items; its score is then -inf (the lowest
-    masked indices first).
+    exclude: CSR (indptr, indices) of columns to mask per row (indexed by the row values: seen
+    items of known users, or the given histories themselves), or None to rank everything.
+    request: per-call candidates, exclusions and re-ranking (Request). side: model.item_side(),
+    when the caller already has it.
+    Equal scores rank by column, lower first (topk_rows), on any device. A masked column can
+    only appear when a row has fewer than k unmasked ones; its score is then -inf.
+
+    Batch invariance: a row's scores do not depend on which other rows are scored with it. The
+    rows of a chunk are padded to a multiple of ROW_ALIGN (repeating the last row) before
+    scoring: BLAS picks its kernel by the row count, and products of 1, 2 or 3 rows (GEMV and
+    narrow kernels) round differently from the same rows inside a larger block, while every
+    multiple of 4 gives the same bits for each row (checked in tests/test_ranking_api.py).
     """
-    n_items = model.config.n_items
-    if not 0 < k <= n_items:
-        raise ValueError(f"k={k} must be between 1 and the catalog size {n_items}")
+    req = request or Request()
+    n_all = int(n_cols if n_cols is not None else model.config.n_items)
+    cols = req.items
+    if req.exclude is not None and len(req.exclude):
+        keep = torch.ones(n_all, dtype=torch.bool, device=req.exclude.device)
+        keep[req.exclude] = False
+        cols = torch.nonzero(keep).flatten() if cols is None else cols[keep[cols]]
+    n = n_all if cols is None else len(cols)
+    if not 0 < k <= n_all:
+        raise ValueError(f"k={k} must be between 1 and the catalog size {n_all}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-    if side is None:
+    k = min(k, n)
+    pool = min(max(req.pool, k), n)
+    width = -(-min(chunk_size, len(rows)) // ROW_ALIGN) * ROW_ALIGN
+    if side is None and score is None:
         side = model.item_side()
+    if score is None:
+        score = model.score_columns
     H = None
     if histories is not None:
-        from recsys.sparse.similarity import select_rows
         indptr, indices = histories
         H = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), device=indices.device),
-                                    (len(indptr) - 1, n_items))
+                                    (len(indptr) - 1, model.config.n_items))
     device = model.device
+    pos_of = None                       # (n_all,) column -> position among the candidates, -1 if none
+    if cols is not None:
+        pos_of = torch.full((n_all,), -1, dtype=torch.long, device=cols.device)
+        pos_of[cols] = torch.arange(len(cols), device=cols.device)
     starts = range(0, len(rows), chunk_size)
     local = threading.local()
 
     def chunk(start: int):
         r = rows[start:start + chunk_size]
-        who = r if H is None else select_rows(H, r)
+        b = len(r)
+        if n == 0:                                                 # nothing may be returned
+            return r, torch.zeros(b, 0, dtype=torch.long, device=device), torch.zeros(b, 0, device=device)
+        rp = torch.cat([r, r[-1:].expand((-b) % ROW_ALIGN)]) if b % ROW_ALIGN else r
+        who = rp if H is None else select_rows(H, rp)
         if getattr(local, "ws", None) is None:
             local.ws = Workspace()                                 # scratch per worker
             # models that can write into a given block get one, reused from chunk to chunk: on
             # a CPU a fresh (chunk, I) allocation costs page faults worth more than the scoring
-            local.buf = (torch.empty(min(chunk_size, len(rows)) * n_items, device=device)
-                         if model.writes_out else None)
-        out = None if local.buf is None else local.buf[:len(r) * n_items].view(len(r), n_items)
-        s = model.score(who, side, out=out, ws=local.ws)           # (b, I)
+            local.buf = (torch.empty(width * n, device=device)
+                         if getattr(model, "writes_out", False) else None)
+        out = None if local.buf is None else local.buf[:len(rp) * n].view(len(rp), n)
+        s = score(who, side, cols, out, local.ws)[:b]              # (b, n)
         if exclude is not None:
-            mask_seen(s, r, *exclude)
-        v, i = topk_rows(s, k, local.ws)                           # (b, k)
+            mask_seen(s, r, *exclude, pos_of)
+        if req.exclude_rows is not None:
+            mask_seen(s, torch.arange(start, start + b, device=r.device), *req.exclude_rows, pos_of)
+        v, i = topk_rows(s, pool, local.ws)                        # (b, pool)
+        if cols is not None:
+            i = cols[i]
+        if req.rerank is not None:
+            i, v = req.rerank(r, i, v, k)
         return r, i, v
 
     # Models whose work is partly single-threaded (the sparse KNN kernel) rank chunks on
@@ -158,10 +225,11 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
 
 
 def topk(model, rows: torch.Tensor, k: int, exclude=None, chunk_size: int = 1024, histories=None,
-         side=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All chunks of rank() concatenated: (items (B, k), scores (B, k))."""
+         side=None, request: Request | None = None, score=None, n_cols=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All chunks of rank() concatenated: (items (B, k'), scores (B, k')), k' = min(k, the
+    columns that may be returned)."""
     items, scores = [], []
-    for _, i, v in rank(model, rows, k, exclude, chunk_size, histories, side):
+    for _, i, v in rank(model, rows, k, exclude, chunk_size, histories, side, request, score, n_cols):
         items.append(i)
         scores.append(v)
     if not items:

@@ -67,10 +67,43 @@ class Model(nn.Module):
             return self.score_histories(who, side, out, ws)
         return self.score_users(who, side, out, ws)
 
+    def score_columns(self, who: torch.Tensor, side: Any, cols: torch.Tensor | None = None, out=None,
+                      ws=None) -> torch.Tensor:
+        """(b, C) scores of the (C,) item columns `cols` only (None: all, as score()). Models
+        override it to score just those columns (candidate ranking costs time in proportion to
+        the candidates); the default scores the whole catalog and keeps the columns."""
+        if cols is None:
+            return self.score(who, side, out, ws)
+        return self.score(who, side, None, ws)[:, cols]
+
     def score_users(self, users: torch.Tensor, side: Any, out=None, ws=None) -> torch.Tensor:
         raise NotImplementedError
 
     def score_histories(self, H: torch.Tensor, side: Any, out=None, ws=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- similar items and users (models/similar.py) ---------------------------------------
+
+    def own_spaces(self, of: str) -> tuple[str, ...]:
+        """The similarity spaces of the model's own ("items" or "users"), besides history/tokens."""
+        return ()
+
+    def default_space(self, of: str) -> str:
+        return "history"
+
+    def similarity_side(self, of: str, space: str | None = None):
+        """The side object whose score(who, cols) gives the (b, C) similarities of query items
+        (of="items") or users (of="users") in `space` (None: the model's default)."""
+        from recsys.models import similar
+        space = space or self.default_space(of)
+        similar.check_space(space, self.own_spaces(of), of, self.kind)
+        if space == "history":
+            return similar.history_side(self, of)
+        if space == "tokens":
+            return similar.token_side(self)
+        return self.own_similarity(of, space)
+
+    def own_similarity(self, of: str, space: str):
         raise NotImplementedError
 
     def grow(self, bags) -> "Model":

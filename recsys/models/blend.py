@@ -77,6 +77,25 @@ class Blend(Model):
         return (a * self._norm(self.first.score(who, side.first))
                 + (1 - a) * self._norm(self.second.score(who, side.second)))
 
+    def own_spaces(self, of: str) -> tuple[str, ...]:
+        return ("blend",)
+
+    def default_space(self, of: str) -> str:
+        return "blend"
+
+    def similarity_side(self, of: str, space: str | None = None):
+        """"blend": the parts' default similarities blended (models/similar.py); "history" and
+        "tokens" from the first part that keeps the histories / token bags."""
+        from recsys.models import similar
+        space = space or "blend"
+        similar.check_space(space, ("blend",), of, self.kind)
+        if space == "blend":
+            return similar.Blended(self.first.similarity_side(of), self.second.similarity_side(of),
+                                   self.config.alpha, self._norm)
+        need = "hist_indptr" if space == "history" else "tok_indptr"
+        part = self.first if hasattr(self.first, need) else self.second
+        return part.similarity_side(of, space)
+
     def _norm(self, s: torch.Tensor) -> torch.Tensor:
         return max_abs(s) if self.config.norm == "max" else standardise(s)
 

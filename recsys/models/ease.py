@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from recsys.models.base import is_histories
 from recsys.models.memory import MemoryConfig, MemoryModel
-from recsys.sparse.similarity import transpose
+from recsys.sparse.similarity import select_rows, transpose
 from recsys.sparse.spgemm import RightOperand, Workspace, column_counts, heavy_columns
 
 
@@ -47,6 +48,27 @@ class EASE(MemoryModel):
     @classmethod
     def _declare_tables(cls, c: MemoryConfig, spec, p: str) -> None:
         spec.add(p + "ease_B", "F32", c.n_items, c.n_items)
+
+    def own_spaces(self, of: str) -> tuple[str, ...]:
+        return ("weights",) if of == "items" else ()
+
+    def default_space(self, of: str) -> str:
+        return "weights" if of == "items" else "history"
+
+    def own_similarity(self, of: str, space: str):
+        from recsys.models.similar import Columns
+        return Columns(self.ease_B)
+
+    def score_columns(self, who: torch.Tensor, side, cols: torch.Tensor | None = None, out=None, ws=None) -> torch.Tensor:
+        """(b, C) scores of the candidate columns only: s[u, cols] = sum_j x_uj B[j, cols],
+        nnz(H) x C reads (the whole catalog when cold items borrow: their fill reads other columns)."""
+        if cols is None or hasattr(self, "fill_indptr"):
+            return super().score_columns(who, side, cols, out, ws)
+        H = who if is_histories(who) else select_rows(self._hist(), who)
+        G = self.ease_B[H.col_indices()[:, None], cols[None, :]]                       # (nnz, C)
+        return torch.nn.functional.embedding_bag(
+            torch.arange(len(G), device=G.device), G, H.crow_indices()[:-1], mode="sum",
+            per_sample_weights=H.values().to(G.dtype))
 
     def score_histories(self, H: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
         """(b, I) sparse history rows -> (b, I): s[u] = sum_j x_uj B[j], a weighted sum of rows

@@ -94,6 +94,16 @@ class ItemKNN(MemoryModel):
         heavy = heavy_columns(pop, column_counts(B), c.n_users, c.n_items, c.dense_ratio)
         return ItemKNNSide(RightOperand(B, heavy), RightOperand(_abs(B), heavy) if c.normalize else None)
 
+    def own_spaces(self, of: str) -> tuple[str, ...]:
+        return ("neighbours",) if of == "items" else ()
+
+    def default_space(self, of: str) -> str:
+        return "neighbours" if of == "items" else "history"
+
+    def own_similarity(self, of: str, space: str):
+        from recsys.models.similar import Neighbours
+        return Neighbours(self._W())
+
     def score_histories(self, H: torch.Tensor, side: ItemKNNSide, out=None, ws=None) -> torch.Tensor:
         c = self.config
         return self._fill(_votes(c, side.B, side.absB, H, _ones(H) if c.normalize else None, out, ws))
@@ -134,6 +144,17 @@ class UserKNN(MemoryModel):
     @classmethod
     def _declare_tables(cls, c: MemoryConfig, spec, p: str) -> None:
         spec.add_csr(p + "w", c.n_users, c.n_users, p + "w_values")                # W (U, U)
+
+    def own_spaces(self, of: str) -> tuple[str, ...]:
+        return ("neighbours",) if of == "users" else ()
+
+    def default_space(self, of: str) -> str:
+        return "neighbours" if of == "users" else "history"
+
+    def own_similarity(self, of: str, space: str):
+        from recsys.models.similar import Neighbours
+        c = self.config
+        return Neighbours(torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_users, c.n_users)))
 
     def item_side(self) -> UserKNNSide:
         c = self.config

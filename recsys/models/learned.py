@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.models import coldstart
-from recsys.models.base import Model
+from recsys.models.base import Model, is_histories
 from recsys.models.normalise import standardise
 from recsys.sparse.csr import gather_rows
 
@@ -387,6 +387,10 @@ class Scorer(Model):
 
     def _hybrid_into(self, users: torch.Tensor, side: LearnedItems, out: torch.Tensor) -> torch.Tensor:
         h = side.hybrid if side.hybrid is not None else self._hybrid_side(side)
+        return torch.mm(self._hybrid_lhs(users, side, h, out.dtype), h.R.T, out=out)
+
+    def _hybrid_lhs(self, users: torch.Tensor, side: LearnedItems, h: HybridSide, dtype) -> torch.Tensor:
+        """(b, 2D + 2): the users' row of the one-matmul hybrid, against h.R's rows."""
         u = self.user_emb(users)                                                     # (b, D)
         P = self.user_profile(users, side.C)                                         # (b, D)
         u1 = torch.cat([u, torch.ones(len(u), 1, dtype=u.dtype, device=u.device)], 1).double()   # [u, 1]
@@ -398,9 +402,48 @@ class Scorer(Model):
         a = float(self.alpha)
         k1 = a / (std_cf + 1e-8)
         k2 = (1 - a) / (std_ct + 1e-8)
-        L = torch.cat([u.double() * k1[:, None], Pd * k2[:, None], k1[:, None],
-                       -(k1 * mean_cf + k2 * mean_ct)[:, None]], 1).to(out.dtype)    # (b, 2D + 2)
-        return torch.mm(L, h.R.T, out=out)
+        return torch.cat([u.double() * k1[:, None], Pd * k2[:, None], k1[:, None],
+                          -(k1 * mean_cf + k2 * mean_ct)[:, None]], 1).to(dtype)      # (b, 2D + 2)
+
+    def score_columns(self, who: torch.Tensor, side: LearnedItems, cols: torch.Tensor | None = None,
+                      out=None, ws=None) -> torch.Tensor:
+        """(b, C) scores of the candidate columns only, b x C x D work: the hybrid's one matmul
+        against the candidates' rows of [V, C, b, 1] (the catalog's means and spreads come from
+        the item side), the single variants' products with V[cols] or C[cols] (cold rows are
+        prepared on the item side in eval mode, so these are the full ranking's scores)."""
+        if cols is None or is_histories(who) or self.training or torch.is_grad_enabled():
+            return super().score_columns(who, side, cols, out, ws)
+        if self.config.variant == "hybrid":
+            h = side.hybrid if side.hybrid is not None else self._hybrid_side(side)
+            return self._hybrid_lhs(who, side, h, h.R.dtype) @ h.R[cols].T
+        parts = self.component_scores(who, side, cols)
+        return parts["cf"] if self.config.variant == "collaborative" else parts["content"]
+
+    # --- similar items and users (models/similar.py) ---------------------------------------
+
+    def own_spaces(self, of: str) -> tuple[str, ...]:
+        c = self.config
+        return (("collaborative",) if c.uses_cf else ()) + (("content",) if c.uses_content else ()) + \
+            (("hybrid",) if c.variant == "hybrid" else ())
+
+    def default_space(self, of: str) -> str:
+        return self.config.variant
+
+    @torch.no_grad()
+    def own_similarity(self, of: str, space: str):
+        """Cosine of item vectors V / content vectors C (users: U / profiles P); hybrid: alpha-weighted."""
+        from recsys.models.similar import DenseCosine
+        side = self.item_side()
+        tables, weights = [], []
+        a = float(self.alpha)
+        if space in ("collaborative", "hybrid"):
+            tables.append(side.V if of == "items" else self.user_emb.weight)
+            weights.append(a if space == "hybrid" else 1.0)
+        if space in ("content", "hybrid"):
+            users = torch.arange(self.config.n_users, device=self.hist_indptr.device)
+            tables.append(side.C if of == "items" else self.user_profile(users, side.C))
+            weights.append(1 - a if space == "hybrid" else 1.0)
+        return DenseCosine(tables, weights)
 
     @staticmethod
     def _standardise_(s: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,11 @@ class Popularity(MemoryModel):
     def score_users(self, users: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
         return self.pop.expand(len(users), -1).clone()                             # (b, I)
 
+    def score_columns(self, who: torch.Tensor, side, cols: torch.Tensor | None = None, out=None, ws=None) -> torch.Tensor:
+        if cols is None:
+            return self.score(who, side, out, ws)
+        return self.pop[cols].expand(who.shape[0], -1).clone()                     # (b, C)
+
     def score_histories(self, H: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
         return self.pop.expand(H.shape[0], -1).clone()                             # the same for anybody
 

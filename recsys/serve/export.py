@@ -121,7 +121,8 @@ def write_json_atomic(path: str, obj) -> None:
 def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, tokens: Vocab,
                 tokenizer: WordTokenizer, seen: tuple[torch.Tensor, torch.Tensor],
                 token_idf: torch.Tensor, item_titles: list[str] | None = None,
-                meta: dict | None = None) -> str:
+                meta: dict | None = None, item_attributes: dict[str, list[str]] | None = None) -> str:
+    """item_attributes: {name: one string per item}, kept for Recommender's where= filters."""
     from recsys.version import __version__
     tmp = atomic_dir(path)
     try:
@@ -136,7 +137,8 @@ def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, 
             "format": FORMAT, "format_version": FORMAT_VERSION, "recsys_version": __version__,
             "scorer": scorer.config.to_json(), "tokenizer": tokenizer.to_json(), "meta": meta or {}})
         _write_json(os.path.join(tmp, "users.json"), users.to_json())
-        _write_json(os.path.join(tmp, "items.json"), {**items.to_json(), "titles": item_titles})
+        _write_json(os.path.join(tmp, "items.json"), {**items.to_json(), "titles": item_titles,
+                                                      "attributes": item_attributes or {}})
         _write_json(os.path.join(tmp, "tokens.json"), tokens.to_json())
         for name in os.listdir(tmp):           # safetensors writes 0600, like mkstemp
             _normal_mode(os.path.join(tmp, name), 0o666)
@@ -474,7 +476,8 @@ def _read_vocab(path: str, n: int, size_name: str, what: str, keys=("ids", "unk"
 
 
 def load_export(path: str, device: str = "cpu") -> dict:
-    """{'scorer', 'users', 'items', 'tokens', 'tokenizer', 'seen', 'token_idf', 'titles', 'config'}.
+    """{'scorer', 'users', 'items', 'tokens', 'tokenizer', 'seen', 'token_idf', 'titles', 'attributes',
+    'config'}.
 
     Raises ValueError for a `device` this machine does not have, and ExportError (one line, naming
     the file) for anything wrong in the export: nothing is built before every size is checked."""
@@ -497,10 +500,16 @@ def load_export(path: str, device: str = "cpu") -> dict:
     extras = _read_tensors(f["extras.safetensors"], extras_spec, dev)
     # the vocabularies against the same sizes
     users, _ = _read_vocab(f["users.json"], n_users, "n_users", "user")
-    items, items_obj = _read_vocab(f["items.json"], n_items, "n_items", "item", ("ids", "unk", "titles"))
+    items, items_obj = _read_vocab(f["items.json"], n_items, "n_items", "item", ("ids", "unk", "titles", "attributes"))
     titles = items_obj.get("titles")
     if titles is not None and not (_TYPES["texts"][0](titles) and len(titles) == n_items):
         raise ExportError(f"{f['items.json']}: titles must be null or a list of {n_items} strings, got {_show(titles)}")
+    attributes = items_obj.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise ExportError(f"{f['items.json']}: attributes must be an object {{name: list of strings}}, got {_show(attributes)}")
+    for name, v in attributes.items():
+        if not (_TYPES["texts"][0](v) and len(v) == n_items):
+            raise ExportError(f"{f['items.json']}: attributes[{name!r}] must be a list of {n_items} strings, got {_show(v)}")
     n_idf = len(extras["token_idf"])
     if spec.n_tokens:
         n_tokens, size_name = next(iter(spec.n_tokens)), "n_tokens"
@@ -521,6 +530,7 @@ def load_export(path: str, device: str = "cpu") -> dict:
         "users": users,
         "items": items,
         "titles": titles,
+        "attributes": attributes,
         "tokens": tokens,
         "tokenizer": _load_tokenizer(cfg["tokenizer"], path, f["config.json"], f["tokenizer.json"]),
         "seen": (extras["seen_indptr"], extras["seen_indices"]),

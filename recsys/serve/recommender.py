@@ -9,7 +9,7 @@ Needs only torch, numpy and safetensors: no Lightning, no Hydra.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from recsys.eval.evaluation import evaluate
 from recsys.models.popularity import popularity_counts
 from recsys.serve.export import load_export, save_export
 from recsys.eval.ranking import topk
+from recsys.serve.request import AttributeIndex, answer, build_request, check_k, indices, sub_rows
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,15 @@ class _Catalog:
     items: Any
     item_ids: np.ndarray
     titles: list | None
+    attributes: AttributeIndex = field(default_factory=lambda: AttributeIndex(None))
+    cache: dict = field(default_factory=dict)      # similarity sides of this catalog, by (of, space)
 
 
 class Recommender:
-    def __init__(self, scorer, users, items, tokens, tokenizer, seen, token_idf, titles=None, meta=None):
-        self._cat = _Catalog(scorer, items, _id_array(items), titles)
+    def __init__(self, scorer, users, items, tokens, tokenizer, seen, token_idf, titles=None, meta=None,
+                 attributes: dict[str, list[str]] | None = None):
+        """attributes: {name: one string per item}, the item fields `where=` filters on."""
+        self._cat = _Catalog(scorer, items, _id_array(items), titles, AttributeIndex(attributes))
         self.users, self.tokens, self.tokenizer = users, tokens, tokenizer
         self.seen = seen
         self.token_idf = token_idf
@@ -64,11 +69,16 @@ class Recommender:
     def from_pretrained(cls, path: str, device: str = "cpu") -> "Recommender":
         e = load_export(path, device)
         return cls(e["scorer"], e["users"], e["items"], e["tokens"], e["tokenizer"], e["seen"],
-                   e["token_idf"], e["titles"], e["config"].get("meta"))
+                   e["token_idf"], e["titles"], e["config"].get("meta"), e["attributes"])
+
+    @property
+    def attributes(self) -> dict[str, list[str]]:
+        """{name: one string per item}: the item fields `where=` filters on."""
+        return self._cat.attributes.attributes
 
     def save_pretrained(self, path: str) -> str:
         return save_export(path, self.scorer, self.users, self.items, self.tokens, self.tokenizer,
-                           self.seen, self.token_idf, self.titles, self.meta)
+                           self.seen, self.token_idf, self.titles, self.meta, self.attributes)
 
     def add_items(self, items, item_col: str = "item", text_cols: list[str] | None = None) -> int:
         """Add new items to the catalog without retraining (recsys/models/extend.py): `items` is a
@@ -109,7 +119,10 @@ class Recommender:
         old = self._cat
         grown = Vocab(old.items.ids + ids, unk=old.items.unk)
         titles = None if old.titles is None else list(old.titles) + texts[text_cols[0]].tolist()
-        self._cat = _Catalog(add_items(old.scorer, bags).to(self.device).eval(), grown, _id_array(grown), titles)
+        attrs = {a: list(v) + (items[a].fillna("").astype(str).tolist() if a in items.columns else [""] * len(ids))
+                 for a, v in old.attributes.attributes.items()}
+        self._cat = _Catalog(add_items(old.scorer, bags).to(self.device).eval(), grown, _id_array(grown), titles,
+                             AttributeIndex(attrs))
         return len(ids)
 
     def user_index(self, users) -> torch.Tensor:
@@ -119,61 +132,79 @@ class Recommender:
             raise KeyError(f"unknown user id(s) {e.args[0].split(': ', 1)[-1]}: not in the training data") from None
         return torch.as_tensor(idx, device=self.device)
 
-    @staticmethod
-    def _check_k(k, n_items: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an integer, got {k!r}")
-        if not 0 < k <= n_items:
-            raise ValueError(f"k={k} must be between 1 and the catalog size {n_items}")
-
     @torch.no_grad()
     def scores(self, users) -> torch.Tensor:
         """(B, n_items) scores of users (one id or a list) against the whole catalog (nothing masked)."""
         single, batch = _ids_arg(users, "users")
         return self._cat.scorer(self.user_index(batch))
 
+    def _request(self, cat, n_rows: int, single: bool, exclude, items, where, self_rows=None, n_cols=None):
+        return build_request(cat.items if n_cols is None else self.users, n_rows, single, self.device, exclude,
+                             items, where, cat.attributes, self_rows, n_cols)
+
     @torch.no_grad()
     def recommend(self, users, k: int = 10, exclude_seen: bool = True, chunk_size: int = 1024,
-                  unknown: str = "error"):
-        """Top-k items for one user id (-> (k,) ids, (k,) scores) or a list of ids (-> (B, k)).
-        exclude_seen drops the items each user interacted with in training; an excluded item is
-        never returned: one user with fewer than k items left gets them all (fewer than k), a
-        batch asking for more than one of its users has left is a ValueError naming that user.
-        A user id not in the model: unknown="error" raises KeyError naming it;
-        unknown="popular" gives that user the k items with the most training interactions
-        (score = their count)."""
+                  unknown: str = "error", *, exclude=None, items=None, where=None, explain=False):
+        """Top-k items for one user id (-> (k',) ids, (k',) scores) or a list of ids (-> (B, w)).
+
+        exclude_seen   leave out the items each user interacted with in training;
+        exclude        ids to leave out for every user, or one list per user (a batch);
+        items          rank only these candidate ids (only they are scored: the cost follows
+                       the candidates, not the catalog);
+        where          {attribute: value(s)}: only items whose kept attribute matches
+                       (serve/request.py), e.g. where={"genres": "Comedy"};
+        unknown        a user id not in the model: "error" raises KeyError naming it,
+                       "popular" gives that user the most popular allowed items (score = count);
+        explain        True (or the number of contributors, default 3): also return, per
+                       recommended item, what contributed most to its score (models/explain.py):
+                       (ids, scores, explanations), explanations[row][j] = {"items": [(id,
+                       weight), ...], "tokens": [...], "users": [...]} (a single user: [j]).
+        A left-out item is never returned: a user with fewer than k allowed items gets them all;
+        in a batch such a row is padded (score NaN, id -1 or None; serve/request.py)."""
         single, batch = _ids_arg(users, "users")
         cat = self._cat                               # one catalog for the whole call
-        self._check_k(k, len(cat.items))
+        k = check_k(k)
         if unknown not in ("error", "popular"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'popular'")
+        req = self._request(cat, len(batch), single, exclude, items, where)
         if unknown == "error":
             u = self.user_index(batch)
         else:
             u = torch.as_tensor(self.users.index(batch, missing="drop_flag"), device=self.device)
         known = (u >= 0).cpu().numpy()
-        ids = np.empty((len(batch), int(k)), dtype=cat.item_ids.dtype)
-        sc = np.zeros((len(batch), int(k)), dtype=np.float32)
+        kk = min(k, len(cat.items))
+        parts = []
         if known.any():
-            idx, s = topk(cat.scorer, u[torch.from_numpy(known).to(u.device)], int(k),
-                          self.seen if exclude_seen else None, chunk_size)
-            ids[known], sc[known] = cat.item_ids[idx.cpu().numpy()], s.cpu().numpy()
+            pos = np.flatnonzero(known)
+            idx, sc = topk(cat.scorer, u[torch.from_numpy(known).to(u.device)], kk,
+                           self.seen if exclude_seen else None, chunk_size, request=sub_rows(req, pos))
+            parts.append((pos, idx, sc))
         if not known.all():
-            v, i = torch.topk(popularity_counts(self.seen[1], len(cat.items)), int(k))
-            ids[~known], sc[~known] = cat.item_ids[i.cpu().numpy()], v.cpu().numpy()
-        return _cut_excluded(ids, sc, single, batch, "user")
+            pos = np.flatnonzero(~known)
+            counts = popularity_counts(self.seen[1], len(cat.items))
+            idx, sc = topk(cat.scorer, torch.arange(len(pos), device=self.device), kk, None, chunk_size,
+                           side=counts, request=sub_rows(req, pos), score=_constant_rows)
+            parts.append((pos, idx, sc))
+        out = answer(cat.item_ids, parts, len(batch), single)
+        if explain:
+            known_part = parts[:1] if known.any() else []
+            users_t = u[torch.from_numpy(known).to(u.device)]
+            out = out + (self._explain(cat, known_part, len(batch), single, explain, users=users_t),)
+        return out
 
     @torch.no_grad()
-    def recommend_for_history(self, items, k: int = 10, exclude_given: bool = True, unknown: str = "error"):
+    def recommend_for_history(self, items, k: int = 10, exclude_given: bool = True, unknown: str = "error", *,
+                              exclude=None, candidates=None, where=None, explain=False):
         """Top-k items for a user who is not in the model, from the items they interacted with
         (external ids), without retraining: one history (a list, tuple, set, array or Series of
-        ids) -> ((k,) ids, (k,) scores); a list of histories -> ((B, k), (B, k)). The history's
-        items are excluded unless exclude_given=False (and never returned: see `recommend` for
-        fewer than k left). unknown="error" refuses item ids outside the catalog, "ignore" drops
-        them. UserKNN finds the history's neighbours among the known users."""
+        ids) -> ((k',) ids, (k',) scores); a list of histories -> ((B, w), (B, w)). The history's
+        items are left out unless exclude_given=False; exclude / candidates / where as
+        `recommend`'s exclude / items / where (candidates: the ids to rank). unknown="error"
+        refuses item ids outside the catalog, "ignore" drops them. UserKNN finds the history's
+        neighbours among the known users. explain: as `recommend`'s."""
         single, hists = _histories_arg(items)
         cat = self._cat
-        self._check_k(k, len(cat.items))
+        k = check_k(k)
         if unknown not in ("error", "ignore"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'ignore'")
         rows = []
@@ -183,12 +214,86 @@ class Recommender:
                 bad = [x for x, j in zip(h, idx) if j < 0][:5]
                 raise KeyError(f"unknown item id(s) {bad} in the history (pass unknown='ignore' to drop them)")
             rows.append(np.unique(idx[idx >= 0]))
+        req = self._request(cat, len(rows), single, exclude, candidates, where)
         pairs = np.array([(r, j) for r, h in enumerate(rows) for j in h], dtype=np.int64).reshape(-1, 2)
         given = tuple(t.to(self.device) for t in csr(pairs, len(rows)))
-        idx, sc = topk(cat.scorer, torch.arange(len(rows), device=self.device), int(k),
-                       given if exclude_given else None, histories=given)
-        return _cut_excluded(cat.item_ids[idx.cpu().numpy()], sc.cpu().numpy(), single, list(range(len(rows))),
-                             "history")
+        idx, sc = topk(cat.scorer, torch.arange(len(rows), device=self.device), min(k, len(cat.items)),
+                       given if exclude_given else None, histories=given, request=req)
+        parts = [(np.arange(len(rows)), idx, sc)]
+        out = answer(cat.item_ids, parts, len(rows), single)
+        if explain:
+            H = torch.sparse_csr_tensor(given[0], given[1], torch.ones(len(given[1]), device=self.device),
+                                        (len(rows), len(cat.items)))
+            out = out + (self._explain(cat, parts, len(rows), single, explain, H=H),)
+        return out
+
+    def _explain(self, cat, parts, n_rows: int, single: bool, top, users=None, H=None) -> list:
+        """Per row, per returned item: {"items": [(item id, weight)], "tokens": [(token, weight)],
+        "users": [(user id, weight)]} (models/explain.py); rows ranked by popularity (unknown
+        users) get empty explanations."""
+        from recsys.models.explain import explain
+        top = 3 if top is True else int(top)
+        out: list = [[] for _ in range(n_rows)]
+        user_ids = _id_array(self.users)
+        for pos, idx, sc in parts:
+            idx = idx.masked_fill(torch.isinf(sc) & (sc < 0), -1)
+            e = explain(cat.scorer, H, idx, top, users=users)
+            for r, p in enumerate(pos):
+                for j in range(idx.shape[1]):
+                    if int(idx[r, j]) < 0:
+                        continue
+                    out[p].append({
+                        "items": _pairs(cat.item_ids, e.item_idx[r, j], e.item_weight[r, j]),
+                        "tokens": _pairs(self.tokens.ids, e.token_idx[r, j], e.token_weight[r, j])
+                        if e.token_idx is not None else [],
+                        "users": _pairs(user_ids, e.user_idx[r, j], e.user_weight[r, j])
+                        if e.user_idx is not None else []})
+        return out[0] if single else out
+
+    @torch.no_grad()
+    def similar_items(self, items, k: int = 10, *, space: str | None = None, exclude=None, candidates=None,
+                      where=None, chunk_size: int = 1024):
+        """The k items most similar to each given item (itself left out): one id -> ((k',) ids,
+        (k',) similarities), a list -> ((B, w), (B, w)). space: the model's own by default
+        (ItemKNN/ContentKNN: the neighbour lists, EASE: its weight columns, learned: cosine of
+        the item vectors, collaborative / content / hybrid); "history": cosine of the items'
+        user columns, "tokens": cosine of their TF-IDF token bags (any model; models/similar.py).
+        exclude / candidates / where: as `recommend`'s exclude / items / where."""
+        single, batch = _ids_arg(items, "items")
+        cat = self._cat
+        k = check_k(k)
+        q = indices(cat.items, batch, "items")
+        side = self._similarity_side(cat, "items", space)
+        req = self._request(cat, len(q), single, exclude, candidates, where, self_rows=q)
+        idx, sc = topk(cat.scorer, torch.as_tensor(q, device=self.device), min(k, len(cat.items)), None,
+                       chunk_size, side=side, request=req, score=_similarity, n_cols=len(cat.items))
+        return answer(cat.item_ids, [(np.arange(len(q)), idx, sc)], len(q), single)
+
+    @torch.no_grad()
+    def similar_users(self, users, k: int = 10, *, space: str | None = None, exclude=None, chunk_size: int = 1024):
+        """The k known users most similar to each given user (itself left out): one id -> ((k',)
+        ids, (k',) similarities), a list -> ((B, w), (B, w)). space: the model's own by default
+        (UserKNN: its neighbour lists, learned: cosine of the user vectors / content profiles),
+        else "history": cosine of the users' training items. exclude: user ids to leave out."""
+        single, batch = _ids_arg(users, "users")
+        cat = self._cat
+        k = check_k(k)
+        q = indices(self.users, batch, "users")
+        side = self._similarity_side(cat, "users", space)
+        req = self._request(cat, len(q), single, exclude, None, None, self_rows=q, n_cols=len(self.users))
+        idx, sc = topk(cat.scorer, torch.as_tensor(q, device=self.device), min(k, len(self.users)), None,
+                       chunk_size, side=side, request=req, score=_similarity, n_cols=len(self.users))
+        return answer(_id_array(self.users), [(np.arange(len(q)), idx, sc)], len(q), single)
+
+    def _similarity_side(self, cat, of: str, space):
+        """The model's similarity side, built once per catalog and space (models/similar.py)."""
+        if space is not None and not isinstance(space, str):
+            raise TypeError(f"space must be a string, got {space!r}")
+        key = (of, space)
+        side = cat.cache.get(key)
+        if side is None:
+            side = cat.cache[key] = cat.scorer.similarity_side(of, space)
+        return side
 
     def evaluate(self, users, items, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/"):
         """Full-ranking metrics of held-out (user, item) pairs given as external ids, with each
@@ -243,19 +348,23 @@ def _histories_arg(items) -> tuple[bool, list[list]]:
     return False, [_ids_arg(h, "history")[1] for h in ids]
 
 
-def _cut_excluded(ids: np.ndarray, sc: np.ndarray, single: bool, who: list, what: str):
-    """Never hand out an excluded item (score -inf): one row is cut to its allowed items; in a
-    batch, a row with fewer allowed items than k is an error naming it."""
-    bad = ~np.isfinite(sc) & (sc < 0)
-    if single:
-        return ids[0][~bad[0]], sc[0][~bad[0]]
-    if bad.any():
-        r = int(np.flatnonzero(bad.any(1))[0])
-        left = int((~bad[r]).sum())
-        raise ValueError(f"k={sc.shape[1]} exceeds the {left} items {what} {who[r]!r} may still get (its "
-                         f"{'seen' if what == 'user' else 'given'} items are excluded): ask for k<={left}, "
-                         f"or one {what} at a time")
-    return ids, sc
+def _constant_rows(who, counts, cols, out, ws):
+    """Every row scored by the same (I,) vector (the popular items of unknown users)."""
+    c = counts if cols is None else counts[cols]
+    return c.expand(len(who), -1).clone()
+
+
+def _pairs(ids, idx: torch.Tensor, w: torch.Tensor) -> list[tuple]:
+    """[(external id, weight)] of the entries with idx >= 0."""
+    return [(_plain(ids[int(i)]), float(x)) for i, x in zip(idx.tolist(), w.tolist()) if i >= 0]
+
+
+def _plain(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def _similarity(who, side, cols, out, ws):
+    return side.score(who, cols)
 
 
 def _id_array(vocab) -> np.ndarray:
