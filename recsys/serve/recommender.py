@@ -177,7 +177,8 @@ class Recommender:
         if known.any():
             pos = np.flatnonzero(known)
             idx, sc = topk(cat.scorer, u[torch.from_numpy(known).to(u.device)], kk,
-                           self.seen if exclude_seen else None, chunk_size, request=sub_rows(req, pos))
+                           self.seen if exclude_seen else None, chunk_size, side=self._item_side(cat),
+                           request=sub_rows(req, pos))
             parts.append((pos, idx, sc))
         if not known.all():
             pos = np.flatnonzero(~known)
@@ -218,7 +219,7 @@ class Recommender:
         pairs = np.array([(r, j) for r, h in enumerate(rows) for j in h], dtype=np.int64).reshape(-1, 2)
         given = tuple(t.to(self.device) for t in csr(pairs, len(rows)))
         idx, sc = topk(cat.scorer, torch.arange(len(rows), device=self.device), min(k, len(cat.items)),
-                       given if exclude_given else None, histories=given, request=req)
+                       given if exclude_given else None, histories=given, side=self._item_side(cat), request=req)
         parts = [(np.arange(len(rows)), idx, sc)]
         out = answer(cat.item_ids, parts, len(rows), single)
         if explain:
@@ -284,6 +285,15 @@ class Recommender:
         idx, sc = topk(cat.scorer, torch.as_tensor(q, device=self.device), min(k, len(self.users)), None,
                        chunk_size, side=side, request=req, score=_similarity, n_cols=len(self.users))
         return answer(_id_array(self.users), [(np.arange(len(q)), idx, sc)], len(q), single)
+
+    @staticmethod
+    def _item_side(cat):
+        """The model's item side (model.item_side()), computed once per catalog: the served
+        model does not change between calls (add_items makes a new catalog)."""
+        side = cat.cache.get("item_side")
+        if side is None:
+            side = cat.cache["item_side"] = cat.scorer.item_side()
+        return side
 
     def _similarity_side(self, cat, of: str, space):
         """The model's similarity side, built once per catalog and space (models/similar.py)."""
