@@ -3,6 +3,7 @@
     python evaluate.py run_dir=outputs/2026-11-28/10-00-00
     python evaluate.py export=path/to/export test=test.csv [user_col=user item_col=item]
     python evaluate.py compare=[RUN_A,RUN_B]     (paired per-user differences, bootstrap CI, p-value)
+    python evaluate.py run_dir=RUN diversity.method=mmr diversity.strength=0.3   (re-ranked lists)
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import sys
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recsys import Recommender
 from recsys.data.ids import conform_ids
 from recsys.data.io import DataError
 from recsys.data.prepare import read_interactions
 from recsys.eval.evaluation import format_table
+from recsys.eval.rerank import from_config
 from recsys.serve.export import write_json_atomic
 
 log = logging.getLogger("evaluate")
@@ -34,7 +36,12 @@ def run(cfg: DictConfig) -> dict:
                            raw_ids=True, what="test", arg="test")
     users = conform_ids(df["user"], f"{cfg.test}, column {cfg.user_col!r}", rec.users.ids)
     items = conform_ids(df["item"], f"{cfg.test}, column {cfg.item_col!r}", rec.items.ids)
-    metrics, report = rec.evaluate(users, items, ks=list(cfg.ks), chunk_size=cfg.chunk)
+    # diversity re-ranking (off unless diversity.method is set): the metrics of the re-ranked
+    # lists; popularity and the users' genre mix come from the export's training histories
+    div = OmegaConf.to_container(cfg.diversity) if cfg.get("diversity") is not None else None
+    rerank, pool = from_config(div, k=max(cfg.ks), model=rec.scorer, tokens=rec.tokens, history=rec.seen)
+    extra = {"rerank": rerank, "pool": pool} if rerank is not None else {}
+    metrics, report = rec.evaluate(users, items, ks=list(cfg.ks), chunk_size=cfg.chunk, **extra)
     log.info("test pairs: %s", report)
     if report["pairs_used"] == 0:
         raise DataError(f"{cfg.test}: none of its {report['pairs_given']} (user, item) pairs can be "

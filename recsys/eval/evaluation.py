@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from recsys.eval.metrics import hits_matrix, per_user_metrics
-from recsys.eval.ranking import rank
+from recsys.eval.ranking import Request, rank
 from recsys.sparse.csr import keep_entries
 
 
@@ -46,11 +46,15 @@ def users_with_targets(indptr: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(indptr[1:] > indptr[:-1]).flatten()
 
 
-def measure(model, users: torch.Tensor, target, exclude, ks, chunk_size: int = 1024, histories=None, side=None):
+def measure(model, users: torch.Tensor, target, exclude, ks, chunk_size: int = 1024, histories=None, side=None,
+            rerank=None, pool: int = 0):
     """Yield (users (b,), top-K items (b, K), per-user metrics {"ndcg@10": (b,)}) chunk by
-    chunk, K = max(ks): the ranking of eval/ranking.rank measured against the CSR target."""
+    chunk, K = max(ks): the ranking of eval/ranking.rank measured against the CSR target.
+    rerank, pool: a diversity re-ranker (eval/rerank.py) applied to each row's top `pool`
+    candidates before the metrics (None: the model's own order)."""
     ks = sorted(ks)
-    for u, top, _ in rank(model, users, ks[-1], exclude, chunk_size, histories, side):
+    req = Request(rerank=rerank, pool=pool) if rerank is not None else None
+    for u, top, _ in rank(model, users, ks[-1], exclude, chunk_size, histories, side, request=req):
         hits, n_t = hits_matrix(top, u, *target, model.config.n_items)
         yield u, top, per_user_metrics(hits, n_t, ks)
 
@@ -72,7 +76,8 @@ def bucket_labels(edges: list[int]) -> list[str]:
 
 @torch.no_grad()
 def evaluate(model, target, seen=None, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/",
-             histories=None, context: dict | None = None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+             histories=None, context: dict | None = None, rerank=None,
+             pool: int = 0) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Full-ranking metrics of `model` on the CSR (indptr, indices) `target`, every item ranked:
 
     known users    seen: CSR of each user's items to mask (training items);
@@ -91,6 +96,10 @@ def evaluate(model, target, seen=None, ks=(10, 20), chunk_size: int = 1024, pref
     - beyond-accuracy metrics of the lists (coverage, gini, novelty, ild, tail; beyond.py):
       beyond = {"train_user_counts": (I,), "n_users": int, "unit_vectors": CSR or None,
       "head_share": float}.
+
+    rerank, pool: a diversity re-ranker (eval/rerank.py, e.g. from rerank.from_config) and the
+    candidates it reorders; every metric above, beyond-accuracy included, is then measured on
+    the re-ranked lists.
     """
     ks = sorted(ks)
     ctx = context or {}
@@ -103,7 +112,7 @@ def evaluate(model, target, seen=None, ks=(10, 20), chunk_size: int = 1024, pref
         parts = {"cold_items": restrict_target(target, item_cold), "warm_items": restrict_target(target, ~item_cold)}
     part_acc = {name: MetricSums() for name in parts}
     acc, per, lists = MetricSums(), {}, []
-    for u, top, m in measure(model, users, target, seen, ks, chunk_size, histories):
+    for u, top, m in measure(model, users, target, seen, ks, chunk_size, histories, rerank=rerank, pool=pool):
         acc.update(m)
         for name, v in m.items():
             per.setdefault(name, []).append(v.cpu())
