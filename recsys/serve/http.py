@@ -1,0 +1,397 @@
+"""The HTTP API over a Recommender export (FastAPI; `pip install -e ".[serve]"`).
+
+    app = create_app("outputs/run/export", event_log="events.jsonl", token="s3cret")
+    uvicorn.run(app, host="127.0.0.1", port=8000)          # or: python serve.py export=DIR
+
+Reads: POST /recommend, /recommend/history, /similar/items, /similar/users; GET /items/{id},
+/health, /ready, /metrics (Prometheus text). Writes, with `Authorization: Bearer TOKEN` (off, 403,
+when no token is set): POST /events, /items, /admin/reload (also on SIGHUP). Errors are
+{"error": "one line", "field": "users"} with a 4xx status, never a stack trace.
+Scoring requests go through the micro-batcher (serve/batcher.py) into serve/service.py.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import signal
+import time
+from contextlib import asynccontextmanager
+from typing import Any, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from recsys.serve.batcher import Batcher
+from recsys.serve.metrics import Metrics
+from recsys.serve.service import ApiError, Service, conform
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "RECSYS_SERVE_TOKEN"
+Id = Union[StrictInt, StrictStr]
+Value = Union[StrictStr, StrictInt, StrictFloat]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendBody(_Body):
+    users: Union[Id, list[Id]] = Field(description="one user id or a list of user ids")
+    k: StrictInt = 10
+    exclude_seen: bool = True
+    exclude: Optional[Union[list[Id], list[list[Id]]]] = Field(None, description="ids for every user, or one list per user")
+    items: Optional[list[Id]] = Field(None, description="candidate item ids: rank only these")
+    where: Optional[dict[str, Union[Value, list[Value]]]] = Field(None, description='{"genres": "Comedy"}')
+    diversity: Optional[dict[str, Any]] = Field(None, description='{"method": "mmr", "strength": 0.3}')
+    explain: Union[bool, StrictInt] = False
+
+
+class HistoryBody(_Body):
+    history: Union[list[Id], list[list[Id]]] = Field(description="item ids, or one list of item ids per row")
+    k: StrictInt = 10
+    exclude_given: bool = True
+    unknown: str = Field("error", description="error | ignore: item ids outside the catalog")
+    exclude: Optional[Union[list[Id], list[list[Id]]]] = None
+    candidates: Optional[list[Id]] = None
+    where: Optional[dict[str, Union[Value, list[Value]]]] = None
+    explain: Union[bool, StrictInt] = False
+
+
+class SimilarItemsBody(_Body):
+    items: Union[Id, list[Id]]
+    k: StrictInt = 10
+    space: Optional[str] = None
+    exclude: Optional[Union[list[Id], list[list[Id]]]] = None
+    candidates: Optional[list[Id]] = None
+    where: Optional[dict[str, Union[Value, list[Value]]]] = None
+
+
+class SimilarUsersBody(_Body):
+    users: Union[Id, list[Id]]
+    k: StrictInt = 10
+    space: Optional[str] = None
+    exclude: Optional[list[Id]] = None
+
+
+class Event(_Body):
+    user: Id
+    item: Id
+    ts: Optional[Union[StrictInt, StrictFloat]] = None
+
+
+class EventsBody(_Body):
+    events: list[Event]
+
+
+class ItemsBody(_Body):
+    items: list[dict[str, Any]] = Field(description='[{"item": 99001, "title": "...", "genres": "..."}]')
+
+
+class ReloadBody(_Body):
+    export: Optional[str] = Field(None, description="a new export directory (default: the served one again)")
+
+
+def create_app(export_dir: str, event_log: str | None = None, token: str | None = None,
+               unknown: str = "error", max_batch_wait_ms: float = 2.0, max_batch_users: int = 256,
+               workers: int = 1, threads: int | None = 1, max_users: int = 1000, max_k: int = 1000,
+               max_body_bytes: int = 1 << 20, max_events: int = 10000, device: str = "cpu") -> FastAPI:
+    """The app over one export. token: the bearer token of the write endpoints (default: the
+    RECSYS_SERVE_TOKEN environment variable; none: writes answer 403). max_batch_users=1 turns
+    micro-batching off. The export is loaded and the event log replayed before this returns."""
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    svc = Service(export_dir, event_log, unknown, threads, device)
+    metrics = Metrics()
+    batcher = Batcher(lambda key, payloads: svc.score(key[0], payloads[0][0], payloads[0][1],
+                                                      [p[2:] for p in payloads]),
+                      max_batch_wait_ms / 1000.0, max_batch_users, workers, on_batch=metrics.batch)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        import asyncio
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        try:                       # SIGHUP: reload the served export (a thread; the loop keeps serving)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, _reload_logged))
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        yield
+        await batcher.stop()
+
+    def _reload_logged():
+        try:
+            log.info("SIGHUP: %s", svc.reload())
+        except Exception:
+            log.exception("SIGHUP reload failed; still serving the previous export")
+
+    app = FastAPI(title="recsys", version="1", lifespan=lifespan,
+                  description="Recommendations over a recsys export: scores, live events, hot reload.")
+    app.state.service, app.state.metrics = svc, metrics
+
+    # -- errors: {"error", "field"}, never a stack trace -------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return JSONResponse({"error": e.message, "field": e.field}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid request"}
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        fld = ".".join(x for x in loc if not x.startswith(("list[", "union[", "str", "int", "float", "dict["))) or "body"
+        if err.get("type") == "json_invalid":
+            fld = "body"
+        return JSONResponse({"error": f"{fld}: {err.get('msg', 'invalid')}", "field": fld}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e):
+        return JSONResponse({"error": str(e.detail), "field": None}, status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request, e):
+        log.exception("unhandled error")
+        return JSONResponse({"error": f"internal error ({type(e).__name__})", "field": None}, status_code=500)
+
+    # -- checks made on the event loop before a request joins a batch ----------------------------
+    def check_k(k: int) -> int:
+        if not 1 <= k <= max_k:
+            raise ApiError(400, f"k={k} must be between 1 and {max_k}", "k")
+        return k
+
+    def check_count(n: int, what: str) -> None:
+        if n < 1 or n > max_users:
+            raise ApiError(400, f"{what}: {n} given, between 1 and {max_users} allowed per request", what)
+
+    def known_ids(ids: list, vocab, what: str) -> list:
+        ids = [conform(x, vocab) for x in ids]
+        bad = [x for x in ids if x not in vocab][:5]
+        if bad:
+            raise ApiError(404, f"{what}: unknown id(s) {bad}", what)
+        return ids
+
+    def exclude_rows(exclude, n: int, vocab) -> list | None:
+        if exclude is None:
+            return None
+        if exclude and all(isinstance(x, list) for x in exclude):
+            if len(exclude) != n:
+                raise ApiError(400, f"exclude: {len(exclude)} lists for {n} rows; give one list for all rows "
+                                    "or one list per row", "exclude")
+            return [known_ids(x, vocab, "exclude") for x in exclude]
+        return [known_ids(exclude, vocab, "exclude")] * n
+
+    def check_where(where, rec):
+        if where is not None:
+            bad = [a for a in where if a not in rec.attributes]
+            if bad:
+                raise ApiError(400, f"where: no item attribute {bad[0]!r} (kept: {sorted(rec.attributes)})", "where")
+            if not where:
+                raise ApiError(400, "where: give at least one {attribute: value(s)}", "where")
+        return where
+
+    async def run(kind: str, served, opts: dict, queries: list, ex_rows) -> list:
+        key = (kind, id(served), json.dumps(opts, sort_keys=True, default=str))
+        res = await batcher.submit(key, (served, opts, queries, ex_rows), len(queries))
+        if isinstance(res, ApiError):
+            raise res
+        return res
+
+    # -- reads ---------------------------------------------------------------------------------
+    @app.post("/recommend")
+    async def recommend(body: RecommendBody):
+        """Top-k items per user; users with events are ranked from their live history."""
+        s = svc.served
+        rec = s.rec
+        users = body.users if isinstance(body.users, list) else [body.users]
+        check_count(len(users), "users")
+        users = [conform(u, rec.users) for u in users]
+        if svc.unknown == "error":
+            bad = [u for u in users if u not in rec.users and u not in s.live][:5]
+            if bad:
+                raise ApiError(404, f"unknown user id(s) {bad}: not in the model and no events", "users")
+        if body.diversity is not None:
+            live = any(u in s.live for u in users)
+            if not svc.diversity_ok["recommend"] or (live and not svc.diversity_ok["recommend_for_history"]):
+                raise ApiError(400, "diversity is not supported by this version", "diversity")
+        opts = {"k": check_k(body.k), "exclude_seen": body.exclude_seen, "where": check_where(body.where, rec),
+                "items": None if body.items is None else known_ids(body.items, rec.items, "items"),
+                "diversity": body.diversity, "explain": body.explain}
+        rows = await run("recommend", s, opts, users, exclude_rows(body.exclude, len(users), rec.items))
+        return {"results": rows}
+
+    @app.post("/recommend/history")
+    async def recommend_history(body: HistoryBody):
+        """Top-k items for histories of item ids (users the model does not know)."""
+        s = svc.served
+        rec = s.rec
+        hs = body.history
+        hists = hs if hs and all(isinstance(h, list) for h in hs) else [hs]
+        check_count(len(hists), "history")
+        if body.unknown not in ("error", "ignore"):
+            raise ApiError(400, f"unknown={body.unknown!r} must be 'error' or 'ignore'", "unknown")
+        hists = [[conform(x, rec.items) for x in h] for h in hists]
+        if body.unknown == "error":
+            for h in hists:
+                known_ids(h, rec.items, "history")
+        opts = {"k": check_k(body.k), "exclude_given": body.exclude_given, "unknown": body.unknown,
+                "where": check_where(body.where, rec), "explain": body.explain,
+                "candidates": None if body.candidates is None else known_ids(body.candidates, rec.items, "candidates")}
+        rows = await run("history", s, opts, hists, exclude_rows(body.exclude, len(hists), rec.items))
+        return {"results": rows}
+
+    @app.post("/similar/items")
+    async def similar_items(body: SimilarItemsBody):
+        s = svc.served
+        rec = s.rec
+        items = body.items if isinstance(body.items, list) else [body.items]
+        check_count(len(items), "items")
+        items = known_ids(items, rec.items, "items")
+        opts = {"k": check_k(body.k), "space": body.space, "where": check_where(body.where, rec),
+                "candidates": None if body.candidates is None else known_ids(body.candidates, rec.items, "candidates")}
+        rows = await run("similar_items", s, opts, items, exclude_rows(body.exclude, len(items), rec.items))
+        return {"results": rows}
+
+    @app.post("/similar/users")
+    async def similar_users(body: SimilarUsersBody):
+        s = svc.served
+        rec = s.rec
+        users = body.users if isinstance(body.users, list) else [body.users]
+        check_count(len(users), "users")
+        users = known_ids(users, rec.users, "users")
+        opts = {"k": check_k(body.k), "space": body.space}
+        ex = None if body.exclude is None else [known_ids(body.exclude, rec.users, "exclude")] * len(users)
+        rows = await run("similar_users", s, opts, users, ex)
+        return {"results": rows}
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: str):
+        """An item's title and attributes."""
+        return svc.item(item_id)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        s = svc.served
+        return {"ready": True, "export": s.export, "users": len(s.rec.users), "items": len(s.rec.items),
+                "log_lines": s.lines, "events_through": s.events_through, "live_users": len(s.live.events),
+                "reloads": svc.reloads, "loaded_at": s.loaded_at}
+
+    @app.get("/metrics")
+    async def prometheus():
+        s = svc.served
+        metrics.set("items", len(s.rec.items))
+        metrics.set("users", len(s.rec.users))
+        metrics.set("live_users", len(s.live.events))
+        metrics.set("event_log_lines", s.lines)
+        metrics.set("reloads_total", svc.reloads)
+        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    # -- writes (sync: FastAPI runs them in a thread, so fsync and reloads leave the loop free) --
+    def authorize(request: Request) -> None:
+        if not token:
+            raise ApiError(403, f"write endpoints are off: no token configured (set {TOKEN_ENV})", "Authorization")
+        got = request.headers.get("authorization", "")
+        if not got.startswith("Bearer ") or not hmac.compare_digest(got[7:].encode(), token.encode()):
+            raise ApiError(401, "missing or wrong bearer token", "Authorization")
+
+    @app.post("/events")
+    def events(body: EventsBody, request: Request):
+        """Append interactions; durable (fsync) before the answer, visible to the next request."""
+        authorize(request)
+        if not 1 <= len(body.events) <= max_events:
+            raise ApiError(400, f"events: {len(body.events)} given, between 1 and {max_events} allowed", "events")
+        return svc.add_events([(e.user, e.item, e.ts) for e in body.events])
+
+    @app.post("/items")
+    def items(body: ItemsBody, request: Request):
+        """Add items to the catalog (Recommender.add_items rules); logged, replayed on restart."""
+        authorize(request)
+        if not 1 <= len(body.items) <= max_events:
+            raise ApiError(400, f"items: {len(body.items)} given, between 1 and {max_events} allowed", "items")
+        return svc.add_items([dict(r) for r in body.items])
+
+    @app.post("/admin/reload")
+    def reload(request: Request, body: Optional[ReloadBody] = None):
+        """Load the export again (or another), re-apply the log after it, swap atomically."""
+        authorize(request)
+        export = body.export if body is not None else None
+        if export is not None and not os.path.isdir(export):
+            raise ApiError(404, f"export: no directory {export!r}", "export")
+        try:
+            return svc.reload(export)
+        except ApiError:
+            raise
+        except Exception as e:
+            log.exception("reload failed")
+            raise ApiError(400 if export else 500, f"reload failed, still serving the previous export: "
+                                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                           "export") from None
+
+    return _Limits(app, metrics, max_body_bytes)
+
+
+class _Limits:
+    """ASGI wrapper: refuses bodies over max_body_bytes (413) and records each request's status
+    and latency by route in the metrics. Keeps `.state`, `.routes` etc. of the FastAPI app."""
+
+    def __init__(self, app: FastAPI, metrics: Metrics, max_body_bytes: int):
+        self.app, self.metrics, self.max_body = app, metrics, max_body_bytes
+
+    def __getattr__(self, name):
+        return getattr(self.app, name)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [500]
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if scope["method"] == "POST" and headers.get(b"content-type") != b"application/json":
+            # every body is JSON: `curl -d '{...}'` works without a Content-Type header
+            scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                         + [(b"content-type", b"application/json")])
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _send_json(send, 413, {"error": f"request body over {self.max_body} bytes", "field": "body"})
+            self.metrics.observe("other", 413, time.perf_counter() - t0)
+            return
+        if length is None:                    # a chunked body: read it here, within the limit
+            chunks, size, more = [], 0, True
+            while more:
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    return
+                chunks.append(msg.get("body", b""))
+                size += len(chunks[-1])
+                more = msg.get("more_body", False)
+                if size > self.max_body:
+                    await _send_json(send, 413, {"error": f"request body over {self.max_body} bytes", "field": "body"})
+                    self.metrics.observe("other", 413, time.perf_counter() - t0)
+                    return
+            buffered = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+            async def receive_buffered():
+                return buffered.pop() if buffered else await receive()
+            receive = receive_buffered
+
+        async def send_status(msg):
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+            await send(msg)
+
+        await self.app(scope, receive, send_status)
+        route = scope.get("route")
+        self.metrics.observe(getattr(route, "path", "other"), status[0], time.perf_counter() - t0)
+
+
+async def _send_json(send, status: int, obj: dict) -> None:
+    body = json.dumps(obj).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,23 @@
+"""Serve an export over HTTP: python serve.py export=DIR [port=8000] [event_log=events.jsonl].
+
+Settings: configs/serve.yaml. Write endpoints need RECSYS_SERVE_TOKEN in the environment. One
+process (the event log has one writer); SIGHUP or POST /admin/reload swaps in a new export.
+"""
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="configs", config_name="serve", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    import uvicorn
+
+    from recsys.serve.http import create_app
+    app = create_app(cfg.export, event_log=cfg.event_log, unknown=cfg.unknown, device=cfg.device,
+                     threads=cfg.threads, workers=cfg.workers, max_batch_wait_ms=cfg.max_batch_wait_ms,
+                     max_batch_users=cfg.max_batch_users, max_users=cfg.max_users, max_k=cfg.max_k,
+                     max_body_bytes=cfg.max_body_bytes, max_events=cfg.max_events)
+    uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=False)
+
+
+if __name__ == "__main__":
+    main()
