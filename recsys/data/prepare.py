@@ -63,6 +63,10 @@ class Prepared:
     # {field: one string per item}: the item table's text fields, kept in the export for the
     # Recommender's where= filters (serve/request.py)
     item_attributes: dict[str, list[str]] = field(default_factory=dict)
+    # lines of the service's event log (data.events, recsys/serve/events.py) whose events are
+    # in train: the export records it (meta["events_through"]) and the service, on reload,
+    # re-applies only the lines after it
+    events_through: int = 0
 
     @property
     def n_users(self) -> int:
@@ -148,6 +152,39 @@ def interactions_from_frame(df: pd.DataFrame, path: str, user_col: str = "user",
     if time_col is not None and time_col in df:
         out["timestamp"] = _numeric(df[time_col], f"{path}, column {time_col!r}", allow_datetime=True).to_numpy()
     return out
+
+
+def read_events(path: str, ratings: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
+    """The service's event log (JSONL, recsys/serve/events.py) as raw training interactions:
+    (frame with user, item, timestamp [, rating], number of log lines read). Ids are their text,
+    for the id rule to read with the other files; an event counts as a positive: its rating is
+    the highest rating of `ratings` when that has a rating column."""
+    import os
+
+    from recsys.serve.events import LogError, read_records
+    if not os.path.exists(path):
+        raise DataError(f"data.events={path}: no such file")
+    try:
+        records = read_records(path)
+    except LogError as e:
+        raise DataError(f"data.events: {e}") from None
+    ev = [r for r in records if r["op"] == "event"]
+    out = pd.DataFrame({"user": [str(r["user"]) for r in ev], "item": [str(r["item"]) for r in ev],
+                        "timestamp": np.asarray([r.get("ts") or 0.0 for r in ev], dtype=np.float64)})
+    if ratings is not None and "rating" in ratings and len(ratings):
+        out["rating"] = float(ratings["rating"].max())
+    return out, len(records)
+
+
+def _with_events(tr: pd.DataFrame, ev: pd.DataFrame | None, report: dict) -> pd.DataFrame:
+    """Training interactions plus the event log's (a repeated (user, item): the latest kept)."""
+    if ev is None:
+        return tr
+    report["events_used"] = int(len(ev))
+    if "timestamp" not in tr:
+        ev = ev.drop(columns="timestamp")
+    return _dedupe(pd.concat([tr, ev[[c for c in ev.columns if c in tr.columns]]], ignore_index=True),
+                   "train + data.events", report)
 
 
 def _where(path: str, user_col: str | None, item_col: str) -> dict[str, str]:
@@ -412,9 +449,10 @@ def _tokenizer(tokens: dict) -> tuple[WordTokenizer, int, int | None]:
 
 def prepare_movielens(path: str, min_rating: float | None = None, use_tags: bool = True,
                       split: dict | None = None, tokens: dict | None = None,
-                      require_held_out: bool = True) -> Prepared:
+                      require_held_out: bool = True, events: str | None = None) -> Prepared:
     """MovieLens (ml-latest-small layout). Item text = title, genres, user tags.
-    require_held_out: as in `prepare_files`."""
+    require_held_out: as in `prepare_files`. events: the service's event log, appended to the
+    training interactions (never to valid/test)."""
     import os
     report: dict = {}
     rpath, mpath, tpath = (os.path.join(path, f) for f in ("ratings.csv", "movies.csv", "tags.csv"))
@@ -433,16 +471,22 @@ def prepare_movielens(path: str, min_rating: float | None = None, use_tags: bool
         tags = pd.DataFrame({"user": t["userId"].to_numpy(), "item": t["movieId"].to_numpy(),
                              "tag": t["tag"].fillna("").astype(str)})
         frames.append((tags, _where(tpath, "userId", "movieId")))
+    ev, ev_lines = read_events(events, ratings) if events else (None, 0)
+    if ev is not None:
+        frames.append((ev, _where(events, "user", "item")))
     _apply_id_rule(frames)
     df = _dedupe(_implicit(ratings, min_rating, rpath), "ratings.csv", report)
     split = split or {"kind": "random", "valid": 0.1, "test": 0.1, "seed": 2026}
     new_parts: dict = {}
     tr, va, te = _split(df, split, new_parts)
+    tr = _with_events(tr, ev, report)
     tok, mc, ms = _tokenizer(tokens or {"prefix_fields": ["genres"], "min_count": 2})
     # cold-item protocol: the held-out items lose all user tags, not only the held-out pairs'
     untagged = set(te["item"]) - set(tr["item"]) - set(va["item"]) if split.get("kind") == "colditems" else None
-    return _build(tr, va, te, items, ["title", "genres"], tags, tok, mc, ms, report, untagged, new_parts,
+    prep = _build(tr, va, te, items, ["title", "genres"], tags, tok, mc, ms, report, untagged, new_parts,
                   expect=_split_expects(split, rpath) if require_held_out else None)
+    prep.events_through = ev_lines
+    return prep
 
 
 def _clean(raw: dict[str, pd.DataFrame], where: dict[str, str], item_df: pd.DataFrame | None,
@@ -469,13 +513,14 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
                   items_item_col: str | None = None, text_cols: list[str] | None = None,
                   min_rating: float | None = None, encoding: str = "utf-8",
                   split: dict | None = None, valid_ratio: float = 0.1, seed: int = 2026,
-                  tokens: dict | None = None, require_held_out: bool = True) -> Prepared:
+                  tokens: dict | None = None, require_held_out: bool = True,
+                  events: str | None = None) -> Prepared:
     """A user's own files. Either `interactions` (split by `split`) or `train` + `test`
     (+ optional `valid`; otherwise a per-user `valid_ratio` of train is carved out).
     Ids follow one id rule over all the files (recsys/data/ids.py). A test part, or a valid
     part asked for (a valid file, valid_ratio > 0, data.split.valid > 0), left with no pairs is
     a DataError; require_held_out=False allows it (a model or export built for use, not
-    evaluated)."""
+    evaluated). events: the service's event log, appended to the training interactions."""
     report: dict = {}
     if interactions is not None:
         if train is not None or test is not None:
@@ -489,7 +534,12 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
                                    what=what, arg=f"data.{what}") for what, p in paths.items()}
     item_df = None if items is None else read_items(items, items_item_col or item_col, text_cols, encoding,
                                                     raw_ids=True)
-    load, item_df, text_cols = _clean(raw, paths, item_df, items, user_col, item_col, items_item_col, text_cols,
+    where = dict(paths)
+    ev_lines = 0
+    if events:
+        raw["events"], ev_lines = read_events(events, next(iter(raw.values())))
+        where["events"] = events
+    load, item_df, text_cols = _clean(raw, where, item_df, items, user_col, item_col, items_item_col, text_cols,
                                       min_rating, report)
 
     if interactions is not None:
@@ -507,11 +557,13 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
             tr, va = _carve_valid(tr, valid_ratio, seed)
             if valid_ratio > 0:
                 expect["valid"] = f"data.valid_ratio={valid_ratio} of {train}"
+    tr = _with_events(tr, load.get("events"), report)
     tok, mc, ms = _tokenizer(tokens)
     prep = _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report,
                   new_parts=new_parts if interactions is not None else None,
                   expect=expect if require_held_out else None)
     prep.valid_carved = interactions is None and valid is None and valid_ratio > 0
+    prep.events_through = ev_lines
     return prep
 
 

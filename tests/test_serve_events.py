@@ -1,0 +1,162 @@
+"""The service's parts without HTTP: the event log (durable lines, a torn tail cut, replay from a
+line), live histories served as recommend_for_history, micro-batching into one call, and
+train.py's data.events (recsys/serve/events.py, batcher.py, service.py, data/prepare.py)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import recsys
+from recsys.data.io import DataError
+from recsys.data.prepare import prepare_files
+from recsys.serve.batcher import Batcher
+from recsys.serve.events import EventLog, LogError, read_records
+from recsys.serve.service import ApiError, Service
+
+
+def _frame(seed=0, U=15, I=12):
+    rng = np.random.default_rng(seed)
+    X = (rng.random((U, I)) < 0.35).astype(np.float64)
+    X[:, 0] = 1
+    u, i = np.nonzero(X)
+    df = pd.DataFrame({"user": [f"u{a}" for a in u], "item": [f"m{b}" for b in i], "rating": 4.0})
+    items = pd.DataFrame({"item": [f"m{b}" for b in range(I)],
+                          "title": [f"film {b} {'red' if b % 2 else 'blue'}" for b in range(I)]})
+    return df, items
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    df, items = _frame()
+    rec = recsys.fit(df, items=items, model="itemknn", k=5)
+    return rec.save_pretrained(str(tmp_path_factory.mktemp("serve") / "export"))
+
+
+def test_log_appends_whole_lines_and_cuts_a_torn_tail(tmp_path):
+    path = str(tmp_path / "log" / "events.jsonl")
+    log = EventLog(path)
+    assert log.append([{"op": "event", "user": 1, "item": 2, "ts": 0}]) == 1
+    assert log.append([{"op": "event", "user": "a", "item": 3, "ts": 1}] * 2) == 3
+    log.close()
+    with open(path, "ab") as f:                       # a crash in the middle of a write
+        f.write(b'{"op":"event","us')
+    assert len(read_records(path)) == 3               # a torn line is not a record
+    log = EventLog(path)                              # opening cuts it off ...
+    assert log.lines == 3
+    log.append([{"op": "event", "user": 9, "item": 9, "ts": 2}])
+    log.close()
+    recs = read_records(path)                         # ... so the next record starts a clean line
+    assert [r["user"] for r in recs] == [1, "a", "a", 9] and [r["user"] for r in read_records(path, 2)] == ["a", 9]
+
+
+def test_a_corrupt_line_is_a_one_line_error(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"op":"event","user":1,"item":2}\nnot json\n{"op":"event","user":1,"item":2}\n')
+    with pytest.raises(LogError, match="line 2: not JSON"):
+        read_records(str(path))
+
+
+def test_events_make_the_live_history_and_survive_a_restart(export, tmp_path):
+    log = str(tmp_path / "events.jsonl")
+    svc = Service(export, event_log=log)
+    rec = svc.served.rec
+    top = rec.recommend("u1", k=3)[0].tolist()
+    svc.add_events([("u1", top[0], None), ("new", "m3", 5.0)])
+    hist = [rec.items.ids[j] for j in rec.seen[1][rec.seen[0][1]:rec.seen[0][2]].tolist()] + [top[0]]
+    assert svc.served.live.history(rec, "u1") == hist
+    got = svc.score("recommend", svc.served, {"k": 3}, [(["u1", "new", "u2"], None)])[0]
+    want1 = rec.recommend_for_history(hist, k=3)
+    want_new = rec.recommend_for_history(["m3"], k=3)
+    want2 = rec.recommend("u2", k=3)
+    assert got[0]["items"] == want1[0].tolist() and top[0] not in got[0]["items"]
+    assert got[1]["items"] == want_new[0].tolist() and got[2]["items"] == want2[0].tolist()
+    assert got[0]["scores"] == pytest.approx(want1[1].tolist())
+    again = Service(export, event_log=log)           # replayed at start
+    assert again.served.live.events == {"u1": [top[0]], "new": ["m3"]} and again.served.lines == 2
+    with pytest.raises(ApiError) as e:
+        svc.add_events([("u1", "nope", None)])
+    assert e.value.status == 404 and e.value.field == "events[0].item"
+    assert len(read_records(log)) == 2               # a refused batch writes nothing
+
+
+def test_reload_reapplies_only_the_lines_after_events_through(export, tmp_path):
+    """An export trained on the first n log lines (meta["events_through"] = n) gets only the
+    later events; items added through the API are re-added whenever the catalog lacks them."""
+    log = str(tmp_path / "events.jsonl")
+    svc = Service(export, event_log=log)
+    svc.add_events([("u1", "m3", None)])
+    svc.add_items([{"item": "m99", "title": "film 99 red"}])
+    svc.add_events([("u2", "m99", None)])
+    from recsys import Recommender
+    rec = Recommender.from_pretrained(export)
+    rec.meta["events_through"] = 1
+    trained = rec.save_pretrained(str(tmp_path / "export2"))
+    info = svc.reload(trained)
+    assert info["events_through"] == 1 and info["log_lines"] == 3
+    assert svc.served.live.events == {"u2": ["m99"]} and "m99" in svc.served.rec.items
+
+
+def test_concurrent_requests_become_one_call():
+    calls = []
+
+    def run(key, payloads):
+        calls.append((key, [p for p in payloads]))
+        return [p * 10 for p in payloads]
+
+    async def main():
+        b = Batcher(run, max_wait_s=0.05, max_rows=64)
+        b.start()
+        out = await asyncio.gather(*[b.submit("same", n) for n in range(8)], b.submit("other", 100))
+        await b.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert out == [n * 10 for n in range(8)] + [1000]
+    assert sorted(len(p) for _, p in calls) == [1, 8]  # one call per option signature
+
+
+def test_batching_off_runs_each_request_alone():
+    calls = []
+
+    async def main():
+        b = Batcher(lambda key, ps: calls.append(ps) or ps, max_wait_s=0.05, max_rows=1)
+        b.start()
+        await asyncio.gather(*[b.submit("k", n) for n in range(4)])
+        await b.stop()
+
+    asyncio.run(main())
+    assert [len(c) for c in calls] == [1, 1, 1, 1]
+
+
+def test_a_bad_request_in_a_batch_fails_alone(export):
+    svc = Service(export)
+    res = svc.score("recommend", svc.served, {"k": 2}, [(["u1"], None), (["u2"], [["nope"]]), (["u3"], None)])
+    assert isinstance(res[1], ApiError) and res[1].status == 404 and res[1].field == "exclude"
+    assert res[0][0]["items"] == svc.served.rec.recommend("u1", k=2)[0].tolist()
+    assert res[2][0]["items"] == svc.served.rec.recommend("u3", k=2)[0].tolist()
+
+
+def test_train_data_events_appends_the_logged_interactions(tmp_path):
+    """Known answer: the log's event pairs are in train (a new user and a new item included),
+    the number of log lines is events_through, items records are not interactions."""
+    df, _ = _frame(1)
+    df.to_csv(tmp_path / "x.csv", index=False)
+    with open(tmp_path / "ev.jsonl", "w") as f:
+        for r in ({"op": "event", "user": "u1", "item": "m5", "ts": 1.0},
+                  {"op": "items", "items": [{"item": "m77", "title": "t"}]},
+                  {"op": "event", "user": "zed", "item": "m77", "ts": 2.0}):
+            f.write(json.dumps(r) + "\n")
+    kw = dict(split={"kind": "random", "valid": 0.0, "test": 0.2, "seed": 0}, require_held_out=False)
+    base = prepare_files(str(tmp_path / "x.csv"), **kw)
+    prep = prepare_files(str(tmp_path / "x.csv"), events=str(tmp_path / "ev.jsonl"), **kw)
+    pairs = {(prep.users.ids[u], prep.items.ids[i]) for u, i in prep.train}
+    assert {("u1", "m5"), ("zed", "m77")} <= pairs
+    assert prep.events_through == 3 and prep.report["events_used"] == 2
+    assert len(pairs) - len(base.train) == 2 - (("u1", "m5") in {(base.users.ids[u], base.items.ids[i])
+                                                                  for u, i in base.train})
+    with pytest.raises(DataError, match="data.events"):
+        prepare_files(str(tmp_path / "x.csv"), events=str(tmp_path / "missing.jsonl"), **kw)
