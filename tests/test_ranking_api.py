@@ -212,3 +212,26 @@ def test_attributes_survive_export_and_add_items(recs, tmp_path):
     back.add_items(pd.DataFrame({"item": [100], "title": ["movie 100 word3"], "genres": ["Western"]}))
     ids, _ = back.recommend(0, k=5, where={"genres": "western"})
     assert list(ids) == [100]
+
+
+def test_diversity_per_call(recs):
+    """diversity= re-ranks through the same path: strength 0 keeps the model's order, batch ==
+    single, a changed order keeps the same candidates' scores, bad values name themselves."""
+    rec = recs["ease"]
+    base_ids, base_sc = rec.recommend([0, 1, 2], k=5)
+    same = rec.recommend([0, 1, 2], k=5, diversity={"method": "mmr", "strength": 0.0})
+    assert np.array_equal(same[0], base_ids) and np.array_equal(same[1], base_sc)
+    for d in ({"method": "mmr", "strength": 0.9}, {"method": "popularity", "strength": 2.0}):
+        b_ids, b_sc = rec.recommend([0, 1, 2], k=5, diversity=d)
+        one_ids, one_sc = rec.recommend(1, k=5, diversity=d)
+        assert np.array_equal(b_ids[1], one_ids) and np.array_equal(b_sc[1], one_sc)
+        full = rec.scores([0, 1, 2]).numpy()
+        for r in range(3):                           # the scores are the model's own, of the kept items
+            assert np.allclose(b_sc[r], full[r, rec.items.index(b_ids[r].tolist())])
+    assert not np.array_equal(rec.recommend([0, 1, 2], k=5, diversity={"method": "mmr", "strength": 0.9})[0], base_ids)
+    with pytest.raises(ValueError, match=r"diversity.strength=1.5 is outside \[0, 1\]"):
+        rec.recommend(0, k=5, diversity={"method": "mmr", "strength": 1.5})
+    with pytest.raises(ValueError, match="diversity.method='fancy'"):
+        rec.recommend(0, k=5, diversity={"method": "fancy"})
+    with pytest.raises(ValueError, match="calibration has no genres"):
+        rec.recommend(0, k=5, diversity={"method": "calibration", "strength": 0.5})

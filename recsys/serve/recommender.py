@@ -144,7 +144,8 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(self, users, k: int = 10, exclude_seen: bool = True, chunk_size: int = 1024,
-                  unknown: str = "error", *, exclude=None, items=None, where=None, explain=False):
+                  unknown: str = "error", *, exclude=None, items=None, where=None, diversity=None,
+                  explain=False):
         """Top-k items for one user id (-> (k',) ids, (k',) scores) or a list of ids (-> (B, w)).
 
         exclude_seen   leave out the items each user interacted with in training;
@@ -155,6 +156,9 @@ class Recommender:
                        (serve/request.py), e.g. where={"genres": "Comedy"};
         unknown        a user id not in the model: "error" raises KeyError naming it,
                        "popular" gives that user the most popular allowed items (score = count);
+        diversity      re-rank for diversity (recsys/eval/rerank.py): {"method": "mmr" |
+                       "popularity" | "calibration", "strength": s, "pool": candidates or
+                       None}; None (default): the model's own order;
         explain        True (or the number of contributors, default 3): also return, per
                        recommended item, what contributed most to its score (models/explain.py):
                        (ids, scores, explanations), explanations[row][j] = {"items": [(id,
@@ -178,13 +182,16 @@ class Recommender:
             pos = np.flatnonzero(known)
             idx, sc = topk(cat.scorer, u[torch.from_numpy(known).to(u.device)], kk,
                            self.seen if exclude_seen else None, chunk_size, side=self._item_side(cat),
-                           request=sub_rows(req, pos))
+                           request=self._diverse(cat, sub_rows(req, pos), diversity, kk, self.seen))
             parts.append((pos, idx, sc))
         if not known.all():
             pos = np.flatnonzero(~known)
             counts = popularity_counts(self.seen[1], len(cat.items))
+            none = (torch.zeros(len(pos) + 1, dtype=torch.long, device=self.device),
+                    torch.zeros(0, dtype=torch.long, device=self.device))
             idx, sc = topk(cat.scorer, torch.arange(len(pos), device=self.device), kk, None, chunk_size,
-                           side=counts, request=sub_rows(req, pos), score=_constant_rows)
+                           side=counts, request=self._diverse(cat, sub_rows(req, pos), diversity, kk, none),
+                           score=_constant_rows)
             parts.append((pos, idx, sc))
         out = answer(cat.item_ids, parts, len(batch), single)
         if explain:
@@ -195,14 +202,14 @@ class Recommender:
 
     @torch.no_grad()
     def recommend_for_history(self, items, k: int = 10, exclude_given: bool = True, unknown: str = "error", *,
-                              exclude=None, candidates=None, where=None, explain=False):
+                              exclude=None, candidates=None, where=None, diversity=None, explain=False):
         """Top-k items for a user who is not in the model, from the items they interacted with
         (external ids), without retraining: one history (a list, tuple, set, array or Series of
         ids) -> ((k',) ids, (k',) scores); a list of histories -> ((B, w), (B, w)). The history's
         items are left out unless exclude_given=False; exclude / candidates / where as
         `recommend`'s exclude / items / where (candidates: the ids to rank). unknown="error"
         refuses item ids outside the catalog, "ignore" drops them. UserKNN finds the history's
-        neighbours among the known users. explain: as `recommend`'s."""
+        neighbours among the known users. diversity, explain: as `recommend`'s."""
         single, hists = _histories_arg(items)
         cat = self._cat
         k = check_k(k)
@@ -219,7 +226,8 @@ class Recommender:
         pairs = np.array([(r, j) for r, h in enumerate(rows) for j in h], dtype=np.int64).reshape(-1, 2)
         given = tuple(t.to(self.device) for t in csr(pairs, len(rows)))
         idx, sc = topk(cat.scorer, torch.arange(len(rows), device=self.device), min(k, len(cat.items)),
-                       given if exclude_given else None, histories=given, side=self._item_side(cat), request=req)
+                       given if exclude_given else None, histories=given, side=self._item_side(cat),
+                       request=self._diverse(cat, req, diversity, min(k, len(cat.items)), given))
         parts = [(np.arange(len(rows)), idx, sc)]
         out = answer(cat.item_ids, parts, len(rows), single)
         if explain:
@@ -285,6 +293,30 @@ class Recommender:
         idx, sc = topk(cat.scorer, torch.as_tensor(q, device=self.device), min(k, len(self.users)), None,
                        chunk_size, side=side, request=req, score=_similarity, n_cols=len(self.users))
         return answer(_id_array(self.users), [(np.arange(len(q)), idx, sc)], len(q), single)
+
+    def _diverse(self, cat, req, diversity, k: int, history):
+        """req with the diversity re-ranker of this call (eval/rerank.py from_config); history:
+        CSR of each ranked row's items (calibration's user genre mix). The item-side inputs
+        (token bags, genre distribution, counts) are built once per catalog."""
+        if diversity is None:
+            return req
+        from dataclasses import replace
+
+        from recsys.eval.rerank import from_config, item_bags, prefix_distribution
+        if not isinstance(diversity, dict):
+            raise TypeError(f"diversity must be a dict {{method, strength, pool}}, got {diversity!r}")
+        if "bags" not in cat.cache:
+            cat.cache["bags"] = item_bags(cat.scorer)
+            cat.cache["counts"] = popularity_counts(self.seen[1], len(cat.items))
+        genres = None
+        if diversity.get("method") == "calibration" and cat.cache["bags"] is not None:
+            key = ("genres", diversity.get("prefix", "genres:"))
+            if key not in cat.cache:
+                cat.cache[key] = prefix_distribution(cat.cache["bags"], self.tokens, key[1])[0]
+            genres = cat.cache[key] if cat.cache[key].shape[1] else None
+        rr, pool = from_config(diversity, k=k, model=cat.scorer, tokens=self.tokens, history=history,
+                               bags=cat.cache["bags"], counts=cat.cache["counts"], genres=genres)
+        return req if rr is None else replace(req, rerank=rr, pool=pool)
 
     @staticmethod
     def _item_side(cat):
