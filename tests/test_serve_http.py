@@ -1,0 +1,257 @@
+"""The HTTP service against a real server: `python serve.py` in a subprocess on a free
+127.0.0.1 port, spoken to over HTTP (httpx). Answers equal direct Recommender calls; errors are
+4xx JSON naming the field; an event changes the next answer; kill -9 after an acknowledged event
+loses nothing; a reload under concurrent load fails no request and mixes no two models."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+import recsys  # noqa: E402
+from recsys import Recommender  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _frame(seed=0, U=15, I=12):
+    rng = np.random.default_rng(seed)
+    X = (rng.random((U, I)) < 0.35).astype(np.float64)
+    X[:, 0] = 1
+    u, i = np.nonzero(X)
+    df = pd.DataFrame({"user": [f"u{a}" for a in u], "item": [f"m{b}" for b in i], "rating": 4.0})
+    items = pd.DataFrame({"item": [f"m{b}" for b in range(I)],
+                          "title": [f"film {b} {'red' if b % 2 else 'blue'}" for b in range(I)]})
+    return df, items
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Two exports of the same users and items: ItemKNN (A) and popularity (B)."""
+    df, items = _frame()
+    d = tmp_path_factory.mktemp("serve_http")
+    a = recsys.fit(df, items=items, model="itemknn", k=5).save_pretrained(str(d / "a"))
+    b = recsys.fit(df, items=items, model="popularity").save_pretrained(str(d / "b"))
+    return a, b
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, export, log, *extra, token=TOKEN):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, RECSYS_SERVE_TOKEN=token or "")
+        self.out = open(f"{log}.{self.port}.out", "w+")
+        self.proc = subprocess.Popen([sys.executable, "serve.py", f"export={export}", f"port={self.port}",
+                                      f"event_log={log}", "log_level=warning", *extra],
+                                     cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 90
+        while True:
+            if self.proc.poll() is not None:
+                self.out.seek(0)
+                pytest.fail(f"server exited {self.proc.returncode}: {self.out.read()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                pytest.fail("server not ready within 90 s")
+            time.sleep(0.2)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def post(self, path, json=None, **kw):
+        return self.client.post(path, json=json, **kw)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.out.close()
+
+
+@pytest.fixture(scope="module")
+def server(exports, tmp_path_factory):
+    s = Server(exports[0], str(tmp_path_factory.mktemp("log") / "events.jsonl"))
+    yield s
+    s.stop()
+
+
+def _lists(ids, scores):
+    return [x.item() if hasattr(x, "item") else x for x in ids], [float(x) for x in scores]
+
+
+def test_answers_equal_direct_calls(server, exports):
+    rec = Recommender.from_pretrained(exports[0])
+    r = server.post("/recommend", {"users": ["u1", "u2"], "k": 4, "exclude": ["m3"]})
+    assert r.status_code == 200
+    ids, sc = rec.recommend(["u1", "u2"], k=4, exclude=["m3"])
+    for row, i, s in zip(r.json()["results"], ids, sc):
+        ok = ~np.isnan(s)
+        assert row["items"] == list(i[ok]) and row["scores"] == pytest.approx(s[ok].tolist())
+    one = server.post("/recommend", {"users": "u4", "k": 3, "where": {"title": "red"}}).json()["results"][0]
+    want = rec.recommend("u4", k=3, where={"title": "red"})
+    assert one["items"] == _lists(*want)[0] and one["scores"] == pytest.approx(_lists(*want)[1])
+    h = server.post("/recommend/history", {"history": ["m1", "m2"], "k": 3, "candidates": ["m4", "m5", "m6"]})
+    assert h.json()["results"][0]["items"] == rec.recommend_for_history(["m1", "m2"], k=3,
+                                                                        candidates=["m4", "m5", "m6"])[0].tolist()
+    si = server.post("/similar/items", {"items": ["m1"], "k": 3}).json()["results"][0]
+    assert si["item"] == "m1" and si["items"] == rec.similar_items("m1", k=3)[0].tolist()
+    su = server.post("/similar/users", {"users": "u1", "k": 2}).json()["results"][0]
+    assert su["users"] == rec.similar_users("u1", k=2)[0].tolist()
+    it = server.client.get("/items/m3").json()
+    assert it["title"] == "film 3 red" and it["attributes"] == {"title": "film 3 red"}
+
+
+@pytest.mark.parametrize("path,body,status,field", [
+    ("/recommend", {"users": ["nobody"]}, 404, "users"),
+    ("/recommend", {"users": ["u1"], "k": 0}, 400, "k"),
+    ("/recommend", {"users": ["u1"], "k": 10 ** 6}, 400, "k"),
+    ("/recommend", {"users": ["u1"], "k": "ten"}, 400, "k"),
+    ("/recommend", {"users": ["u1"], "colour": 1}, 400, "colour"),
+    ("/recommend", {"users": []}, 400, "users"),
+    ("/recommend", {"users": ["u1"], "items": ["zzz"]}, 404, "items"),
+    ("/recommend", {"users": ["u1"], "where": {"genre": "x"}}, 400, "where"),
+    ("/recommend", {"users": ["u1", "u2"], "exclude": [["m1"]]}, 400, "exclude"),
+    ("/recommend/history", {"history": ["m1", "zzz"]}, 404, "history"),
+    ("/similar/items", {"items": "zzz"}, 404, "items"),
+    ("/events", {"events": [{"user": "u1", "item": "m1"}]}, 401, "Authorization"),
+])
+def test_bad_requests_get_a_json_4xx_naming_the_field(server, path, body, status, field):
+    r = server.post(path, body)
+    assert r.status_code == status and r.json()["field"] == field and "Traceback" not in r.text
+
+
+def test_bounds_and_diversity(server):
+    r = server.post("/recommend", content=b"x" * (2 << 20))
+    assert r.status_code == 413 and r.json()["field"] == "body"
+    r = server.post("/recommend", content=b"{not json")
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    r = server.post("/recommend", {"users": ["u1"] * 1001})
+    assert r.status_code == 400 and r.json()["field"] == "users"
+    r = server.post("/recommend", {"users": ["u1"], "diversity": {"method": "mmr", "strength": 0.3}})
+    assert r.status_code in (200, 400)
+    if r.status_code == 400:
+        assert r.json() == {"error": "diversity is not supported by this version", "field": "diversity"}
+    m = server.client.get("/metrics").text
+    assert 'recsys_requests_total{endpoint="/recommend",status="200"}' in m and "recsys_batch_rows_bucket" in m
+
+
+def test_an_event_changes_the_next_answer(server, exports):
+    rec = Recommender.from_pretrained(exports[0])
+    before = server.post("/recommend", {"users": "u5", "k": 3}).json()["results"][0]["items"]
+    r = server.post("/events", {"events": [{"user": "u5", "item": before[0]}, {"user": "fresh", "item": "m2"}]},
+                    headers=AUTH)
+    assert r.status_code == 200 and r.json()["accepted"] == 2
+    rows = server.post("/recommend", {"users": ["u5", "fresh"], "k": 3}).json()["results"]
+    u = rec.users.get("u5")
+    seen = [rec.items.ids[j] for j in rec.seen[1][rec.seen[0][u]:rec.seen[0][u + 1]].tolist()]
+    assert rows[0]["items"] == rec.recommend_for_history(seen + [before[0]], k=3)[0].tolist()
+    assert before[0] not in rows[0]["items"]
+    assert rows[1]["items"] == rec.recommend_for_history(["m2"], k=3)[0].tolist()
+    r = server.post("/items", {"items": [{"item": "m50", "title": "film 50 red"}]}, headers=AUTH)
+    assert r.status_code == 200 and server.client.get("/items/m50").json()["title"] == "film 50 red"
+    assert server.post("/items", {"items": [{"item": "m50", "title": "again"}]}, headers=AUTH).status_code == 409
+
+
+def test_writes_are_off_without_a_token(exports, tmp_path):
+    s = Server(exports[0], str(tmp_path / "events.jsonl"), token=None)
+    try:
+        r = s.post("/events", {"events": [{"user": "u1", "item": "m1"}]}, headers=AUTH)
+        assert r.status_code == 403 and r.json()["field"] == "Authorization"
+        assert s.post("/admin/reload", headers=AUTH).status_code == 403
+        assert s.post("/recommend", {"users": "u1"}).status_code == 200
+    finally:
+        s.stop()
+
+
+def test_kill_9_after_an_acknowledged_event_loses_nothing(exports, tmp_path):
+    log = str(tmp_path / "events.jsonl")
+    s = Server(exports[0], log)
+    acked = []
+    try:
+        for n in range(10):
+            ev = {"user": f"k{n % 3}", "item": f"m{n % 12}"}
+            if s.post("/events", {"events": [ev]}, headers=AUTH).status_code == 200:
+                acked.append(ev)
+        expect = s.post("/recommend", {"users": ["k0", "k1", "k2"], "k": 4}).json()
+    finally:
+        s.stop(signal.SIGKILL)
+    assert len(acked) == 10
+    s = Server(exports[0], log)
+    try:
+        assert s.client.get("/ready").json()["log_lines"] == 10
+        assert s.post("/recommend", {"users": ["k0", "k1", "k2"], "k": 4}).json() == expect
+    finally:
+        s.stop()
+
+
+def test_reload_under_load_fails_no_request(exports, tmp_path):
+    """Clients ask without pause while the export is swapped A -> B -> A (admin call) and
+    reloaded on SIGHUP: every answer is 200 and is wholly A's or wholly B's."""
+    a, b = exports
+    users = [f"u{n}" for n in range(15)]
+    want = {name: {u: Recommender.from_pretrained(p).recommend(u, k=5)[0].tolist() for u in users}
+            for name, p in (("a", a), ("b", b))}
+    s = Server(a, str(tmp_path / "events.jsonl"))
+    bad, answers, stop = [], {"a": 0, "b": 0}, threading.Event()
+
+    def client(n):
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            i = n
+            while not stop.is_set():
+                u = users[i % len(users)]
+                i += 1
+                r = c.post("/recommend", json={"users": u, "k": 5})
+                got = r.json()["results"][0]["items"] if r.status_code == 200 else None
+                hit = [name for name in ("a", "b") if want[name][u] == got]
+                if not hit:
+                    bad.append((r.status_code, r.text[:200]))
+                else:
+                    answers[hit[0]] += 1
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        for target in (b, a, b):
+            r = s.post("/admin/reload", {"export": target}, headers=AUTH)
+            assert r.status_code == 200, r.text
+            time.sleep(0.5)
+        s.proc.send_signal(signal.SIGHUP)           # reload the served export (b) again
+        deadline = time.time() + 30
+        while s.client.get("/ready").json()["reloads"] < 4 and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        ready = s.client.get("/ready").json()
+        s.stop()
+    assert bad == [] and answers["a"] > 0 and answers["b"] > 0
+    assert ready["reloads"] == 4 and ready["export"] == b
