@@ -1,6 +1,7 @@
 """Train a recommender: python train.py [model=hybrid model.alpha=0.3 trainer.max_epochs=20 ...]
 
-Everything of a run goes under its Hydra run dir (hydra.run.dir=DIR): tensorboard/,
+Everything of a run goes under its Hydra run dir (by default outputs/DATE/TIME_MODEL, or
+hydra.run.dir=DIR): tensorboard/,
 checkpoints/, export/, split/, metrics.json, per_user.csv and run_info.json
 (recsys/train/run.py). Hydra stays here: it composes the config and instantiates the data, the
 model spec (configs/model/*.yaml, `_target_`), the trainer, callbacks and loggers; recsys/ sees
@@ -20,21 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from recsys.eval.evaluation import format_table
 from recsys.serve.export import write_json_atomic
 from recsys.train.build import eval_sets
-from recsys.train.run import RunLock, checkpoint_path, data_files, final_report, log_trials, run_info, write_run
+from recsys.train.progress import progress_callbacks
+from recsys.train.run import (RunLock, best_validation, checkpoint_path, data_files, final_report, log_run, log_trials,
+                              run_info, write_run)
 from recsys.train.search import select_and_fit, write_trials
 from recsys.train.specs import FitContext
 
 log = logging.getLogger("train")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def run(cfg: DictConfig) -> dict:
@@ -61,10 +54,11 @@ def _run(cfg: DictConfig, out: str) -> dict:
     sets = eval_sets(prep)
 
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # a bar on a terminal, one line per epoch in a log file (recsys/train/progress.py)
+    callbacks += progress_callbacks(cfg.progress, bool(cfg.trainer.get("enable_progress_bar", True)))
+    # TensorBoard (configs/logger/tensorboard.yaml): curves during training, the summary,
+    # HParams and Projector at the end (log_run)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    metric_names = [f"{s}/{m}@{k}" for s in ("val", "test") for m in ("ndcg", "recall") for k in cfg.ks]
-    for lg in loggers:
-        lg.log_hyperparams(_flat(config), metrics={m: float("nan") for m in metric_names})
     device = "cuda" if cfg.trainer.accelerator != "cpu" and _cuda() else "cpu"
     ctx = FitContext(trainer=hydra.utils.instantiate(cfg.trainer, _partial_=True), callbacks=callbacks,
                      loggers=loggers, ks=tuple(cfg.ks), eval_chunk=cfg.eval_chunk, seed=cfg.seed, ckpt_path=ckpt,
@@ -72,18 +66,22 @@ def _run(cfg: DictConfig, out: str) -> dict:
     search = OmegaConf.to_container(cfg.search, resolve=True) if cfg.get("search") else None
     choice = select_and_fit(spec, prep, sets, ctx, search, cfg.data.get("refit", "auto"))
     model, metrics = choice.model, choice.metrics
+    logged = set(metrics)                 # what Lightning's test loop gave the loggers already
     metrics[f"best/{cfg.optimized_metric}"] = choice.best
     if not _is_rank_zero():   # DDP: the other processes trained and tested with rank 0; it writes
         return metrics
     if choice.result is not None:
         write_trials(os.path.join(out, "trials.csv"), choice.result)
-        log_trials(loggers, choice.result)
+        log_trials(loggers, choice.result, cfg.seed)
     # the report on the data the final model was fitted on (train + valid after a refit)
     report, per_user = final_report(model, choice.prep, choice.sets, cfg.ks, cfg.eval_chunk, device,
-                                    cfg.report.history_buckets,
-                                    cfg.report.head_share, loggers, logged=set(metrics),
-                                    projector=cfg.report.projector)
+                                    cfg.report.history_buckets, cfg.report.head_share)
     metrics.update(report)
+    # TensorBoard also shows every validation metric of the best epoch (from what it logged)
+    best, best_epoch, epochs = best_validation(loggers, cfg.optimized_metric)
+    log_run(loggers, model, choice.prep, {**best, **metrics}, choice.info["model"], cfg.seed, cfg.ks,
+            projector=cfg.report.projector, best_epoch=best_epoch, epochs=epochs, logged=logged,
+            searched_metric=cfg.optimized_metric if choice.result is not None else None)
     metrics["data"] = prep.report
     write_run(out, model, prep, sets, metrics, per_user, cfg.report.history_buckets, choice.info)
     print(format_table(metrics))

@@ -9,6 +9,13 @@ hybrid scores from one torch module. See README.md.
 `import recsys` loads the serving path only (torch, numpy, safetensors); `recsys.fit` brings in
 the data preparation, and Lightning for the learned models, when it is called.
 """
+import warnings
+
+# torch warns on every sparse CSR tensor that the layout is beta and that invariant checks are
+# off; recsys builds its CSR tensors from indices it has already checked (recsys/sparse,
+# recsys/eval/ranking.py), so both are noise in every run's log. Only these two messages.
+warnings.filterwarnings("ignore", message=r"Sparse (CSR tensor support is in beta state|invariant checks are implicitly disabled)")
+
 from recsys.version import __version__  # noqa: E402
 
 from recsys.models.learned import Scorer, ScorerConfig  # noqa: E402

@@ -14,15 +14,16 @@ FAST = ["debug=fast", "trainer.accelerator=cpu"]
 
 
 def _scalars(logdir: str) -> dict[str, list]:
+    """{tag: values} of a run's scalars: Lightning's (train/, val/) and the summary's (tensor
+    summaries of the scalars plugin: test/, val/best/)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    out: dict[str, list] = {}
-    for f in sorted(os.listdir(logdir)):
-        if f.startswith("events"):
-            acc = EventAccumulator(os.path.join(logdir, f))
-            acc.Reload()
-            for tag in acc.Tags()["scalars"]:
-                # NaN entries are the HParams placeholders written before training
-                out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag) if e.value == e.value)
+    from tensorboard.util import tensor_util
+    acc = EventAccumulator(logdir, size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    out: dict[str, list] = {t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    for t in acc.Tags()["tensors"]:
+        if acc.SummaryMetadata(t).plugin_data.plugin_name == "scalars":
+            out[t] = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(t)]
     return out
 
 
@@ -39,7 +40,9 @@ def movielens_run(tmp_path_factory):
 
 def test_run_writes_metrics_export_split_and_tensorboard(movielens_run):
     """metrics.json holds every test metric at K=10,20; TensorBoard holds val/ndcg@10 for each
-    epoch and the test metrics; the export and the stored split exist."""
+    epoch (x = epoch) and the test metrics under their tags (tensorboard.tag); the export and
+    the stored split exist."""
+    from recsys.train.tensorboard import tag
     out, metrics = movielens_run
     with open(os.path.join(out, "metrics.json")) as f:
         saved = json.load(f)
@@ -55,13 +58,14 @@ def test_run_writes_metrics_export_split_and_tensorboard(movielens_run):
     assert len(scalars["val/ndcg@10"]) == 2           # one per epoch
     assert len(scalars["val/recall@10"]) == 2
     assert scalars["test/ndcg@10"] == [pytest.approx(metrics["test/ndcg@10"], rel=1e-5)]
+    assert max(scalars["val/best/ndcg@10"] + scalars["val/ndcg@10"]) == scalars["val/best/ndcg@10"][0]
     assert "train/loss_epoch" in scalars
     # the report: slices and beyond-accuracy metrics, in metrics.json and TensorBoard
     for name in ("test/cold_items/recall@20", "test/warm_items/ndcg@10", "test/hist_6-20/ndcg@10",
                  "test/hist_21+/recall@10", "test/coverage@10", "test/gini@10", "test/novelty@10",
                  "test/ild@10", "test/tail@10"):
         assert name in saved, name
-        assert scalars[name] == [pytest.approx(saved[name], rel=1e-5)], name
+        assert scalars[tag(name)] == [pytest.approx(saved[name], rel=1e-5)], name
     assert saved["test/cold_items/users"] > 0              # the default split has cold test items
     assert sum(saved[f"test/hist_{b}/users"] for b in ("1-5", "6-20", "21+")) == saved["test/users"]
     # what reproduces the run
@@ -74,11 +78,15 @@ def test_run_writes_metrics_export_split_and_tensorboard(movielens_run):
     per = pd.read_csv(os.path.join(out, "per_user.csv"))
     assert len(per) == saved["test/users"]
     assert per["ndcg@10"].mean() == pytest.approx(saved["test/ndcg@10"], abs=1e-9)
-    # item embeddings labelled with titles in the Projector
+    # item embeddings in the Projector, plain tensor names, metadata columns
     proj = os.path.join(out, "tensorboard", "projector_config.pbtxt")
-    assert os.path.exists(proj) and "items/collaborative" in open(proj).read()
-    metas = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(out, "tensorboard")) for f in fs if f == "metadata.tsv"]
-    assert metas and "Toy Story (1995)" in open(metas[0]).read()
+    assert os.path.exists(proj) and 'tensor_name: "items/collaborative"' in open(proj).read()
+    with open(os.path.join(out, "tensorboard", "items_collaborative", "metadata.tsv")) as f:
+        head, *rows = f.read().splitlines()
+    assert head.split("\t") == ["title", "genres", "genre", "popularity", "status"]
+    toy = next(r.split("\t") for r in rows if r.startswith("Toy Story (1995)"))
+    assert "animation" in toy[1].split() and toy[3] == "100+" and toy[4] == "warm"
+    assert len(rows) == saved["data"]["n_items"]
 
 
 def test_compare_two_runs_cli(movielens_run, tmp_path, capsys):
@@ -161,7 +169,7 @@ def test_cli_sweep_over_alpha(tiny_files, tmp_path):
            f"data.items={tiny_files['items']}", *FAST, f"hydra.sweep.dir={sweep}"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    for job in ("0", "1"):
+    for job in ("0_hybrid", "1_hybrid"):       # job number and model (configs/hydra/default.yaml)
         m = json.loads((sweep / job / "metrics.json").read_text())
         assert "best/val/ndcg@10" in m
 
@@ -177,7 +185,8 @@ def test_unknown_config_key_is_refused(tmp_path):
 @pytest.mark.parametrize("model", ["itemknn", "blend"])
 def test_closed_form_models_run_through_the_cli(model, tiny_files, tmp_path):
     """`model=itemknn` / `model=blend` fit without epochs, yet write metrics.json, TensorBoard
-    val/test metrics and an export that the Recommender loads."""
+    val/best and test metrics (their one validation is no curve) and an export that the
+    Recommender loads."""
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "train.py", f"model={model}", "data=csv", f"data.train={tiny_files['train']}",
            f"data.test={tiny_files['test']}", f"data.items={tiny_files['items']}", f"hydra.run.dir={run_dir}"]
@@ -187,7 +196,8 @@ def test_closed_form_models_run_through_the_cli(model, tiny_files, tmp_path):
     assert 0 <= metrics["test/ndcg@10"] <= 1 and metrics["fit/seconds"] >= 0
     scalars = _scalars(str(run_dir / "tensorboard"))
     assert scalars["test/ndcg@10"] == [pytest.approx(metrics["test/ndcg@10"], rel=1e-5)]
-    assert len(scalars["val/ndcg@10"]) == 1
+    assert scalars["val/best/ndcg@10"] == [pytest.approx(metrics["best/val/ndcg@10"], rel=1e-5)]
+    assert "val/ndcg@10" not in scalars
     from recsys import Recommender
     rec = Recommender.from_pretrained(str(run_dir / "export"))
     ids, _ = rec.recommend("u1", k=3)

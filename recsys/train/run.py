@@ -122,12 +122,11 @@ def data_files(data: dict) -> list[str]:
     return files + [data[k] for k in ("interactions", "train", "valid", "test", "items") if data.get(k)]
 
 
-def final_report(model, prep, sets, ks, eval_chunk: int, device, history_buckets, head_share: float,
-                 loggers=(), logged=(), projector: bool = False) -> tuple[dict, dict]:
+def final_report(model, prep, sets, ks, eval_chunk: int, device, history_buckets,
+                 head_share: float) -> tuple[dict, dict]:
     """Test metrics with slices (history length, cold/warm items) and beyond-accuracy metrics,
     from one more full-ranking pass of the final model, plus the new-user protocol when the
-    split has one; logged to every logger (except the names in `logged`, which Lightning's test
-    loop has logged already)."""
+    split has one (log_run shows them)."""
     from recsys.eval.evaluation import evaluate
     from recsys.train.build import new_user_sets, report_context
     model = model.to(device).eval()
@@ -145,28 +144,57 @@ def final_report(model, prep, sets, ks, eval_chunk: int, device, history_buckets
         except (ValueError, NotImplementedError) as e:     # a model that cannot score histories
             log.warning("new users not evaluated: %s", e)
     model.cpu()
-    for lg in loggers:
-        lg.log_metrics({k: v for k, v in report.items() if k not in logged}, step=0)
-        if projector:
-            _projector(lg, model, prep)
-        lg.finalize("success")
     return report, per_user
 
 
-def _projector(lg, model, prep) -> None:
-    """Item embeddings in TensorBoard's Projector, labelled with item titles (learned models)."""
-    exp = getattr(lg, "experiment", None)
-    if exp is None or not hasattr(exp, "add_embedding"):
-        return
+def best_validation(loggers, metric: str) -> tuple[dict, int | None, int | None]:
+    """The validation metrics of the best logged validation (by `metric`, the epoch restored
+    for testing) as best/val/*, its epoch and the number of validations, from the first
+    TensorBoard logger that saw one ({} , None, None otherwise)."""
+    for lg in loggers:
+        if hasattr(lg, "best_val"):
+            best = lg.best_val(metric)
+            if best:
+                epochs = [v["epoch"] for v in lg.val_history if v.get("epoch") is not None]
+                return ({f"best/{k}": v for k, v in best.items() if k.startswith("val/")}, best.get("epoch"),
+                        max(epochs) if epochs else None)
+    return {}, None, None
+
+
+def log_run(loggers, model, prep, metrics: dict, model_config: dict, seed: int, ks, projector: bool = False,
+            searched_metric: str | None = None, best_epoch: int | None = None, epochs: int | None = None,
+            logged=()) -> None:
+    """The end of a run in every logger: a TensorBoard logger gets the summary table, the
+    grouped test scalars, the run's HParams session (recsys/train/tensorboard.py) and, with
+    `projector`, the item tables (recsys/train/projector.py); another logger gets the metrics
+    not in `logged` (those Lightning's test loop gave it). Then each is finalised."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from recsys.train import tensorboard as tb
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            values = tb.hparam_values(model_config, seed)
+            tb.write_summary(lg.log_dir, metrics, values, tb.hparam_metrics(ks, searched_metric),
+                             tb.model_name(model_config), best_epoch, epochs)
+            if projector:
+                _projector(lg.log_dir, model, prep)
+        else:
+            lg.log_metrics({k: v for k, v in metrics.items() if k not in logged and isinstance(v, (int, float))},
+                           step=0)
+        lg.finalize("success")
+
+
+def _projector(log_dir: str, model, prep) -> None:
+    """The learned model's item tables in TensorBoard's Projector (a memory model has none)."""
+    from recsys.train.projector import item_columns, write_projector
     tables = {}
     if hasattr(model, "item_emb"):
         tables["items/collaborative"] = model.item_emb.weight.detach()
     if hasattr(model, "item_content") and getattr(model.config, "uses_content", False):
         with torch.no_grad():
             tables["items/content"] = model.item_content().detach()
-    titles = [str(t).replace("\t", " ").replace("\n", " ") or "(untitled)" for t in prep.item_titles]
-    for tag, mat in tables.items():
-        exp.add_embedding(mat.cpu(), metadata=titles, tag=tag)
+    if tables:
+        write_projector(log_dir, tables, item_columns(prep))
 
 
 def write_per_user(path: str, per_user: dict, prep, buckets) -> None:
@@ -200,19 +228,22 @@ def write_run(out: str, model, prep, sets, metrics: dict, per_user: dict, bucket
                       "text_fields": prep.text_fields, **(choice or {})})
 
 
-def log_trials(loggers, result) -> None:
-    """Each search trial as one HParams run of the TensorBoard logger(s): its parameters and its
-    validation value, under <log dir>/trials/<number> (so the HParams tab compares trials)."""
+def log_trials(loggers, result, seed: int = 0) -> None:
+    """Each search trial as one HParams session of the TensorBoard logger(s), under
+    <log dir>/trials/<number>: the run's curated keys (tensorboard.hparam_values of the trial's
+    model config), its validation value `trial/<metric>`, `trial/seconds` and its state as the
+    session status, so the HParams tab compares trials with each other and with runs (the run
+    declares the columns)."""
+    from recsys.train import tensorboard as tb
+    from recsys.train.search import with_params
+    base = result.spec.to_dict() if result.spec is not None else {"kind": "trial"}
+    keys = tb.hparam_keys()
     for lg in loggers:
         log_dir = getattr(lg, "log_dir", None)
         if not log_dir:
             continue
-        from torch.utils.tensorboard import SummaryWriter
         for t in result.trials:
             params = {k[len("params."):]: v for k, v in t.items() if k.startswith("params.")}
-            with SummaryWriter(os.path.join(log_dir, "trials", f"{t['number']:03d}")) as w:
-                value = t["value"] if t["value"] is not None else float("nan")
-                w.add_hparams({**{k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()},
-                               "state": t["state"]},
-                              {f"trial/{result.metric}": value, "trial/seconds": t["seconds"] or 0.0},
-                              run_name=".")
+            model = with_params(base, params) if result.spec is not None else {**base, **params}
+            tb.write_session(os.path.join(log_dir, "trials", f"{t['number']:03d}"), tb.hparam_values(model, seed, keys),
+                             {f"trial/{result.metric}": t["value"], "trial/seconds": t["seconds"]}, t["state"])
