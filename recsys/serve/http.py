@@ -220,7 +220,7 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
                 "items": None if body.items is None else known_ids(body.items, rec.items, "items"),
                 "diversity": body.diversity, "explain": body.explain}
         rows = await run("recommend", s, opts, users, exclude_rows(body.exclude, len(users), rec.items))
-        return {"results": rows}
+        return JSONResponse({"results": rows})
 
     @app.post("/recommend/history")
     async def recommend_history(body: HistoryBody):
@@ -240,7 +240,7 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
                 "where": check_where(body.where, rec), "explain": body.explain,
                 "candidates": None if body.candidates is None else known_ids(body.candidates, rec.items, "candidates")}
         rows = await run("history", s, opts, hists, exclude_rows(body.exclude, len(hists), rec.items))
-        return {"results": rows}
+        return JSONResponse({"results": rows})
 
     @app.post("/similar/items")
     async def similar_items(body: SimilarItemsBody):
@@ -252,7 +252,7 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
         opts = {"k": check_k(body.k), "space": body.space, "where": check_where(body.where, rec),
                 "candidates": None if body.candidates is None else known_ids(body.candidates, rec.items, "candidates")}
         rows = await run("similar_items", s, opts, items, exclude_rows(body.exclude, len(items), rec.items))
-        return {"results": rows}
+        return JSONResponse({"results": rows})
 
     @app.post("/similar/users")
     async def similar_users(body: SimilarUsersBody):
@@ -264,7 +264,7 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
         opts = {"k": check_k(body.k), "space": body.space}
         ex = None if body.exclude is None else [known_ids(body.exclude, rec.users, "exclude")] * len(users)
         rows = await run("similar_users", s, opts, users, ex)
-        return {"results": rows}
+        return JSONResponse({"results": rows})
 
     @app.get("/items/{item_id}")
     async def item(item_id: str):

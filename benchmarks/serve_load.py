@@ -1,0 +1,158 @@
+"""Load benchmark of the HTTP service (serve.py): requests/s and p50/p99 latency at 1, 8 and 64
+concurrent clients asking top-10 for one user each, with and without micro-batching, next to
+in-process batched `recommend` over the same users.
+
+    python benchmarks/serve_load.py                        # embedded MovieLens, ItemKNN export
+    python benchmarks/serve_load.py --model ease --seconds 10 --out benchmarks/results/serve_load.md
+
+The server binds 127.0.0.1 on a free port; every client sends one request at a time over one
+keep-alive connection (a minimal HTTP/1.1 client on asyncio streams, so the load generator costs
+little CPU next to the server) for a fixed time, at most --max-requests per setting.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def export_for(model: str, path: str) -> str:
+    if os.path.isdir(path):
+        return path
+    import pandas as pd
+
+    import recsys
+    data = os.path.join(ROOT, "data", "ml-latest-small")
+    ratings = pd.read_csv(os.path.join(data, "ratings.csv"))
+    movies = pd.read_csv(os.path.join(data, "movies.csv"))
+    rec = recsys.fit(ratings, items=movies, model=model, user_col="userId", item_col="movieId")
+    return rec.save_pretrained(path)
+
+
+def in_process(export: str, users: list, threads: int, batch: int, seconds: float) -> float:
+    """Users per second of Recommender.recommend(batch of users, k=10), one process."""
+    import torch
+
+    from recsys import Recommender
+    torch.set_num_threads(threads)
+    rec = Recommender.from_pretrained(export)
+    rec.recommend(users[:batch], k=10)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        rec.recommend(users[n % len(users):n % len(users) + batch] or users[:batch], k=10)
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+async def _client(port: int, users: list, deadline: float, budget: list, lat: list, errors: list, seed: int):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    rnd = random.Random(seed)
+    try:
+        while time.perf_counter() < deadline and budget[0] > 0:
+            budget[0] -= 1
+            body = json.dumps({"users": rnd.choice(users), "k": 10}).encode()
+            t = time.perf_counter()
+            writer.write(b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            payload = await reader.readexactly(length)
+            lat.append(time.perf_counter() - t)
+            if not head.startswith(b"HTTP/1.1 200") or b'"items"' not in payload:
+                errors.append(head.split(b"\r\n")[0])
+    finally:
+        writer.close()
+
+
+async def _load(port: int, users: list, clients: int, seconds: float, max_requests: int):
+    lat, errors, budget = [], [], [max_requests]
+    t0 = time.perf_counter()
+    await asyncio.gather(*[_client(port, users, t0 + seconds, budget, lat, errors, s) for s in range(clients)])
+    return lat, errors, time.perf_counter() - t0
+
+
+def serve(export: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "serve.py", f"export={export}", f"port={port}", "event_log=null",
+                          "log_level=warning", *extra], cwd=ROOT)
+    import urllib.request
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
+            return p, port
+        except OSError:
+            if p.poll() is not None:
+                raise SystemExit(f"server exited with {p.returncode}")
+            time.sleep(0.3)
+    p.kill()
+    raise SystemExit("server not ready within 180 s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="itemknn")
+    ap.add_argument("--export", default=None, help="an export dir (default: fit --model on MovieLens, cached in /tmp)")
+    ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--max-requests", type=int, default=5000)
+    ap.add_argument("--wait-ms", type=float, default=2.0)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    export = export_for(a.model, a.export or f"/tmp/recsys_serve_load_{a.model}")
+    from recsys import Recommender
+    users = list(Recommender.from_pretrained(export).users.ids)
+    rows = []
+    for threads in (1,):
+        for b in (1, 64):
+            rows.append(("in-process recommend", f"batch {b}, {threads} thread", "-",
+                         in_process(export, users, threads, b, a.seconds / 2), None, None, 0))
+    for mode, extra in (("HTTP, micro-batching", [f"max_batch_wait_ms={a.wait_ms}"]),
+                        ("HTTP, no batching", ["max_batch_users=1"])):
+        p, port = serve(export, extra)
+        try:
+            asyncio.run(_load(port, users, 4, 1.0, 200))                       # warm-up
+            for c in [int(x) for x in a.clients.split(",")]:
+                lat, errors, wall = asyncio.run(_load(port, users, c, a.seconds, a.max_requests))
+                ms = np.asarray(lat) * 1000
+                rows.append((mode, f"{c} clients", len(lat), len(lat) / wall, float(np.percentile(ms, 50)),
+                             float(np.percentile(ms, 99)), len(errors)))
+                print(rows[-1], flush=True)
+        finally:
+            p.terminate()
+            p.wait(30)
+    ref = next(r[3] for r in rows if r[1] == "batch 64, 1 thread")
+    lines = [f"# serve_load: {a.model} export of ml-latest-small ({len(users)} users), top-10 for one user "
+             f"per request", "",
+             f"Machine: {platform.platform()}, {os.cpu_count()} CPUs (shared; load average "
+             f"{os.getloadavg()[0]:.1f} at the end), Python {platform.python_version()}. Command: "
+             f"`python benchmarks/serve_load.py --model {a.model} --seconds {a.seconds:g}`.", "",
+             "| setting | load | requests | users/s | p50 ms | p99 ms | errors | vs in-process batch 64 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mode, load, n, rps, p50, p99, err in rows:
+        f = lambda x: "-" if x is None else f"{x:.1f}"
+        lines.append(f"| {mode} | {load} | {n} | {rps:.0f} | {f(p50)} | {f(p99)} | {err} | {rps / ref:.0%} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    main()
