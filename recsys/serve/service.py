@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class Service:
             import torch
             torch.set_num_threads(int(threads))      # one core per scoring call: no oversubscription
         self.unknown, self.device = unknown, device
+        if not os.path.isdir(export_dir):            # before the log file is created
+            raise FileNotFoundError(f"export directory not found: {export_dir}")
         self.log = EventLog(event_log) if event_log else None
         self._write = threading.Lock()               # events, items and the reload swap, in order
         self._reload = threading.Lock()
