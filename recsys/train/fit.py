@@ -102,4 +102,5 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     seen = csr(np.concatenate([prep.train, prep.valid]), prep.n_users)
     return Recommender(m.cpu().eval(), prep.users, prep.items, prep.tokens, prep.tokenizer, seen,
                        torch.from_numpy(prep.bags.idf), prep.item_titles,
-                       {"text_fields": prep.text_fields, **info}, prep.item_attributes)
+                       {"text_fields": prep.text_fields, "events_through": prep.events_through, **info},
+                       prep.item_attributes)

@@ -225,7 +225,8 @@ def write_run(out: str, model, prep, sets, metrics: dict, per_user: dict, bucket
     save_export(os.path.join(out, "export"), model, prep.users, prep.items, prep.tokens,
                 prep.tokenizer, sets["test_seen"], torch.from_numpy(prep.bags.idf), prep.item_titles,
                 meta={"metrics": {k: v for k, v in metrics.items() if k != "data"},
-                      "text_fields": prep.text_fields, **(choice or {})})
+                      "text_fields": prep.text_fields, "events_through": prep.events_through, **(choice or {})},
+                item_attributes=prep.item_attributes)
 
 
 def log_trials(loggers, result, seed: int = 0) -> None:
