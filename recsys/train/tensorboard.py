@@ -221,54 +221,56 @@ def _f(v) -> str:
 
 
 def summary_markdown(metrics: dict, name: str = "", best_epoch: int | None = None, epochs: int | None = None) -> str:
-    """The run's test metrics as markdown: accuracy (metric x K), slices, beyond accuracy, and
-    the other single numbers of the run (fit seconds, search, refit, ...)."""
+    """The run's test metrics as markdown: accuracy (metric x K), slices, beyond accuracy, the
+    other single numbers of the run (fit seconds, search, refit, ...), then one line per metric
+    and slice shown (the tables stay narrow enough for TensorBoard's text card)."""
     ks = sorted({int(k.rsplit("@", 1)[1]) for k in metrics if k.startswith("test/") and "@" in k})
     head = "| " + " | ".join(f"@{k}" for k in ks) + " |"
-    rule = "|---" * (len(ks) + 2) + "|"
+    rule = "|---" * (len(ks) + 1) + "|"
     users = metrics.get("test/users")
     lines = [f"### {name or 'run'}: test NDCG@{ks[0] if ks else 10} "
              f"{_f(metrics.get(f'test/ndcg@{ks[0]}', float('nan'))) if ks else ''}",
              "", f"Full ranking over the whole catalog, {_f(users) if users is not None else '?'} test users "
              f"(docs/metrics.md).", ""]
-    done = set()
+    done, said = set(), []
+
+    def table(title: str, names) -> None:
+        lines.extend([f"| {title} {head}", rule])
+        for m in names:
+            lines.append(f"| {m} | " + " | ".join(_f(metrics.get(f"test/{m}@{k}", float("nan"))) for k in ks) + " |")
+            done.update(f"test/{m}@{k}" for k in ks)
+            said.append(f"- **{m}**: {DESCRIPTIONS[m]}")
     rows = [m for m in ACCURACY if any(f"test/{m}@{k}" in metrics for k in ks)]
     if rows:
-        lines += [f"| test {head} what it says |", rule]
-        for m in rows:
-            cells = [_f(metrics.get(f"test/{m}@{k}", float("nan"))) for k in ks]
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {DESCRIPTIONS[m]} |")
-            done.update(f"test/{m}@{k}" for k in ks)
-        best = {k: v for k, v in metrics.items() if k.startswith("best/val/")}
-        if best:
-            when = f" (epoch {best_epoch} of {epochs})" if best_epoch and epochs else ""
-            shown = [k for k in sorted(best) if k.split("/")[-1].split("@")[0] in HEADLINE]
-            lines += ["", f"Best validation{when}: " + ", ".join(f"{k[len('best/val/'):]} {_f(best[k])}"
-                                                                  for k in shown) + "."]
-            done.update(best)
+        table("test", rows)
+    best = {k: v for k, v in metrics.items() if k.startswith("best/val/")}
+    if best:
+        when = f" (epoch {best_epoch} of {epochs})" if best_epoch and epochs else ""
+        shown = [k for k in sorted(best) if k.split("/")[-1].split("@")[0] in HEADLINE]
+        lines += ["", f"Best validation{when}: " + ", ".join(f"{k[len('best/val/'):]} {_f(best[k])}"
+                                                              for k in shown) + "."]
+        done.update(best)
     slices = sorted({k.split("/")[1] for k in metrics if k.startswith("test/") and k.count("/") == 2})
     if slices:
         cols = [f"{m}@{k}" for m in HEADLINE for k in ks]
-        lines += ["", "#### Slices", "", "| slice | users | " + " | ".join(cols) + " | what it is |",
-                  "|---" * (len(cols) + 3) + "|"]
-        for s in slices:
-            cells = [_f(metrics.get(f"test/{s}/{c}", float("nan"))) for c in cols]
-            n = int(metrics.get(f"test/{s}/users", 0))
-            lines.append(f"| {s} | {n:,} | " + " | ".join(cells) + f" | {_slice(s)} |")
-            done.update(k for k in metrics if k.startswith(f"test/{s}/"))
-        lines.append("")
-        lines.append("Every accuracy metric of every slice is in metrics.json.")
+        lines += ["", "#### Slices", "", "| slice | users | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+        for sl in slices:
+            n = int(metrics.get(f"test/{sl}/users", 0))
+            lines.append(f"| {sl} | {n:,} | " + " | ".join(_f(metrics.get(f"test/{sl}/{c}", float("nan")))
+                                                            for c in cols) + " |")
+            done.update(k for k in metrics if k.startswith(f"test/{sl}/"))
+            said.append(f"- **{sl}**: {_slice(sl)}")
+        lines += ["", "(– : no user in that slice; every accuracy metric of every slice is in metrics.json)"]
     beyond = [m for m in BEYOND if any(f"test/{m}@{k}" in metrics for k in ks)]
     if beyond:
-        lines += ["", "#### Beyond accuracy", "", f"| metric {head} what it says |", rule]
-        for m in beyond:
-            cells = [_f(metrics.get(f"test/{m}@{k}", float("nan"))) for k in ks]
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {DESCRIPTIONS[m]} |")
-            done.update(f"test/{m}@{k}" for k in ks)
+        lines += ["", "#### Beyond accuracy", ""]
+        table("metric", beyond)
     rest = {k: v for k, v in metrics.items() if k not in done and k != "test/users" and isinstance(v, (int, float))
             and not (k.startswith("test/") and k.count("/") == 2)}
     if rest:
         lines += ["", "#### Run", "", "| | |", "|---|---|"] + [f"| {k} | {_f(v)} |" for k, v in sorted(rest.items())]
+    if said:
+        lines += ["", "#### What the numbers say", ""] + said
     return "\n".join(lines) + "\n"
 
 
