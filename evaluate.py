@@ -19,7 +19,6 @@ from recsys.data.ids import conform_ids
 from recsys.data.io import DataError
 from recsys.data.prepare import read_interactions
 from recsys.eval.evaluation import format_table
-from recsys.eval.rerank import from_config
 from recsys.serve.export import write_json_atomic
 
 log = logging.getLogger("evaluate")
@@ -39,9 +38,7 @@ def run(cfg: DictConfig) -> dict:
     # diversity re-ranking (off unless diversity.method is set): the metrics of the re-ranked
     # lists; popularity and the users' genre mix come from the export's training histories
     div = OmegaConf.to_container(cfg.diversity) if cfg.get("diversity") is not None else None
-    rerank, pool = from_config(div, k=max(cfg.ks), model=rec.scorer, tokens=rec.tokens, history=rec.seen)
-    extra = {"rerank": rerank, "pool": pool} if rerank is not None else {}
-    metrics, report = rec.evaluate(users, items, ks=list(cfg.ks), chunk_size=cfg.chunk, **extra)
+    metrics, report = rec.evaluate(users, items, ks=list(cfg.ks), chunk_size=cfg.chunk, diversity=div)
     log.info("test pairs: %s", report)
     if report["pairs_used"] == 0:
         raise DataError(f"{cfg.test}: none of its {report['pairs_given']} (user, item) pairs can be "

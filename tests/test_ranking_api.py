@@ -235,3 +235,19 @@ def test_diversity_per_call(recs):
         rec.recommend(0, k=5, diversity={"method": "fancy"})
     with pytest.raises(ValueError, match="calibration has no genres"):
         rec.recommend(0, k=5, diversity={"method": "calibration", "strength": 0.5})
+
+
+def test_evaluate_measures_the_reranked_lists(recs):
+    """Recommender.evaluate(diversity=...) (what evaluate.py diversity.* calls): strength 0 gives
+    the plain metrics, a strong MMR the metrics of its own lists."""
+    rec = recs["ease"]
+    users, items = [0, 1, 2, 3], [6, 7, 8, 9]
+    plain, _ = rec.evaluate(users, items, ks=[5])
+    zero, _ = rec.evaluate(users, items, ks=[5], diversity={"method": "mmr", "strength": 0.0})
+    assert plain == zero
+    strong, _ = rec.evaluate(users, items, ks=[5], diversity={"method": "mmr", "strength": 0.95})
+    lists, _ = rec.recommend(users, k=5, diversity={"method": "mmr", "strength": 0.95})
+    hits = [float(i in set(row)) for i, row in zip(items, lists)]
+    seen_of = {u: set(rec.seen[1][rec.seen[0][u]:rec.seen[0][u + 1]].tolist()) for u in users}
+    kept = [h for h, u, i in zip(hits, users, items) if i not in seen_of[u]]
+    assert strong["test/recall@5"] == pytest.approx(sum(kept) / len(kept))

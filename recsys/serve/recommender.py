@@ -295,13 +295,17 @@ class Recommender:
         return answer(_id_array(self.users), [(np.arange(len(q)), idx, sc)], len(q), single)
 
     def _diverse(self, cat, req, diversity, k: int, history):
-        """req with the diversity re-ranker of this call (eval/rerank.py from_config); history:
-        CSR of each ranked row's items (calibration's user genre mix). The item-side inputs
-        (token bags, genre distribution, counts) are built once per catalog."""
+        """req with the diversity re-ranker of this call (see _reranker)."""
         if diversity is None:
             return req
         from dataclasses import replace
+        rr, pool = self._reranker(cat, diversity, k, history)
+        return req if rr is None else replace(req, rerank=rr, pool=pool)
 
+    def _reranker(self, cat, diversity, k: int, history):
+        """(re-ranker or None, pool) of a diversity dict (eval/rerank.py from_config); history:
+        CSR of each ranked row's items (calibration's user genre mix). The item-side inputs
+        (token bags, genre distribution, counts) are built once per catalog."""
         from recsys.eval.rerank import from_config, item_bags, prefix_distribution
         if not isinstance(diversity, dict):
             raise TypeError(f"diversity must be a dict {{method, strength, pool}}, got {diversity!r}")
@@ -314,9 +318,8 @@ class Recommender:
             if key not in cat.cache:
                 cat.cache[key] = prefix_distribution(cat.cache["bags"], self.tokens, key[1])[0]
             genres = cat.cache[key] if cat.cache[key].shape[1] else None
-        rr, pool = from_config(diversity, k=k, model=cat.scorer, tokens=self.tokens, history=history,
-                               bags=cat.cache["bags"], counts=cat.cache["counts"], genres=genres)
-        return req if rr is None else replace(req, rerank=rr, pool=pool)
+        return from_config(diversity, k=k, model=cat.scorer, tokens=self.tokens, history=history,
+                           bags=cat.cache["bags"], counts=cat.cache["counts"], genres=genres)
 
     @staticmethod
     def _item_side(cat):
@@ -337,9 +340,10 @@ class Recommender:
             side = cat.cache[key] = cat.scorer.similarity_side(of, space)
         return side
 
-    def evaluate(self, users, items, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/"):
+    def evaluate(self, users, items, ks=(10, 20), chunk_size: int = 1024, prefix: str = "test/",
+                 diversity=None):
         """Full-ranking metrics of held-out (user, item) pairs given as external ids, with each
-        user's seen items masked. Pairs whose user or item the model does not know, and pairs
+        user's seen items masked (of the re-ranked lists with `diversity`, as in recommend). Pairs whose user or item the model does not know, and pairs
         that are also seen items, are dropped and counted in the returned report.
         Returns (metrics {"test/ndcg@10": ...}, report {"pairs_used": ..., ...})."""
         users, items = _ids_arg(users, "users")[1], _ids_arg(items, "items")[1]
@@ -359,7 +363,8 @@ class Recommender:
         report["pairs_used"] = int(len(pairs))
         report["users"] = int(len(np.unique(pairs[:, 0])))
         target = tuple(t.to(self.device) for t in csr(pairs, len(self.users)))
-        metrics, _ = evaluate(cat.scorer, target, self.seen, ks, chunk_size, prefix)
+        rr, pool = (None, 0) if diversity is None else self._reranker(cat, diversity, max(ks), self.seen)
+        metrics, _ = evaluate(cat.scorer, target, self.seen, ks, chunk_size, prefix, rerank=rr, pool=pool)
         return metrics, report
 
 
