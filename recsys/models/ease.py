@@ -2,6 +2,15 @@
 
     s[u, :] = x_u B,   B = I - P diagMat(1 / diag(P)),   P = (X^T X + lambda I)^-1
 
+With side = beta > 0, side-information EASE (Jeunen, Van Balen & Goethals 2020, "Closed-form
+models for collaborative filtering with side-information"): the items' L2-normalised TF-IDF token
+vectors T (I, T) are stacked under X as beta-weighted pseudo-users, X' = [X; beta T^T], so
+
+    P = (X^T X + beta^2 T T^T + lambda I)^-1
+
+and items that share words are tied together in B as if some users had taken both. Users are
+still scored with their history x_u alone.
+
 Memory O(I^2): config.max_items refuses catalogs that would not fit (3 x 4 x I^2 bytes).
 """
 from __future__ import annotations
@@ -34,6 +43,8 @@ class EASE(MemoryModel):
         ws = Workspace()
         op.product_bounded(XT, G, ws, c.max_products)
         del ws
+        if c.side > 0:
+            _add_token_gram(G, c, buffers)                                           # + beta^2 T T^T
         G.diagonal().add_(c.lam)
         L = torch.linalg.cholesky(G)
         del G
@@ -81,3 +92,20 @@ class EASE(MemoryModel):
     def _grow_tables(self, st: dict[str, torch.Tensor], m: int) -> None:
         # a never-seen item's row and column of the closed form are exactly 0
         st["ease_B"] = torch.nn.functional.pad(st["ease_B"], (0, m, 0, m))
+
+
+def _add_token_gram(G: torch.Tensor, c: MemoryConfig, buffers: dict, block: int = 1024) -> None:
+    """In place: G += side^2 T T^T, the token vectors' scalar products by the sparse kernel, in
+    row blocks (block x I floats besides G)."""
+    from recsys.sparse.spgemm import slice_rows
+    from recsys.sparse.similarity import sparse_rows
+    if "tok_indptr" not in buffers or len(buffers["tok_indices"]) == 0:
+        raise ValueError(f"model.side={c.side} needs the items' token bags (an item table with text)")
+    T = sparse_rows(buffers["tok_indptr"], buffers["tok_indices"], buffers["tok_weights"], max(c.n_tokens, 1))
+    cc = column_counts(T)
+    op = RightOperand(T, heavy_columns(cc, cc, c.n_items, c.n_items, c.dense_ratio))
+    ws = Workspace()
+    for r0 in range(0, c.n_items, block):
+        r1 = min(c.n_items, r0 + block)
+        out = ws.matrix("side", r1 - r0, c.n_items, T.values().dtype, T.values().device)
+        G[r0:r1].add_(op.product_bounded(slice_rows(T, r0, r1), out, ws, c.max_products), alpha=float(c.side) ** 2)

@@ -34,6 +34,7 @@ class MemoryConfig:
     dense_ratio: float = DENSE_RATIO  # heavy-column threshold of the sparse kernel (spgemm.py)
     direction: str = "candidate"  # itemknn / content_knn: candidate | history (see knn.py)
     lam: float = 200.0            # EASE L2 weight
+    side: float = 0.0             # EASE: weight beta of the items' token vectors stacked under X (ease.py)
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
     n_tokens: int = 0             # size of the token vocabulary of the stored item bags
     cold_k: int = 0               # itemknn/userknn/ease: cold items borrow the scores of this many

@@ -190,7 +190,7 @@ _LEARNED = dict(n_users="size", n_items="size", n_tokens="size", variant="text",
 _MEMORY = dict(kind="text", n_users="size", n_items="size", similarity="text", k="size", shrink="number",
                values="text", normalize="flag", block_size="size", max_products="number", dense_ratio="number",
                direction="text", lam="number", max_items="number", n_tokens="size", cold_k="size",
-               cold_scale="number")
+               cold_scale="number", side="number")
 _BLEND = dict(kind="text", n_users="size", n_items="size", alpha="number", first="object", second="object",
               norm="text")
 _TOKENIZER = {"word": dict(kind="text", lowercase="flag", min_len="size", prefix_fields="texts"),
