@@ -356,9 +356,10 @@ def write_session(log_dir: str, hparams: dict, metric_values: dict, status: str 
     from torch.utils.tensorboard.writer import FileWriter
     os.makedirs(log_dir, exist_ok=True)
     w = FileWriter(log_dir, filename_suffix=".summary")
+    from tensorboard.compat.proto.summary_pb2 import Summary
     for k, v in metric_values.items():
-        if v is not None and math.isfinite(v):
-            w.add_summary(scalar_summary(k, float(v)), 0)
+        if v is not None and math.isfinite(v):           # plain scalars (no description to carry)
+            w.add_summary(Summary(value=[Summary.Value(tag=k, simple_value=float(v))]), 0)
     for s in _hparams_summaries(hparams, None, start=time.time(), status=status):
         w.add_summary(s, 0)
     w.close()
