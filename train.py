@@ -74,8 +74,11 @@ def _run(cfg: DictConfig, out: str) -> dict:
         write_trials(os.path.join(out, "trials.csv"), choice.result)
         log_trials(loggers, choice.result, cfg.seed)
     # the report on the data the final model was fitted on (train + valid after a refit)
+    diversity = OmegaConf.to_container(cfg.diversity, resolve=True) if cfg.get("diversity") else None
     report, per_user = final_report(model, choice.prep, choice.sets, cfg.ks, cfg.eval_chunk, device,
-                                    cfg.report.history_buckets, cfg.report.head_share)
+                                    cfg.report.history_buckets, cfg.report.head_share, diversity)
+    if diversity and diversity.get("method"):
+        choice.info["diversity"] = diversity          # the export says its test figures are re-ranked
     metrics.update(report)
     # TensorBoard also shows every validation metric of the best epoch (from what it logged)
     best, best_epoch, epochs = best_validation(loggers, cfg.optimized_metric)

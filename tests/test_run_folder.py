@@ -102,3 +102,21 @@ def test_evaluate_py_ends_bad_input_with_one_line(tmp_path):
     assert res.returncode == 1
     text = res.stdout + res.stderr
     assert "export directory not found" in text and "Traceback" not in text
+
+
+def test_train_reports_the_reranked_lists_and_keeps_attributes(tiny_files, tmp_path, compose):
+    """diversity.* in the train config: the test report is of the re-ranked lists (equal to what
+    the export's Recommender re-ranks), the export says so, and keeps the item attributes."""
+    import json
+
+    import train
+    from recsys import Recommender
+    base = _tiny(tiny_files) + ["model=ease", "model.lam=10"]
+    plain = train.run(compose(base, str(tmp_path / "plain")))
+    mmr = train.run(compose(base + ["diversity.method=mmr", "diversity.strength=0.9"], str(tmp_path / "mmr")))
+    assert mmr["test/ild@10"] > plain["test/ild@10"]
+    meta = json.load(open(tmp_path / "mmr" / "export" / "config.json"))["meta"]
+    assert meta["diversity"]["method"] == "mmr" and "diversity" not in json.load(
+        open(tmp_path / "plain" / "export" / "config.json"))["meta"]
+    rec = Recommender.from_pretrained(str(tmp_path / "mmr" / "export"))
+    assert set(rec.attributes) == {"title", "genres"} and meta["events_through"] == 0

@@ -123,23 +123,27 @@ def data_files(data: dict) -> list[str]:
 
 
 def final_report(model, prep, sets, ks, eval_chunk: int, device, history_buckets,
-                 head_share: float) -> tuple[dict, dict]:
+                 head_share: float, diversity: dict | None = None) -> tuple[dict, dict]:
     """Test metrics with slices (history length, cold/warm items) and beyond-accuracy metrics,
     from one more full-ranking pass of the final model, plus the new-user protocol when the
-    split has one (log_run shows them)."""
+    split has one (log_run shows them). diversity: the `diversity:` config block; when its
+    method is set, every test metric is of the re-ranked lists (eval/rerank.py)."""
     from recsys.eval.evaluation import evaluate
+    from recsys.eval.rerank import from_config
     from recsys.train.build import new_user_sets, report_context
     model = model.to(device).eval()
     on = lambda csr: tuple(t.to(device) for t in csr)
     ctx = report_context(prep, history_buckets, head_share)
+    rerank = lambda history: dict(zip(("rerank", "pool"), from_config(diversity, k=max(ks), model=model,
+                                                                      tokens=prep.tokens, history=history)))
     report, per_user = evaluate(model, on(sets["test_target"]), on(sets["test_seen"]), list(ks), eval_chunk,
-                                "test/", context=ctx)
+                                "test/", context=ctx, **rerank(on(sets["test_seen"])))
     new = new_user_sets(prep)
     if new is not None:   # new-user protocol: scored from their given history, no retraining
         try:
             given = on(new["given"])
             more, _ = evaluate(model, on(new["target"]), given, list(ks), eval_chunk, "test/new_users/",
-                               histories=given)
+                               histories=given, **rerank(given))
             report.update(more)
         except (ValueError, NotImplementedError) as e:     # a model that cannot score histories
             log.warning("new users not evaluated: %s", e)
