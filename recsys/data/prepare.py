@@ -155,13 +155,13 @@ def interactions_from_frame(df: pd.DataFrame, path: str, user_col: str = "user",
 
 
 def read_events(path: str, ratings: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
-    """The service's event log (JSONL, recsys/serve/events.py) as raw training interactions:
+    """The service's event log (JSONL, recsys/data/eventlog.py) as raw training interactions:
     (frame with user, item, timestamp [, rating], number of log lines read). Ids are their text,
     for the id rule to read with the other files; an event counts as a positive: its rating is
     the highest rating of `ratings` when that has a rating column."""
     import os
 
-    from recsys.serve.events import LogError, read_records
+    from recsys.data.eventlog import LogError, read_records
     if not os.path.exists(path):
         raise DataError(f"data.events={path}: no such file")
     try:

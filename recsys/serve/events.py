@@ -24,11 +24,9 @@ import logging
 import os
 import threading
 
+from recsys.data.eventlog import LogError, read_records   # the log's format (data layer)
+
 log = logging.getLogger(__name__)
-
-
-class LogError(ValueError):
-    """The log file cannot be read as records (a corrupt line that is not the torn last one)."""
 
 
 class EventLog:
@@ -56,27 +54,6 @@ class EventLog:
 
     def close(self) -> None:
         self._f.close()
-
-
-def read_records(path: str, start: int = 0) -> list[dict]:
-    """Records from line `start` on; a torn last line (no newline) is not a record."""
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path, "rb") as f:
-        for n, line in enumerate(f):
-            if not line.endswith(b"\n"):
-                break
-            if n < start:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                raise LogError(f"event log {path}, line {n + 1}: not JSON: {line[:80]!r}") from None
-            if not isinstance(rec, dict) or rec.get("op") not in ("event", "items"):
-                raise LogError(f"event log {path}, line {n + 1}: not an event or items record: {line[:80]!r}")
-            out.append(rec)
-    return out
 
 
 def _repair(path: str) -> int:

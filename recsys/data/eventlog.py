@@ -1,0 +1,39 @@
+"""Reading the service's event log (JSONL; written by recsys/serve/events.py): what both the
+service (replay at start and on reload) and the data preparation (`data.events=LOG`, extra
+training interactions) read.
+
+    {"op": "event", "user": 7, "item": 50, "ts": 1700000000.0}       an interaction
+    {"op": "items", "items": [{"item": 99001, "title": "...", ...}]}   items added through the API
+
+Line n of the file is record n; a torn last line (no newline: a write a crash interrupted,
+never acknowledged) is not a record.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+
+class LogError(ValueError):
+    """The log file cannot be read as records (a corrupt line that is not the torn last one)."""
+
+
+def read_records(path: str, start: int = 0) -> list[dict]:
+    """Records from line `start` on; a torn last line (no newline) is not a record."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f):
+            if not line.endswith(b"\n"):
+                break
+            if n < start:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise LogError(f"event log {path}, line {n + 1}: not JSON: {line[:80]!r}") from None
+            if not isinstance(rec, dict) or rec.get("op") not in ("event", "items"):
+                raise LogError(f"event log {path}, line {n + 1}: not an event or items record: {line[:80]!r}")
+            out.append(rec)
+    return out
