@@ -146,6 +146,8 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
     scoring: BLAS picks its kernel by the row count, and products of 1, 2 or 3 rows (GEMV and
     narrow kernels) round differently from the same rows inside a larger block, while every
     multiple of 4 gives the same bits for each row (checked in tests/test_ranking_api.py).
+    Padding rows cost as little as they can: empty histories, or the known user the model names
+    with pad_row() (memory models: the shortest history), else the chunk's last row.
     """
     req = request or Request()
     n_all = int(n_cols if n_cols is not None else model.config.n_items)
@@ -164,8 +166,10 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
     width = -(-min(chunk_size, len(rows)) // ROW_ALIGN) * ROW_ALIGN
     if side is None and score is None:
         side = model.item_side()
+    pad_row = None                      # the cheapest known user to pad a chunk with (below)
     if score is None:
         score = model.score_columns
+        pad_row = getattr(model, "pad_row", lambda: None)()
     H = None
     if histories is not None:
         indptr, indices = histories
@@ -184,15 +188,19 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
         b = len(r)
         if n == 0:                                                 # nothing may be returned
             return r, torch.zeros(b, 0, dtype=torch.long, device=device), torch.zeros(b, 0, device=device)
-        rp = torch.cat([r, r[-1:].expand((-b) % ROW_ALIGN)]) if b % ROW_ALIGN else r
-        who = rp if H is None else select_rows(H, rp)
+        extra = (-b) % ROW_ALIGN
+        if H is not None:                                          # given histories: pad with empty rows
+            who = _with_empty_rows(select_rows(H, r), extra)
+        else:
+            fill = r[-1:] if pad_row is None else torch.full((1,), pad_row, dtype=r.dtype, device=r.device)
+            who = torch.cat([r, fill.expand(extra)]) if extra else r
         if getattr(local, "ws", None) is None:
             local.ws = Workspace()                                 # scratch per worker
             # models that can write into a given block get one, reused from chunk to chunk: on
             # a CPU a fresh (chunk, I) allocation costs page faults worth more than the scoring
             local.buf = (torch.empty(width * n, device=device)
                          if getattr(model, "writes_out", False) else None)
-        out = None if local.buf is None else local.buf[:len(rp) * n].view(len(rp), n)
+        out = None if local.buf is None else local.buf[:(b + extra) * n].view(b + extra, n)
         s = score(who, side, cols, out, local.ws)[:b]              # (b, n)
         if exclude is not None:
             mask_seen(s, r, *exclude, pos_of)
@@ -222,6 +230,15 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
             nxt = next(todo, None)
             if nxt is not None:
                 pending.append(ex.submit(chunk, nxt))
+
+
+def _with_empty_rows(X: torch.Tensor, extra: int) -> torch.Tensor:
+    """The sparse CSR block X (b, n) with `extra` empty rows appended."""
+    if not extra:
+        return X
+    crow = X.crow_indices()
+    return torch.sparse_csr_tensor(torch.cat([crow, crow[-1:].expand(extra)]), X.col_indices(), X.values(),
+                                   (X.shape[0] + extra, X.shape[1]))
 
 
 def topk(model, rows: torch.Tensor, k: int, exclude=None, chunk_size: int = 1024, histories=None,
