@@ -61,3 +61,16 @@ def write_csv(path, columns: list[str], rows: list[tuple]) -> str:
     path = os.fspath(path)
     pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
     return path
+
+
+def serve_frame(seed=0, U=15, I=12):
+    """Interactions of U users over I items (item m0 taken by everyone) and an item table with
+    titles: the small catalog the service tests export."""
+    rng = np.random.default_rng(seed)
+    X = (rng.random((U, I)) < 0.35).astype(np.float64)
+    X[:, 0] = 1
+    u, i = np.nonzero(X)
+    df = pd.DataFrame({"user": [f"u{a}" for a in u], "item": [f"m{b}" for b in i], "rating": 4.0})
+    items = pd.DataFrame({"item": [f"m{b}" for b in range(I)],
+                          "title": [f"film {b} {'red' if b % 2 else 'blue'}" for b in range(I)]})
+    return df, items

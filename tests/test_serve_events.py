@@ -16,22 +16,14 @@ from recsys.data.prepare import prepare_files
 from recsys.serve.batcher import Batcher
 from recsys.serve.events import EventLog, LogError, read_records
 from recsys.serve.service import ApiError, Service
+from helpers import serve_frame
 
 
-def _frame(seed=0, U=15, I=12):
-    rng = np.random.default_rng(seed)
-    X = (rng.random((U, I)) < 0.35).astype(np.float64)
-    X[:, 0] = 1
-    u, i = np.nonzero(X)
-    df = pd.DataFrame({"user": [f"u{a}" for a in u], "item": [f"m{b}" for b in i], "rating": 4.0})
-    items = pd.DataFrame({"item": [f"m{b}" for b in range(I)],
-                          "title": [f"film {b} {'red' if b % 2 else 'blue'}" for b in range(I)]})
-    return df, items
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    df, items = _frame()
+    df, items = serve_frame()
     rec = recsys.fit(df, items=items, model="itemknn", k=5)
     return rec.save_pretrained(str(tmp_path_factory.mktemp("serve") / "export"))
 
@@ -143,7 +135,7 @@ def test_a_bad_request_in_a_batch_fails_alone(export):
 def test_train_data_events_appends_the_logged_interactions(tmp_path):
     """Known answer: the log's event pairs are in train (a new user and a new item included),
     the number of log lines is events_through, items records are not interactions."""
-    df, _ = _frame(1)
+    df, _ = serve_frame(1)
     df.to_csv(tmp_path / "x.csv", index=False)
     with open(tmp_path / "ev.jsonl", "w") as f:
         for r in ({"op": "event", "user": "u1", "item": "m5", "ts": 1.0},

@@ -13,7 +13,6 @@ import threading
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("fastapi")
@@ -22,27 +21,19 @@ httpx = pytest.importorskip("httpx")
 
 import recsys  # noqa: E402
 from recsys import Recommender  # noqa: E402
+from helpers import serve_frame  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def _frame(seed=0, U=15, I=12):
-    rng = np.random.default_rng(seed)
-    X = (rng.random((U, I)) < 0.35).astype(np.float64)
-    X[:, 0] = 1
-    u, i = np.nonzero(X)
-    df = pd.DataFrame({"user": [f"u{a}" for a in u], "item": [f"m{b}" for b in i], "rating": 4.0})
-    items = pd.DataFrame({"item": [f"m{b}" for b in range(I)],
-                          "title": [f"film {b} {'red' if b % 2 else 'blue'}" for b in range(I)]})
-    return df, items
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Two exports of the same users and items: ItemKNN (A) and popularity (B)."""
-    df, items = _frame()
+    df, items = serve_frame()
     d = tmp_path_factory.mktemp("serve_http")
     a = recsys.fit(df, items=items, model="itemknn", k=5).save_pretrained(str(d / "a"))
     b = recsys.fit(df, items=items, model="popularity").save_pretrained(str(d / "b"))
