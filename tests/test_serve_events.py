@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import recsys
