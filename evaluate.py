@@ -64,6 +64,11 @@ def compare(cfg: DictConfig) -> dict:
     return out
 
 
+# hydra.run.dir: the run folder's .evaluate/, or ./.evaluate/ when no run_dir is given
+# (oc.select keeps a null value, which made a folder named "None")
+OmegaConf.register_new_resolver("or_here", lambda v: "." if v is None else v, replace=True)
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:
