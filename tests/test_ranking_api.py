@@ -36,6 +36,8 @@ MODELS = {
     "userknn_dense": dict(model="userknn", dense_ratio=1e9),
     "content_knn": dict(model="content_knn"),
     "popularity": dict(model="popularity"),
+    "blend": dict(model={"kind": "blend", "alpha": 0.8, "norm": "max", "first": {"kind": "ease"},
+                         "second": {"kind": "content_knn"}}),
     "hybrid": dict(model="hybrid", max_epochs=2),
     "collaborative": dict(model="collaborative", max_epochs=2),
 }
