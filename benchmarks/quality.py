@@ -26,6 +26,7 @@ MEMORY = {
     "ItemKNN (cosine, k 100)": ["model=itemknn"],
     "EASE (lambda 200)": ["model=ease"],
     "blend EASE + content KNN (max norm, alpha 0.8)": ["model=blend"],
+    "EASE with side information (side 6)": ["model=ease_side"],
     "blend ItemKNN + content KNN (max norm, alpha 0.8)": ["model=blend", "~model.first",
                                                           "+model.first.kind=itemknn", "+model.first.k=100"],
 }
