@@ -145,9 +145,9 @@ def test_bounds_and_diversity(server):
     r = server.post("/recommend", {"users": ["u1"] * 1001})
     assert r.status_code == 400 and r.json()["field"] == "users"
     r = server.post("/recommend", {"users": ["u1"], "diversity": {"method": "mmr", "strength": 0.3}})
-    assert r.status_code in (200, 400)
-    if r.status_code == 400:
-        assert r.json() == {"error": "diversity is not supported by this version", "field": "diversity"}
+    assert r.status_code == 200 and r.json()["results"][0]["items"]
+    r = server.post("/recommend", {"users": ["u1"], "diversity": {"method": "mmr", "strength": 1.5}})
+    assert r.status_code == 400 and r.json()["field"] == "diversity"
     m = server.client.get("/metrics").text
     assert 'recsys_requests_total{endpoint="/recommend",status="200"}' in m and "recsys_batch_rows_bucket" in m
 

@@ -142,8 +142,7 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
     only appear when a row has fewer than k unmasked ones; its score is then -inf.
 
     Batch invariance: a row's scores do not depend on which other rows are scored with it. The
-    rows of a chunk are padded to a multiple of ROW_ALIGN (repeating the last row) before
-    scoring: BLAS picks its kernel by the row count, and products of 1, 2 or 3 rows (GEMV and
+    rows of a chunk are padded to a multiple of ROW_ALIGN before scoring: BLAS picks its kernel by the row count, and products of 1, 2 or 3 rows (GEMV and
     narrow kernels) round differently from the same rows inside a larger block, while every
     multiple of 4 gives the same bits for each row (checked in tests/test_ranking_api.py).
     Padding rows cost as little as they can: empty histories, or the known user the model names
@@ -151,11 +150,14 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
     """
     req = request or Request()
     n_all = int(n_cols if n_cols is not None else model.config.n_items)
-    cols = req.items
+    cols, drop = req.items, None        # drop: (E,) columns masked in every row of a full block
     if req.exclude is not None and len(req.exclude):
-        keep = torch.ones(n_all, dtype=torch.bool, device=req.exclude.device)
-        keep[req.exclude] = False
-        cols = torch.nonzero(keep).flatten() if cols is None else cols[keep[cols]]
+        if cols is None:
+            drop = req.exclude
+        else:                           # candidates: the excluded ones are not scored at all
+            keep = torch.ones(n_all, dtype=torch.bool, device=req.exclude.device)
+            keep[req.exclude] = False
+            cols = cols[keep[cols]]
     n = n_all if cols is None else len(cols)
     if not 0 < k <= n_all:
         raise ValueError(f"k={k} must be between 1 and the catalog size {n_all}")
@@ -167,7 +169,8 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
     if side is None and score is None:
         side = model.item_side()
     pad_row = None                      # the cheapest known user to pad a chunk with (below)
-    if score is None:
+    own = score is None                 # the model's own scores (not a given score function)
+    if own:
         score = model.score_columns
         pad_row = getattr(model, "pad_row", lambda: None)()
     H = None
@@ -198,10 +201,11 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
             local.ws = Workspace()                                 # scratch per worker
             # models that can write into a given block get one, reused from chunk to chunk: on
             # a CPU a fresh (chunk, I) allocation costs page faults worth more than the scoring
-            local.buf = (torch.empty(width * n, device=device)
-                         if getattr(model, "writes_out", False) else None)
+            local.buf = torch.empty(width * n, device=device) if own and model.writes_out else None
         out = None if local.buf is None else local.buf[:(b + extra) * n].view(b + extra, n)
         s = score(who, side, cols, out, local.ws)[:b]              # (b, n)
+        if drop is not None:
+            s[:, drop] = float("-inf")
         if exclude is not None:
             mask_seen(s, r, *exclude, pos_of)
         if req.exclude_rows is not None:

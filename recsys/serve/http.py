@@ -212,10 +212,6 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
             bad = [u for u in users if u not in rec.users and u not in s.live][:5]
             if bad:
                 raise ApiError(404, f"unknown user id(s) {bad}: not in the model and no events", "users")
-        if body.diversity is not None:
-            live = any(u in s.live for u in users)
-            if not svc.diversity_ok["recommend"] or (live and not svc.diversity_ok["recommend_for_history"]):
-                raise ApiError(400, "diversity is not supported by this version", "diversity")
         opts = {"k": check_k(body.k), "exclude_seen": body.exclude_seen, "where": check_where(body.where, rec),
                 "items": None if body.items is None else known_ids(body.items, rec.items, "items"),
                 "diversity": body.diversity, "explain": body.explain}
@@ -242,29 +238,28 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
         rows = await run("history", s, opts, hists, exclude_rows(body.exclude, len(hists), rec.items))
         return JSONResponse({"results": rows})
 
+    async def similar(of: str, body, vocab_of, opts: dict) -> JSONResponse:
+        """similar_items (of="items") or similar_users (of="users"): the query ids, known in
+        the served model's vocabulary of `of`, and their exclusions."""
+        s = svc.served
+        vocab = vocab_of(s.rec)
+        queries = getattr(body, of) if isinstance(getattr(body, of), list) else [getattr(body, of)]
+        check_count(len(queries), of)
+        queries = known_ids(queries, vocab, of)
+        opts = {"k": check_k(body.k), "space": body.space, **opts}
+        rows = await run(f"similar_{of}", s, opts, queries, exclude_rows(body.exclude, len(queries), vocab))
+        return JSONResponse({"results": rows})
+
     @app.post("/similar/items")
     async def similar_items(body: SimilarItemsBody):
-        s = svc.served
-        rec = s.rec
-        items = body.items if isinstance(body.items, list) else [body.items]
-        check_count(len(items), "items")
-        items = known_ids(items, rec.items, "items")
-        opts = {"k": check_k(body.k), "space": body.space, "where": check_where(body.where, rec),
-                "candidates": None if body.candidates is None else known_ids(body.candidates, rec.items, "candidates")}
-        rows = await run("similar_items", s, opts, items, exclude_rows(body.exclude, len(items), rec.items))
-        return JSONResponse({"results": rows})
+        rec = svc.served.rec
+        return await similar("items", body, lambda r: r.items, {
+            "where": check_where(body.where, rec),
+            "candidates": None if body.candidates is None else known_ids(body.candidates, rec.items, "candidates")})
 
     @app.post("/similar/users")
     async def similar_users(body: SimilarUsersBody):
-        s = svc.served
-        rec = s.rec
-        users = body.users if isinstance(body.users, list) else [body.users]
-        check_count(len(users), "users")
-        users = known_ids(users, rec.users, "users")
-        opts = {"k": check_k(body.k), "space": body.space}
-        ex = None if body.exclude is None else [known_ids(body.exclude, rec.users, "exclude")] * len(users)
-        rows = await run("similar_users", s, opts, users, ex)
-        return JSONResponse({"results": rows})
+        return await similar("users", body, lambda r: r.users, {})
 
     @app.get("/items/{item_id}")
     async def item(item_id: str):

@@ -32,7 +32,8 @@ class _Catalog:
     item_ids: np.ndarray
     titles: list | None
     attributes: AttributeIndex = field(default_factory=lambda: AttributeIndex(None))
-    cache: dict = field(default_factory=dict)      # similarity sides of this catalog, by (of, space)
+    cache: dict = field(default_factory=dict)      # what calls derive from this catalog, built once:
+                                                   # item side, similarity sides, counts, bags
 
 
 class Recommender:
@@ -41,6 +42,7 @@ class Recommender:
         """attributes: {name: one string per item}, the item fields `where=` filters on."""
         self._cat = _Catalog(scorer, items, _id_array(items), titles, AttributeIndex(attributes))
         self.users, self.tokens, self.tokenizer = users, tokens, tokenizer
+        self._user_ids = _id_array(users)              # the users never change: mapped back once
         self.seen = seen
         self.token_idf = token_idf
         self.meta = meta or {}
@@ -138,10 +140,6 @@ class Recommender:
         single, batch = _ids_arg(users, "users")
         return self._cat.scorer(self.user_index(batch))
 
-    def _request(self, cat, n_rows: int, single: bool, exclude, items, where, self_rows=None, n_cols=None):
-        return build_request(cat.items if n_cols is None else self.users, n_rows, single, self.device, exclude,
-                             items, where, cat.attributes, self_rows, n_cols)
-
     @torch.no_grad()
     def recommend(self, users, k: int = 10, exclude_seen: bool = True, chunk_size: int = 1024,
                   unknown: str = "error", *, exclude=None, items=None, where=None, diversity=None,
@@ -170,7 +168,7 @@ class Recommender:
         k = check_k(k)
         if unknown not in ("error", "popular"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'popular'")
-        req = self._request(cat, len(batch), single, exclude, items, where)
+        req = build_request(cat.items, len(batch), single, self.device, exclude, items, where, cat.attributes)
         if unknown == "error":
             u = self.user_index(batch)
         else:
@@ -186,7 +184,7 @@ class Recommender:
             parts.append((pos, idx, sc))
         if not known.all():
             pos = np.flatnonzero(~known)
-            counts = popularity_counts(self.seen[1], len(cat.items))
+            counts = self._counts(cat)
             none = (torch.zeros(len(pos) + 1, dtype=torch.long, device=self.device),
                     torch.zeros(0, dtype=torch.long, device=self.device))
             idx, sc = topk(cat.scorer, torch.arange(len(pos), device=self.device), kk, None, chunk_size,
@@ -222,7 +220,7 @@ class Recommender:
                 bad = [x for x, j in zip(h, idx) if j < 0][:5]
                 raise KeyError(f"unknown item id(s) {bad} in the history (pass unknown='ignore' to drop them)")
             rows.append(np.unique(idx[idx >= 0]))
-        req = self._request(cat, len(rows), single, exclude, candidates, where)
+        req = build_request(cat.items, len(rows), single, self.device, exclude, candidates, where, cat.attributes)
         pairs = np.array([(r, j) for r, h in enumerate(rows) for j in h], dtype=np.int64).reshape(-1, 2)
         given = tuple(t.to(self.device) for t in csr(pairs, len(rows)))
         idx, sc = topk(cat.scorer, torch.arange(len(rows), device=self.device), min(k, len(cat.items)),
@@ -243,7 +241,6 @@ class Recommender:
         from recsys.models.explain import explain
         top = 3 if top is True else int(top)
         out: list = [[] for _ in range(n_rows)]
-        user_ids = _id_array(self.users)
         for pos, idx, sc in parts:
             idx = idx.masked_fill(torch.isinf(sc) & (sc < 0), -1)
             e = explain(cat.scorer, H, idx, top, users=users)
@@ -255,7 +252,7 @@ class Recommender:
                         "items": _pairs(cat.item_ids, e.item_idx[r, j], e.item_weight[r, j]),
                         "tokens": _pairs(self.tokens.ids, e.token_idx[r, j], e.token_weight[r, j])
                         if e.token_idx is not None else [],
-                        "users": _pairs(user_ids, e.user_idx[r, j], e.user_weight[r, j])
+                        "users": _pairs(self._user_ids, e.user_idx[r, j], e.user_weight[r, j])
                         if e.user_idx is not None else []})
         return out[0] if single else out
 
@@ -273,7 +270,8 @@ class Recommender:
         k = check_k(k)
         q = indices(cat.items, batch, "items")
         side = self._similarity_side(cat, "items", space)
-        req = self._request(cat, len(q), single, exclude, candidates, where, self_rows=q)
+        req = build_request(cat.items, len(q), single, self.device, exclude, candidates, where, cat.attributes,
+                            self_rows=q)
         idx, sc = topk(cat.scorer, torch.as_tensor(q, device=self.device), min(k, len(cat.items)), None,
                        chunk_size, side=side, request=req, score=_similarity, n_cols=len(cat.items))
         return answer(cat.item_ids, [(np.arange(len(q)), idx, sc)], len(q), single)
@@ -289,10 +287,10 @@ class Recommender:
         k = check_k(k)
         q = indices(self.users, batch, "users")
         side = self._similarity_side(cat, "users", space)
-        req = self._request(cat, len(q), single, exclude, None, None, self_rows=q, n_cols=len(self.users))
+        req = build_request(self.users, len(q), single, self.device, exclude, self_rows=q)
         idx, sc = topk(cat.scorer, torch.as_tensor(q, device=self.device), min(k, len(self.users)), None,
                        chunk_size, side=side, request=req, score=_similarity, n_cols=len(self.users))
-        return answer(_id_array(self.users), [(np.arange(len(q)), idx, sc)], len(q), single)
+        return answer(self._user_ids, [(np.arange(len(q)), idx, sc)], len(q), single)
 
     def _diverse(self, cat, req, diversity, k: int, history):
         """req with the diversity re-ranker of this call (see _reranker)."""
@@ -311,7 +309,6 @@ class Recommender:
             raise TypeError(f"diversity must be a dict {{method, strength, pool}}, got {diversity!r}")
         if "bags" not in cat.cache:
             cat.cache["bags"] = item_bags(cat.scorer)
-            cat.cache["counts"] = popularity_counts(self.seen[1], len(cat.items))
         genres = None
         if diversity.get("method") == "calibration" and cat.cache["bags"] is not None:
             key = ("genres", diversity.get("prefix", "genres:"))
@@ -319,7 +316,14 @@ class Recommender:
                 cat.cache[key] = prefix_distribution(cat.cache["bags"], self.tokens, key[1])[0]
             genres = cat.cache[key] if cat.cache[key].shape[1] else None
         return from_config(diversity, k=k, model=cat.scorer, tokens=self.tokens, history=history,
-                           bags=cat.cache["bags"], counts=cat.cache["counts"], genres=genres)
+                           bags=cat.cache["bags"], counts=self._counts(cat), genres=genres)
+
+    def _counts(self, cat) -> torch.Tensor:
+        """(I,) training interactions per item (the popular fallback, the popularity penalty),
+        counted once per catalog."""
+        if "counts" not in cat.cache:
+            cat.cache["counts"] = popularity_counts(self.seen[1], len(cat.items))
+        return cat.cache["counts"]
 
     @staticmethod
     def _item_side(cat):

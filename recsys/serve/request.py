@@ -17,12 +17,13 @@ ids).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from recsys.eval.ranking import Request
-from recsys.sparse.csr import csr
+from recsys.sparse.csr import csr, gather_rows
 
 _SPLIT = re.compile(r"[\s|]+")
 
@@ -94,19 +95,19 @@ class AttributeIndex:
         return keep
 
 
-def build_request(items_vocab, n_rows: int, single: bool, device, exclude=None, items=None, where=None,
-                  attributes: AttributeIndex | None = None, self_rows: np.ndarray | None = None,
-                  n_cols: int | None = None) -> Request:
-    """The Request of one call over n_rows rows; self_rows: (n_rows,) a column to mask per row
-    (similar_items leaves the query item out)."""
-    n = n_cols if n_cols is not None else len(items_vocab)
+def build_request(vocab, n_rows: int, single: bool, device, exclude=None, items=None, where=None,
+                  attributes: AttributeIndex | None = None, self_rows: np.ndarray | None = None) -> Request:
+    """The Request of one call over n_rows rows whose columns are the ids of `vocab` (the items;
+    the users for similar_users); self_rows: (n_rows,) a column to mask per row (similar items
+    and users leave the query out)."""
+    n = len(vocab)
     cols = None
     if items is not None:
         if _listlike(items) and any(_listlike(x) for x in (items.tolist() if hasattr(items, "tolist") else items)):
             raise TypeError("items must be one list of candidate ids (the same for every row)")
-        cols = np.unique(indices(items_vocab, items, "items"))
+        cols = np.unique(indices(vocab, items, "items"))
     if where is not None:
-        keep = attributes.select(where, n) if attributes is not None else AttributeIndex({}).select(where, n)
+        keep = (attributes or AttributeIndex(None)).select(where, n)
         cols = np.flatnonzero(keep) if cols is None else cols[keep[cols]]
     glob = None
     pairs = []
@@ -118,9 +119,9 @@ def build_request(items_vocab, n_rows: int, single: bool, device, exclude=None, 
                 raise ValueError(f"exclude: {len(ex)} lists for {n_rows} row(s); give one list of ids for all "
                                  f"rows, or one list per row of a batch")
             for r, x in enumerate(ex):
-                pairs += [(r, j) for j in indices(items_vocab, x, f"exclude[{r}]")]
+                pairs += [(r, j) for j in indices(vocab, x, f"exclude[{r}]")]
         else:
-            glob = np.unique(indices(items_vocab, ex, "exclude"))
+            glob = np.unique(indices(vocab, ex, "exclude"))
     if self_rows is not None:
         pairs += [(r, int(j)) for r, j in enumerate(self_rows)]
     t = lambda a: None if a is None else torch.as_tensor(a, dtype=torch.long, device=device)
@@ -134,14 +135,12 @@ def sub_rows(req: Request, positions: np.ndarray) -> Request:
     """The request for a subset of the rows (positions into the call's rows), renumbered."""
     if req.exclude_rows is None:
         return req
-    from recsys.sparse.csr import gather_rows
     indptr, ind = req.exclude_rows
     p = torch.as_tensor(positions, dtype=torch.long, device=indptr.device)
     pos, row_of = gather_rows(indptr, p)
     lengths = indptr[p + 1] - indptr[p]
     new = torch.zeros(len(p) + 1, dtype=indptr.dtype, device=indptr.device)
     new[1:] = torch.cumsum(lengths, 0)
-    from dataclasses import replace
     return replace(req, exclude_rows=(new, ind[pos]))
 
 

@@ -13,7 +13,6 @@ again, a user the export never saw is created by their first event.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import threading
@@ -66,8 +65,6 @@ class Service:
         self._reload = threading.Lock()
         self.reloads = 0
         self.served = self._load(export_dir)
-        self.diversity_ok = {name: "diversity" in inspect.signature(getattr(Recommender, name)).parameters
-                             for name in ("recommend", "recommend_for_history")}
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -174,18 +171,18 @@ class Service:
             live = [n for n, u in enumerate(queries) if u in s.live]
             plain = [n for n, u in enumerate(queries) if u not in s.live]
             out: list = [None] * len(queries)
-            extra = {"diversity": o["diversity"]} if o.get("diversity") else {}
-            common = dict(exclude=_pick(exclude, plain), where=o.get("where"), explain=o.get("explain", False))
+            common = dict(exclude=_pick(exclude, plain), where=o.get("where"), diversity=o.get("diversity"),
+                          explain=o.get("explain", False))
             if plain:
                 res = rec.recommend([queries[n] for n in plain], k, exclude_seen=o.get("exclude_seen", True),
-                                    unknown=self.unknown, items=o.get("items"), **common, **extra)
+                                    unknown=self.unknown, items=o.get("items"), **common)
                 for n, row in zip(plain, _rows(res)):
                     out[n] = {"user": queries[n], **row}
             if live:
                 common["exclude"] = _pick(exclude, live)
                 res = rec.recommend_for_history([s.live.history(rec, queries[n]) for n in live], k,
                                                 exclude_given=o.get("exclude_seen", True), unknown="ignore",
-                                                candidates=o.get("items"), **common, **extra)
+                                                candidates=o.get("items"), **common)
                 for n, row in zip(live, _rows(res)):
                     out[n] = {"user": queries[n], **row}
             return out
@@ -269,7 +266,7 @@ def as_api_error(e: BaseException) -> ApiError:
     if not isinstance(e, (KeyError, ValueError, TypeError, IndexError)):
         log.exception("scoring failed")
         return ApiError(500, f"internal error ({type(e).__name__})")
-    head = msg.split(":")[0].split("=")[0].split("[")[0].split()[:1]
+    head = msg.split(":")[0].split("=")[0].split("[")[0].split(".")[0].split()[:1]   # "diversity.strength=..."
     fld = head[0] if head and head[0] in _FIELDS else None
     if fld is None and "user" in msg:
         fld = "users"
