@@ -18,7 +18,8 @@ def main(cfg: DictConfig) -> None:
         app = create_app(cfg.export, event_log=cfg.event_log, unknown=cfg.unknown, device=cfg.device,
                          threads=cfg.threads, workers=cfg.workers, max_batch_wait_ms=cfg.max_batch_wait_ms,
                          max_batch_users=cfg.max_batch_users, max_users=cfg.max_users, max_k=cfg.max_k,
-                         max_body_bytes=cfg.max_body_bytes, max_events=cfg.max_events)
+                         max_body_bytes=cfg.max_body_bytes, max_events=cfg.max_events,
+                         fast_reads=cfg.fast_reads)
     except (ExportError, LogError, ValueError, OSError) as e:
         raise SystemExit(f"serve: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=False)

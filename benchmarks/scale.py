@@ -21,6 +21,9 @@ its peak RSS (ru_maxrss) is its own:
     itemknn  ItemKNN fit (cosine, k 100) + top-10 for --rank-users users
     als      implicit ALS (factors 64, --als-iters iterations): seconds per iteration,
              interactions per second, and top-10 for --rank-users users
+    export   a learned hybrid export (dim 64, initial weights: serving costs do not depend on
+             them) written with save_pretrained to --export-dir (default DIR/export_hybrid), for
+             `python benchmarks/serve_load.py --export DIR/export_hybrid`: seconds, size, RSS
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-PHASES = ("load", "train", "rank", "itemknn", "als")
+PHASES = ("load", "train", "rank", "itemknn", "als")     # and "export", on request
 
 
 def generate(d: str, U: int, I: int, N: int, seed: int = 0) -> None:
@@ -142,6 +145,25 @@ def phase(name: str, a) -> dict:
         topk(m, users, 10, csr(prep.train, prep.n_users), chunk_size=1024)
         out["rank_s"] = time.perf_counter() - t0
         out["users_per_s"] = len(users) / out["rank_s"]
+    elif name == "export":
+        from recsys.serve.recommender import Recommender
+        from recsys.train.build import build_scorer, csr
+        torch.manual_seed(0)
+        scorer = build_scorer(prep, variant="hybrid", dim=64).eval()
+        rec = Recommender(scorer, prep.users, prep.items, prep.tokens, prep.tokenizer, csr(prep.train, prep.n_users),
+                          torch.from_numpy(prep.bags.idf), prep.item_titles,
+                          {"text_fields": prep.text_fields, "events_through": prep.events_through,
+                           "note": "benchmarks/scale.py export phase: initial weights, for serving benchmarks"},
+                          prep.item_attributes)
+        path = a.export_dir or os.path.join(a.dir, "export_hybrid")
+        t0 = time.perf_counter()
+        rec.save_pretrained(path)
+        out["export_s"] = time.perf_counter() - t0
+        out["export_mb"] = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 2 ** 20
+        t0 = time.perf_counter()
+        Recommender.from_pretrained(path)
+        out["from_pretrained_s"] = time.perf_counter() - t0
+        out["path"] = path
     elif name == "als":
         import scipy.sparse as sp
         from implicit.als import AlternatingLeastSquares
@@ -176,6 +198,7 @@ def main():
     ap.add_argument("--als-iters", type=int, default=3)
     ap.add_argument("--sparse", action="store_true", help="train with model.optim.sparse=true (lazy Adam on the large tables)")
     ap.add_argument("--max-history", type=int, default=0, help="train with model.optim.max_history (0: whole histories)")
+    ap.add_argument("--export-dir", default=None, help="export phase: where to write (default DIR/export_hybrid)")
     ap.add_argument("--phase-timeout", type=int, default=1200, help="seconds per phase before it is reported as timed out")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -186,7 +209,8 @@ def main():
     t0 = time.perf_counter()
     generate(a.dir, a.users, a.items, a.interactions)
     print(f"data: {a.dir} (generated or reused in {time.perf_counter() - t0:.0f} s)", flush=True)
-    results = {}
+    out = os.path.join(a.dir, "results.json")
+    results = json.load(open(out)) if os.path.exists(out) else {}     # other phases' last results kept
     for ph in a.phases.split(","):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--phase", ph, "--dir", a.dir]
         try:
@@ -200,7 +224,7 @@ def main():
         else:
             results[ph] = json.loads(res.stdout.strip().splitlines()[-1])
         print(ph, json.dumps(results[ph]), flush=True)
-    with open(os.path.join(a.dir, "results.json"), "w") as f:
+    with open(out, "w") as f:
         json.dump(results, f, indent=2)
 
 

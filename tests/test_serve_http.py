@@ -169,6 +169,48 @@ def test_an_event_changes_the_next_answer(server, exports):
     assert server.post("/items", {"items": [{"item": "m50", "title": "again"}]}, headers=AUTH).status_code == 409
 
 
+_READS = [
+    ("/recommend", {"users": ["u1", "u2"], "k": 4, "exclude": ["m3"]}),
+    ("/recommend", {"users": "u4", "k": 3, "where": {"title": "red"}, "explain": True}),
+    ("/recommend/history", {"history": ["m1", "m2"], "k": 3, "candidates": ["m4", "m5", "m6"]}),
+    ("/similar/items", {"items": ["m1", "m2"], "k": 3}),
+    ("/similar/users", {"users": "u1", "k": 2}),
+    ("/recommend", {"users": ["nobody"]}),
+    ("/recommend", {"users": ["u1"], "k": "ten"}),
+    ("/recommend", {"users": ["u1"], "colour": 1}),
+    ("/recommend", {"users": ["u1"], "exclude": [["m1"], ["m2"]]}),
+    ("/recommend", "[1, 2]"),
+    ("/recommend", "{not json"),
+    ("/recommend", ""),
+    ("/similar/items", {"items": "zzz"}),
+]
+
+
+def test_reads_answer_alike_with_and_without_fastapi_routing(server, exports, tmp_path):
+    """The front answers the scoring reads itself (fast_reads); through FastAPI's routing
+    (fast_reads=false) every answer is the same byte for byte, and every error has the same
+    status and field (pydantic words a few messages differently for JSON input)."""
+    slow = Server(exports[0], str(tmp_path / "events.jsonl"), "fast_reads=false")
+    try:
+        for path, body in _READS:
+            kw = {"content": body.encode()} if isinstance(body, str) else {"json": body}
+            a, b = server.client.post(path, **kw), slow.client.post(path, **kw)
+            assert a.status_code == b.status_code, (path, body)
+            if a.status_code == 200:
+                assert a.content == b.content, (path, body)
+            else:
+                assert a.json()["field"] == b.json()["field"] and "Traceback" not in a.text, (path, body)
+            assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
+        spec = slow.client.get("/openapi.json").json()
+        assert {"/recommend", "/recommend/history", "/similar/items", "/similar/users"} <= set(spec["paths"])
+        assert "RecommendBody" in str(spec["paths"]["/recommend"])
+        assert server.client.get("/openapi.json").json()["paths"] == spec["paths"]
+        m = server.client.get("/metrics").text
+        assert 'recsys_requests_total{endpoint="/similar/users",status="200"}' in m
+    finally:
+        slow.stop()
+
+
 def test_writes_are_off_without_a_token(exports, tmp_path):
     s = Server(exports[0], str(tmp_path / "events.jsonl"), token=None)
     try:
