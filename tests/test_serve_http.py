@@ -186,11 +186,12 @@ _READS = [
 ]
 
 
-def test_reads_answer_alike_with_and_without_fastapi_routing(server, exports, tmp_path):
+def test_reads_answer_alike_with_and_without_fastapi_routing(exports, tmp_path):
     """The front answers the scoring reads itself (fast_reads); through FastAPI's routing
     (fast_reads=false) every answer is the same byte for byte, and every error has the same
     status and field (pydantic words a few messages differently for JSON input)."""
-    slow = Server(exports[0], str(tmp_path / "events.jsonl"), "fast_reads=false")
+    server = Server(exports[0], str(tmp_path / "fast.jsonl"))
+    slow = Server(exports[0], str(tmp_path / "slow.jsonl"), "fast_reads=false")
     try:
         for path, body in _READS:
             kw = {"content": body.encode()} if isinstance(body, str) else {"json": body}
@@ -208,6 +209,7 @@ def test_reads_answer_alike_with_and_without_fastapi_routing(server, exports, tm
         m = server.client.get("/metrics").text
         assert 'recsys_requests_total{endpoint="/similar/users",status="200"}' in m
     finally:
+        server.stop()
         slow.stop()
 
 
