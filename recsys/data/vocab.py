@@ -48,8 +48,13 @@ class Vocab:
             default = self._index[self.unk]
         if not isinstance(keys, (np.ndarray, pd.Series, pd.Index)):
             keys = list(keys)
-        # one vectorised hash lookup (pandas), no Python loop over the keys
-        out = np.asarray(self._lookup().get_indexer(keys), dtype=np.int64)
+        if len(keys) <= 64 and isinstance(keys, list):
+            # a request's few ids: the dict (pandas' indexer costs ~0.3 ms a call); a bool is
+            # no id (True == 1 in a dict, not in pandas)
+            out = np.fromiter((-1 if isinstance(k, (bool, np.bool_)) else self._index.get(_plain(k), -1)
+                               for k in keys), dtype=np.int64, count=len(keys))
+        else:   # one vectorised hash lookup (pandas), no Python loop over the keys
+            out = np.asarray(self._lookup().get_indexer(keys), dtype=np.int64)
         if default != -1:
             out[out < 0] = default
         if missing == "raise" and (out < 0).any():
