@@ -10,7 +10,8 @@ read back through recsys.data.prepare.prepare_files (pyarrow). Each phase runs i
 its peak RSS (ru_maxrss) is its own:
 
     load     prepare_files: read Parquet, vocabularies, CSR, token bags (seconds, RSS)
-    train    the learned hybrid (dim 64, softmax loss with 1,024 shared negatives, batch 1,024)
+    train    the learned hybrid (dim 64, softmax loss with --n-neg shared negatives, batch --batch-size,
+             --batching interactions | users)
              through Lightning for --train-batches batches: interactions per second over the
              whole fit and from the median step (wall time of each batch, the first 3 left out)
              (--sparse: lazy Adam on the large tables, model.optim.sparse=true; --max-history K:
@@ -92,7 +93,7 @@ def phase(name: str, a) -> dict:
         L.seed_everything(0)
         scorer = build_scorer(prep, variant="hybrid", dim=64)
         kw = {"max_history": a.max_history} if a.max_history else {}
-        module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=1024, lr=0.005, sparse=a.sparse, **kw)
+        module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=a.n_neg, lr=0.005, sparse=a.sparse, **kw)
         steps = []
 
         class StepTimes(L.Callback):
@@ -105,14 +106,16 @@ def phase(name: str, a) -> dict:
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
                             callbacks=[StepTimes()])
-        loader = train_loader(prep.train, 1024, 0)
+        loader = train_loader(prep.train, a.batch_size, 0, a.batching, a.user_run)
         t0 = time.perf_counter()
         trainer.fit(module, loader)
         s = time.perf_counter() - t0
         med = statistics.median(steps[3:] or steps)
+        B = a.batch_size
         out.update(train_s=s, batches=a.train_batches, sparse=a.sparse, max_history=a.max_history,
-                   interactions_per_s=a.train_batches * 1024 / s, median_step_s=med,
-                   median_interactions_per_s=1024 / med, epoch_s_estimate=len(prep.train) * med / 1024)
+                   batching=a.batching, user_run=a.user_run, batch_size=B, n_neg=a.n_neg,
+                   interactions_per_s=a.train_batches * B / s, median_step_s=med,
+                   median_interactions_per_s=B / med, epoch_s_estimate=len(prep.train) * med / B)
     elif name == "rank":
         from recsys.train.build import build_scorer, csr
         from recsys.eval.ranking import topk
@@ -198,6 +201,11 @@ def main():
     ap.add_argument("--als-iters", type=int, default=3)
     ap.add_argument("--sparse", action="store_true", help="train with model.optim.sparse=true (lazy Adam on the large tables)")
     ap.add_argument("--max-history", type=int, default=0, help="train with model.optim.max_history (0: whole histories)")
+    ap.add_argument("--batching", default="interactions", choices=["interactions", "users"],
+                    help="train: model.optim.batching (users: each user's pairs in one batch)")
+    ap.add_argument("--batch-size", type=int, default=1024, help="train: interactions per batch")
+    ap.add_argument("--user-run", type=int, default=0, help="train: model.optim.user_run (batching users: runs of at most this many pairs)")
+    ap.add_argument("--n-neg", type=int, default=1024, help="train: shared negatives per batch")
     ap.add_argument("--export-dir", default=None, help="export phase: where to write (default DIR/export_hybrid)")
     ap.add_argument("--phase-timeout", type=int, default=1200, help="seconds per phase before it is reported as timed out")
     ap.add_argument("--phase", help=argparse.SUPPRESS)

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["debug=fast", "trainer.accelerator=cpu", "trainer.max_epochs=4", "trainer.limit_train_batches=12",
@@ -92,3 +93,54 @@ def test_epoch_batches_depend_only_on_seed_and_epoch():
     next(iter(b))                                   # a partial epoch in between
     assert batches(b, 1) == e1 and batches(b, 0) == e0
     assert batches(_EpochBatches(50, 8, seed=4), 0) != e0
+
+
+def test_user_batches_keep_histories_together_and_resume_exactly():
+    """batching="users": every pair once an epoch, each user's pairs in one run of the order
+    (so in at most two consecutive batches when it fits one), users in a fresh order each
+    epoch, and epoch e's batches depend only on seed and epoch (resuming stays exact)."""
+    from recsys.train.module import _EpochBatches
+    users = torch.tensor([u for u in range(12) for _ in range(1 + u % 4)])         # 30 pairs
+    n = len(users)
+
+    def batches(s, epoch):
+        s.set_epoch(epoch)
+        return [list(b) for b in s]
+    a = _EpochBatches(n, 8, seed=3, users=users)
+    e0, e1 = batches(a, 0), batches(a, 1)
+    order = sum(e0, [])
+    assert sorted(order) == list(range(n))
+    runs = [int(users[i]) for j, i in enumerate(order) if j == 0 or users[order[j - 1]] != users[i]]
+    assert sorted(runs) == list(range(12))                          # one run per user
+    assert e0 != e1
+    b = _EpochBatches(n, 8, seed=3, users=users)
+    batches(b, 4)
+    assert batches(b, 1) == e1 and batches(b, 0) == e0
+
+
+def test_user_runs_cut_long_histories():
+    """user_run=3: a user's pairs come in runs of at most 3 placed independently (a history of
+    10 pairs is at least 4 stretches of the order unless runs happen to meet), every pair once."""
+    from recsys.train.module import _EpochBatches
+    users = torch.tensor([0] * 10 + [1] * 7 + [2] * 2)
+    s = _EpochBatches(len(users), 4, seed=0, users=users, run=3)
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        order = sum([list(b) for b in s], [])
+        assert sorted(order) == list(range(len(users)))
+        # cut the order into same-user stretches; each is a whole number of runs of <= 3
+        stretches, runs = [], 0
+        for j, i in enumerate(order):
+            if j and users[order[j - 1]] == users[i]:
+                stretches[-1][1] += 1
+            else:
+                stretches.append([int(users[i]), 1])
+        for u, n in ((0, 10), (1, 7), (2, 2)):
+            assert sum(k for v, k in stretches if v == u) == n
+        runs = max(runs, sum(1 for v, k in stretches if v == 0))
+    assert runs >= 2                                    # user 0's history was cut
+    whole = _EpochBatches(len(users), 4, seed=0, users=users, run=0)
+    for epoch in range(3):
+        whole.set_epoch(epoch)
+        order = sum([list(b) for b in whole], [])
+        assert sum(1 for j, i in enumerate(order) if j == 0 or users[order[j - 1]] != users[i]) == 3

@@ -49,15 +49,21 @@ def _grads(s: Scorer, losses: dict) -> dict[str, torch.Tensor]:
 USERS = torch.tensor([0, 1, 1, 2, 3, 3, 3, 5, 8])
 POS = torch.tensor([4, 0, 7, 1, 2, 2, 9, 11, 3])
 NEG = torch.tensor([7, 12, 2, 5, 0, 12])
+# a batch of whole histories (model.optim.batching=users): 3 users, 10 rows, so batch_loss
+# scores the negatives once per user and hands the rows their user's scores
+GROUPED = (torch.tensor([1, 1, 1, 3, 3, 3, 3, 2, 0, 0]), torch.tensor([0, 7, 5, 2, 9, 12, 6, 1, 4, 7]))
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["pairs", "whole-histories"])
 @pytest.mark.parametrize("loss", ["softmax", "bpr"])
 @pytest.mark.parametrize("variant,cfg", [("collaborative", {}), ("content", {}), ("hybrid", {}),
                                          ("hybrid", {"learn_alpha": True, "alpha": 0.3}),
                                          ("collaborative", {"item_bias": False})])
-def test_batch_loss_equals_the_full_catalog_computation(variant, cfg, loss):
+def test_batch_loss_equals_the_full_catalog_computation(variant, cfg, loss, grouped):
     """Known answer: the batch-only path (C of the needed items only) gives the same losses and
-    the same gradients on every parameter as the full-catalog reference, dense or row-sparse."""
+    the same gradients on every parameter as the full-catalog reference, dense or row-sparse,
+    for a batch of scattered pairs and for one of whole histories (negatives scored per user)."""
+    USERS, POS = GROUPED if grouped else (globals()["USERS"], globals()["POS"])
     s = random_scorer(variant, empty_users=(2,), cold_items=(12,), **cfg).train()
     fn = LOSSES[loss]
     want = full_catalog_losses(s, USERS, POS, NEG, fn, l2=0.1)

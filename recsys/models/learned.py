@@ -544,34 +544,59 @@ class Scorer(Model):
         almost every batch, and at 1M users their histories made up ~190,000 of the items a
         batch pooled). The profile used at ranking time always pools the whole history."""
         c = self.config
-        clash = pos[:, None] == neg[None, :]                                          # (B, N)
-        pos_s, neg_s = {}, {}
+        uniq, inv = torch.unique(users, return_inverse=True)                          # (b,), (B,)
+        # the negatives' scores depend on the user only: with batches of whole histories
+        # (batching="users", b << B) one (b, N) product serves every row of a user, and the
+        # softmax loss sums each user's exp(negatives) once (no (B, N) block at all)
+        per_user = 2 * len(uniq) <= len(users)
+        per_user_loss = getattr(loss_fn, "per_user", None)      # train/losses.py: softmax has one
+        lse_path = per_user and per_user_loss is not None and not (c.variant == "hybrid" and c.learn_alpha)
+        clash = None if lse_path else pos[:, None] == neg[None, :]                    # (B, N)
+        pos_s, neg_s, neg_u = {}, {}, {}
         if c.uses_cf:
-            u = F.embedding(users, self.user_emb.weight, sparse=sparse)                # (B, D)
+            if per_user:
+                uu = F.embedding(uniq, self.user_emb.weight, sparse=sparse)            # (b, D)
+                u = uu[inv]                                                             # (B, D)
+            else:
+                u = F.embedding(users, self.user_emb.weight, sparse=sparse)            # (B, D)
             Vp = F.embedding(pos, self.item_emb.weight, sparse=sparse)                 # (B, D)
             Vn = F.embedding(neg, self.item_emb.weight, sparse=sparse)                 # (N, D)
             pos_s["cf"] = (u * Vp).sum(1, keepdim=True)                                 # (B, 1)
-            neg_s["cf"] = u @ Vn.T                                                      # (B, N)
+            if per_user:
+                neg_u["cf"] = uu @ Vn.T                                                 # (b, N)
             if self.item_bias is not None:
                 pos_s["cf"] = pos_s["cf"] + _rows(self.item_bias, pos, sparse)[:, None]
-                neg_s["cf"] = neg_s["cf"] + _rows(self.item_bias, neg, sparse)
+                bn = _rows(self.item_bias, neg, sparse)
+                if per_user:
+                    neg_u["cf"] = neg_u["cf"] + bn
+            if not lse_path:
+                neg_s["cf"] = neg_u["cf"][inv] if per_user else u @ Vn.T + (bn if self.item_bias is not None else 0)
         if c.uses_content:
-            P, Cp, Cn = self._batch_content(users, pos, neg, sparse, max_history)
+            Pu, Cp, Cn = self._batch_content(uniq, pos, neg, sparse, max_history)
+            P = Pu[inv]                                                                 # (B, D)
             pos_s["content"] = (P * Cp).sum(1, keepdim=True)                            # (B, 1)
-            neg_s["content"] = P @ Cn.T                                                 # (B, N)
-        losses = {name: loss_fn(pos_s[name][:, 0], neg_s[name], clash) for name in pos_s}
+            if per_user:
+                neg_u["content"] = Pu @ Cn.T                                            # (b, N)
+            if not lse_path:
+                neg_s["content"] = neg_u["content"][inv] if per_user else P @ Cn.T      # (B, N)
+        if lse_path:       # softmax over whole histories: each user's negatives summed once
+            sn = torch.sort(neg).values
+            hits = torch.searchsorted(sn, pos, right=True) - torch.searchsorted(sn, pos)   # (B,) clashes
+            losses = {name: per_user_loss(pos_s[name][:, 0], neg_u[name], inv, hits)
+                      for name in pos_s}
+        else:
+            losses = {name: loss_fn(pos_s[name][:, 0], neg_s[name], clash) for name in pos_s}
         if c.variant == "hybrid" and c.learn_alpha:
             losses["alpha"] = self._alpha_loss(pos_s, neg_s, clash, loss_fn)
         if l2 > 0 and c.uses_cf:
             losses["l2"] = l2 * (u.pow(2).sum() + Vp.pow(2).sum()) / len(users)
         return losses
 
-    def _batch_content(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, sparse: bool,
+    def _batch_content(self, uniq: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, sparse: bool,
                        max_history: int = 0):
-        """(P (B, D), C[pos] (B, D), C[neg] (N, D)), with C computed once for the union of the
-        items these need (pos, neg, the histories of the distinct users; each user pooled once:
-        training batches repeat heavy users many times)."""
-        uniq, inv = torch.unique(users, return_inverse=True)                          # (b,), (B,)
+        """(P (b, D) of the (b,) distinct users `uniq`, C[pos] (B, D), C[neg] (N, D)), with C
+        computed once for the union of the items these need (pos, neg, the histories of the
+        distinct users; each user pooled once: training batches repeat heavy users many times)."""
         if max_history > 0:
             hpos, lengths = self._sample_history(uniq, max_history)
         else:
@@ -582,7 +607,7 @@ class Scorer(Model):
         C = self.content_rows(items, sparse)                                          # (M, D)
         offsets = torch.cumsum(lengths, 0) - lengths
         w = torch.repeat_interleave(1.0 / lengths.clamp(min=1).to(C.dtype), lengths)  # mean: 1 / |H(u)|
-        P = bag_sum(C, slot[B + N:], w, offsets)[inv]                                 # (B, D), 0 if empty
+        P = bag_sum(C, slot[B + N:], w, offsets)                                      # (b, D), 0 if empty
         return P, F.embedding(slot[:B], C), F.embedding(slot[B:B + N], C)
 
     def _sample_history(self, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

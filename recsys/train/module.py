@@ -198,24 +198,43 @@ class _EpochBatches(BatchSampler):
     its generator whatever happened before: Lightning calls set_epoch(e) at every epoch start,
     also after resuming from a checkpoint, so a resumed run sees the same batches."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.seed, self.n = seed, n
+    def __init__(self, n: int, batch_size: int, seed: int, users: torch.Tensor | None = None, run: int = 0):
+        self.seed, self.n, self.users, self.epoch, self.run = seed, n, users, 0, int(run)
         super().__init__(RandomSampler(range(n), generator=torch.Generator().manual_seed(seed)),
                          batch_size, drop_last=False)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
         g = self.sampler.generator.manual_seed(self.seed)
         for _ in range(int(epoch)):              # skip the earlier epochs' permutations
             torch.randperm(self.n, generator=g)
 
+    def _by_user(self) -> list[int]:
+        """This epoch's order with each user's pairs together: each user's pairs shuffled and cut
+        into runs of at most `run` (0: the whole history), the runs in a seeded random order
+        (so a batch holds the runs of a few users)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)                                   # pairs, shuffled
+        u = self.users[perm]
+        order = perm[torch.argsort(u, stable=True)]                                  # grouped by user
+        if self.run > 0:
+            u = self.users[order]
+            start = torch.searchsorted(u, u)                                         # first pair of its user
+            key = torch.arange(len(u)) - start                                       # position in the user
+            run = torch.cumsum(key % self.run == 0, 0) - 1                           # run id, 0..runs-1
+        else:
+            run = self.users[order]                                                  # a run per user
+        rank_of = torch.randperm(int(run.max()) + 1, generator=g)                    # runs, shuffled
+        return order[torch.argsort(rank_of[run], stable=True)].tolist()
+
     def __iter__(self):
         rank, world = _rank_world()
-        if world == 1:
+        if world == 1 and self.users is None:
             yield from super().__iter__()
             return
         # every process draws the same shuffle and takes every world-th batch of it; the last
         # batches are padded from the start of the shuffle so all take len(self) steps
-        order = list(self.sampler)
+        order = list(self.sampler) if self.users is None else self._by_user()
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         n = len(self)
         batches = (batches * (1 + (n * world) // max(len(batches), 1)))[:n * world]
@@ -252,11 +271,22 @@ class _UserShards(torch.utils.data.Sampler):
         return -(-len(self._mine()) // self.chunk)
 
 
-def train_loader(pairs, batch_size: int, seed: int) -> DataLoader:
+def train_loader(pairs, batch_size: int, seed: int, batching: str = "interactions", user_run: int = 0) -> DataLoader:
     """Shuffled batches of (user, item) pairs, (B, 2). The sampler yields a list of indices per
-    batch and the dataset slices them at once (no per-interaction collate)."""
-    ds = TensorDataset(torch.as_tensor(pairs, dtype=torch.long))
-    return DataLoader(ds, sampler=_EpochBatches(len(ds), batch_size, seed), batch_size=None)
+    batch and the dataset slices them at once (no per-interaction collate).
+    batching: "interactions" draws pairs uniformly (a heavy user is in nearly every batch);
+    "users" keeps each user's pairs together, so a batch is a few users' histories and the
+    step pools and scores each of them once (Scorer.batch_loss); user_run > 0 cuts a history
+    into runs of at most that many pairs, each run placed on its own (more updates of a user's
+    row an epoch, less sharing)."""
+    if batching not in ("interactions", "users"):
+        raise ValueError(f"model.optim.batching={batching!r} must be 'interactions' or 'users'")
+    t = torch.as_tensor(pairs, dtype=torch.long)
+    users = t[:, 0].contiguous() if batching == "users" else None
+    if user_run < 0:
+        raise ValueError(f"model.optim.user_run={user_run} must be >= 0 (0: whole histories)")
+    return DataLoader(TensorDataset(t), sampler=_EpochBatches(len(t), batch_size, seed, users, user_run),
+                      batch_size=None)
 
 
 def user_loader(indptr: torch.Tensor, chunk_size: int) -> DataLoader:

@@ -102,6 +102,8 @@ class Learned:
         from recsys.train.tune import choose_fold_in_lambda
         optim = dict(self.optim)
         batch_size = optim.pop("batch_size", 1024)
+        batching = optim.pop("batching", "interactions")
+        user_run = optim.pop("user_run", 0)
         model = dict(self.params, variant=self.variant)
         if self.fold_in_lambda != "auto":
             model["fold_in_lambda"] = float(self.fold_in_lambda)
@@ -109,7 +111,7 @@ class Learned:
         module = RecsysModule(scorer, sets, ks=tuple(ctx.ks), **optim)
         trainer = (ctx.trainer or _default_trainer(ctx))(callbacks=ctx.callbacks, logger=ctx.loggers or False)
         # weights_only: a checkpoint to resume from is read without unpickling code objects
-        trainer.fit(module, train_loader(prep.train, batch_size, ctx.seed),
+        trainer.fit(module, train_loader(prep.train, batch_size, ctx.seed, batching, user_run),
                     user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
         best_ckpt = next((c.best_model_path for c in ctx.callbacks
                           if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
