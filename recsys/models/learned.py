@@ -552,39 +552,29 @@ class Scorer(Model):
         per_user_loss = getattr(loss_fn, "per_user", None)      # train/losses.py: softmax has one
         lse_path = per_user and per_user_loss is not None and not (c.variant == "hybrid" and c.learn_alpha)
         clash = None if lse_path else pos[:, None] == neg[None, :]                    # (B, N)
-        pos_s, neg_s, neg_u = {}, {}, {}
+        pos_s, neg_u = {}, {}      # neg_u: negative scores, a row per user (b, N) if per_user, else per row (B, N)
         if c.uses_cf:
-            if per_user:
-                uu = F.embedding(uniq, self.user_emb.weight, sparse=sparse)            # (b, D)
-                u = uu[inv]                                                             # (B, D)
-            else:
-                u = F.embedding(users, self.user_emb.weight, sparse=sparse)            # (B, D)
+            uu = F.embedding(uniq if per_user else users, self.user_emb.weight, sparse=sparse)   # (b or B, D)
+            u = uu[inv] if per_user else uu                                             # (B, D)
             Vp = F.embedding(pos, self.item_emb.weight, sparse=sparse)                 # (B, D)
             Vn = F.embedding(neg, self.item_emb.weight, sparse=sparse)                 # (N, D)
             pos_s["cf"] = (u * Vp).sum(1, keepdim=True)                                 # (B, 1)
-            if per_user:
-                neg_u["cf"] = uu @ Vn.T                                                 # (b, N)
+            neg_u["cf"] = uu @ Vn.T
             if self.item_bias is not None:
                 pos_s["cf"] = pos_s["cf"] + _rows(self.item_bias, pos, sparse)[:, None]
-                bn = _rows(self.item_bias, neg, sparse)
-                if per_user:
-                    neg_u["cf"] = neg_u["cf"] + bn
-            if not lse_path:
-                neg_s["cf"] = neg_u["cf"][inv] if per_user else u @ Vn.T + (bn if self.item_bias is not None else 0)
+                neg_u["cf"] = neg_u["cf"] + _rows(self.item_bias, neg, sparse)
         if c.uses_content:
             Pu, Cp, Cn = self._batch_content(uniq, pos, neg, sparse, max_history)
             P = Pu[inv]                                                                 # (B, D)
             pos_s["content"] = (P * Cp).sum(1, keepdim=True)                            # (B, 1)
-            if per_user:
-                neg_u["content"] = Pu @ Cn.T                                            # (b, N)
-            if not lse_path:
-                neg_s["content"] = neg_u["content"][inv] if per_user else P @ Cn.T      # (B, N)
+            neg_u["content"] = (Pu if per_user else P) @ Cn.T
         if lse_path:       # softmax over whole histories: each user's negatives summed once
             sn = torch.sort(neg).values
             hits = torch.searchsorted(sn, pos, right=True) - torch.searchsorted(sn, pos)   # (B,) clashes
             losses = {name: per_user_loss(pos_s[name][:, 0], neg_u[name], inv, hits)
                       for name in pos_s}
         else:
+            neg_s = {name: v[inv] if per_user else v for name, v in neg_u.items()}     # (B, N)
             losses = {name: loss_fn(pos_s[name][:, 0], neg_s[name], clash) for name in pos_s}
         if c.variant == "hybrid" and c.learn_alpha:
             losses["alpha"] = self._alpha_loss(pos_s, neg_s, clash, loss_fn)

@@ -377,8 +377,6 @@ class _Front:
             return await self._refuse(send, t0)
         read = self.reads.get(scope["path"]) if scope["method"] == "POST" else None
         if read is None and length is not None:
-            if headers.get(b"content-type") != b"application/json" and scope["method"] == "POST":
-                scope = _json_scope(scope)
             return await self._to_app(scope, receive, send, t0)
         chunks, size, more = [], 0, True       # the whole body, within the limit
         while more:
@@ -396,8 +394,6 @@ class _Front:
 
             async def receive_buffered():
                 return buffered.pop() if buffered else await receive()
-            if scope["method"] == "POST":
-                scope = _json_scope(scope)
             return await self._to_app(scope, receive_buffered, send, t0)
         model, handler = read
         try:
@@ -417,6 +413,8 @@ class _Front:
         self.metrics.observe("other", 413, time.perf_counter() - t0)
 
     async def _to_app(self, scope, receive, send, t0) -> None:
+        if scope["method"] == "POST":
+            scope = _json_scope(scope)
         status = [500]
 
         async def send_status(msg):
@@ -431,6 +429,8 @@ class _Front:
 
 def _json_scope(scope) -> dict:
     """Every body is JSON: `curl -d '{...}'` works without a Content-Type header."""
+    if (b"content-type", b"application/json") in scope["headers"]:
+        return scope
     return dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 + [(b"content-type", b"application/json")])
 
