@@ -4,10 +4,13 @@ in-process batched `recommend` over the same users.
 
     python benchmarks/serve_load.py                        # embedded MovieLens, ItemKNN export
     python benchmarks/serve_load.py --model ease --seconds 10 --out benchmarks/results/serve_load.md
+    python benchmarks/serve_load.py --model hybrid --repeats 3 --max-requests 60000 --serve "workers=1"
 
 The server binds 127.0.0.1 on a free port; every client sends one request at a time over one
 keep-alive connection (a minimal HTTP/1.1 client on asyncio streams, so the load generator costs
-little CPU next to the server) for a fixed time, at most --max-requests per setting.
+little CPU next to the server) for a fixed time, at most --max-requests per setting. --serve passes
+serve.py settings; --repeats runs every setting that many rounds (the in-process reference in each
+round) and reports medians, and each round's ratio to its own reference.
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ import os
 import platform
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -113,40 +115,61 @@ def main():
     ap.add_argument("--max-requests", type=int, default=5000)
     ap.add_argument("--wait-ms", type=float, default=2.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--serve", default="", help="extra serve.py settings, e.g. 'workers=2 threads=1'")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of every setting, in-process reference included; the table gives medians")
     a = ap.parse_args()
     export = export_for(a.model, a.export or f"/tmp/recsys_serve_load_{a.model}")
     from recsys import Recommender
     users = list(Recommender.from_pretrained(export).users.ids)
-    rows = []
-    for threads in (1,):
+    extra = a.serve.split()
+    runs: dict[tuple, list] = {}          # (mode, load) -> per round (requests, users/s, p50, p99, errors, ratio)
+    for rnd in range(a.repeats):
+        ref = None
         for b in (1, 64):
-            rows.append(("in-process recommend", f"batch {b}, {threads} thread", "-",
-                         in_process(export, users, threads, b, a.seconds / 2), None, None, 0))
-    for mode, extra in (("HTTP, micro-batching", [f"max_batch_wait_ms={a.wait_ms}"]),
-                        ("HTTP, no batching", ["max_batch_users=1"])):
-        p, port = serve(export, extra)
-        try:
-            asyncio.run(_load(port, users, 4, 1.0, 200))                       # warm-up
-            for c in [int(x) for x in a.clients.split(",")]:
-                lat, errors, wall = asyncio.run(_load(port, users, c, a.seconds, a.max_requests))
-                ms = np.asarray(lat) * 1000
-                rows.append((mode, f"{c} clients", len(lat), len(lat) / wall, float(np.percentile(ms, 50)),
-                             float(np.percentile(ms, 99)), len(errors)))
-                print(rows[-1], flush=True)
-        finally:
-            p.terminate()
-            p.wait(30)
-    ref = next(r[3] for r in rows if r[1] == "batch 64, 1 thread")
+            rate = in_process(export, users, 1, b, a.seconds / 2)
+            ref = rate if b == 64 else ref
+            runs.setdefault(("in-process recommend", f"batch {b}, 1 thread"), []).append(("-", rate, None, None, 0, None))
+        for mode, more in (("HTTP, micro-batching", [f"max_batch_wait_ms={a.wait_ms}"]),
+                           ("HTTP, no batching", ["max_batch_users=1"])):
+            p, port = serve(export, extra + more)
+            try:
+                asyncio.run(_load(port, users, 4, 1.0, 200))                       # warm-up
+                for c in [int(x) for x in a.clients.split(",")]:
+                    lat, errors, wall = asyncio.run(_load(port, users, c, a.seconds, a.max_requests))
+                    ms = np.asarray(lat) * 1000
+                    runs.setdefault((mode, f"{c} clients"), []).append(
+                        (len(lat), len(lat) / wall, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)),
+                         len(errors), None))
+                    print(rnd, mode, c, f"{len(lat) / wall:.0f} users/s, {len(lat) / wall / ref:.0%} of in-process",
+                          flush=True)
+            finally:
+                p.terminate()
+                p.wait(30)
+        for key, rs in runs.items():                     # this round's ratio to this round's reference
+            if rs[-1][5] is None:
+                n, rate, p50, p99, err, _ = rs[-1]
+                rs[-1] = (n, rate, p50, p99, err, rate / ref)
+    med = lambda xs: None if xs[0] is None else float(np.median(xs))
+    cmd = " ".join(sys.argv[1:])
     lines = [f"# serve_load: {a.model} export of ml-latest-small ({len(users)} users), top-10 for one user "
              f"per request", "",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPUs (shared; load average "
              f"{os.getloadavg()[0]:.1f} at the end), Python {platform.python_version()}. Command: "
-             f"`python benchmarks/serve_load.py --model {a.model} --seconds {a.seconds:g}`.", "",
+             f"`python benchmarks/serve_load.py {cmd}`. Server settings: `{a.serve or 'configs/serve.yaml'}`. "
+             f"{a.repeats} round(s); each figure is the median over rounds, the ratio is each round's "
+             f"users/s over that round's in-process batch 64 (range over rounds in brackets).", "",
              "| setting | load | requests | users/s | p50 ms | p99 ms | errors | vs in-process batch 64 |",
              "|---|---|---|---|---|---|---|---|"]
-    for mode, load, n, rps, p50, p99, err in rows:
+    for (mode, load), rs in runs.items():
+        n = rs[0][0] if rs[0][0] == "-" else int(np.median([r[0] for r in rs]))
+        rate, p50, p99 = (med([r[i] for r in rs]) for i in (1, 2, 3))
+        err = sum(r[4] for r in rs)
+        ratios = [r[5] for r in rs]
         f = lambda x: "-" if x is None else f"{x:.1f}"
-        lines.append(f"| {mode} | {load} | {n} | {rps:.0f} | {f(p50)} | {f(p99)} | {err} | {rps / ref:.0%} |")
+        span = f" ({min(ratios):.0%}-{max(ratios):.0%})" if len(rs) > 1 else ""
+        lines.append(f"| {mode} | {load} | {n} | {rate:.0f} | {f(p50)} | {f(p99)} | {err} | "
+                     f"{float(np.median(ratios)):.0%}{span} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -150,3 +150,26 @@ def test_train_data_events_appends_the_logged_interactions(tmp_path):
                                                                   for u, i in base.train})
     with pytest.raises(DataError, match="data.events"):
         prepare_files(str(tmp_path / "x.csv"), events=str(tmp_path / "missing.jsonl"), **kw)
+
+
+def test_result_rows_are_plain_json_values_without_padding():
+    """service._rows: numeric ids come back as Python ints, object ids as their plain values,
+    scores as Python floats of the float32 scores, NaN padding (a short row of a batch) left out;
+    http.dumps writes them (and numpy scalars) as compact JSON."""
+    import numpy as np
+
+    from recsys.serve.http import dumps
+    from recsys.serve.service import _rows
+    ids = np.array([[7, 3, 5], [2, -1, -1]], dtype=np.int64)
+    sc = np.array([[0.5, 0.25, 0.1], [0.75, np.nan, np.nan]], dtype=np.float32)
+    rows = list(_rows((ids, sc)))
+    assert rows == [{"items": [7, 3, 5], "scores": [0.5, 0.25, float(np.float32(0.1))]},
+                    {"items": [2], "scores": [0.75]}]
+    assert all(type(x) is int for r in rows for x in r["items"])
+    assert all(type(x) is float for r in rows for x in r["scores"])
+    obj = np.array([["a", np.int64(4)], [None, None]], dtype=object)
+    rows = list(_rows((obj, np.array([[1.0, 2.0], [np.nan, np.nan]], dtype=np.float32))))
+    assert rows == [{"items": ["a", 4], "scores": [1.0, 2.0]}, {"items": [], "scores": []}]
+    assert type(rows[0]["items"][1]) is int
+    assert dumps({"a": rows[0], "n": np.float32(1.5), "v": np.arange(2)}) == \
+        b'{"a":{"items":["a",4],"scores":[1.0,2.0]},"n":1.5,"v":[0,1]}'

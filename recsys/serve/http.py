@@ -12,7 +12,6 @@ Scoring requests go through the micro-batcher (serve/batcher.py) into serve/serv
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import signal
@@ -22,7 +21,8 @@ from typing import Any, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+import orjson
+from fastapi.responses import JSONResponse as _StarletteJSON, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -132,7 +132,7 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
         except Exception:
             log.exception("SIGHUP reload failed; still serving the previous export")
 
-    app = FastAPI(title="recsys", version="1", lifespan=lifespan,
+    app = FastAPI(title="recsys", version="1", lifespan=lifespan, default_response_class=JSONResponse,
                   description="Recommendations over a recsys export: scores, live events, hot reload.")
     app.state.service, app.state.metrics = svc, metrics
 
@@ -191,7 +191,8 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
         return where
 
     async def run(kind: str, served, opts: dict, queries: list, ex_rows) -> list:
-        key = (kind, id(served), json.dumps(opts, sort_keys=True, default=str))
+        key = (kind, id(served), orjson.dumps(opts, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+                                              default=str))
         res = await batcher.submit(key, (served, opts, queries, ex_rows), len(queries))
         if isinstance(res, ApiError):
             raise res
@@ -435,8 +436,19 @@ def _json_scope(scope) -> dict:
                 + [(b"content-type", b"application/json")])
 
 
+def dumps(obj) -> bytes:
+    """The service's JSON (the front and FastAPI's routes alike): compact UTF-8; numpy arrays
+    and scalars as numbers; NaN and infinities as null."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class JSONResponse(_StarletteJSON):
+    def render(self, content) -> bytes:
+        return dumps(content)
+
+
 async def _send_json(send, status: int, obj: dict) -> None:
-    body = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    body = dumps(obj)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -249,10 +249,13 @@ def _rows(res):
     """Result rows of a batched call, padding (NaN scores) dropped: {"items", "scores"[, "explanations"]}."""
     ids, scores = res[0], res[1]
     expl = res[2] if len(res) > 2 else None
+    plain = ids.dtype != object                       # numeric ids: tolist() gives Python numbers
     for r in range(len(ids)):
-        ok = ~np.isnan(scores[r])
-        row = {"items": [_plain(x) for x in np.asarray(ids[r], dtype=object)[ok]],
-               "scores": [float(x) for x in scores[r][ok]]}
+        i, s = ids[r], scores[r]
+        ok = ~np.isnan(s)
+        if not ok.all():
+            i, s = i[ok], s[ok]
+        row = {"items": i.tolist() if plain else [_plain(x) for x in i], "scores": s.tolist()}
         if expl is not None:
             row["explanations"] = expl[r]
         yield row
