@@ -166,6 +166,30 @@ def plot(results: dict[str, list[dict]], path: str) -> None:
     fig.savefig(path, dpi=80)
 
 
+def study(overrides: list[str]):
+    """(prep, the fitted EASE + content-KNN blend (.first = EASE), aux, fit seconds): the data
+    and the per-item and per-part tables every setting is measured with (setting_metrics)."""
+    from recsys.eval import rerank as R
+    from recsys.eval.beyond import unit_rows
+    from recsys.eval.evaluation import users_with_targets
+    from recsys.train.build import eval_sets
+    t0 = time.perf_counter()
+    prep, spec = prepare(overrides)
+    blend = spec.build(prep)                              # EASE (lambda 200) + content KNN; .first = EASE
+    fit_s = time.perf_counter() - t0
+    sets = eval_sets(prep)
+    bags = R.item_bags(blend)
+    genres, names = R.prefix_distribution(bags, prep.tokens, "genres:")
+    aux = {"bags": bags, "genres": genres, "genre_names": names, "n_items": prep.n_items, "n_users": prep.n_users,
+           "counts": torch.bincount(torch.from_numpy(prep.train[:, 1]), minlength=prep.n_items),
+           "unit": unit_rows(*bags, len(prep.tokens)),
+           "genre_unit": torch.nn.functional.normalize(genres, dim=1).to_sparse_csr(),
+           "seen": {"valid": sets["val_seen"], "test": sets["test_seen"]},
+           "target": {"valid": sets["val_target"], "test": sets["test_target"]}}
+    aux["users"] = {p: users_with_targets(t[0]) for p, t in aux["target"].items()}
+    return prep, blend, aux, fit_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=["ease", "blend"], choices=["ease", "blend"])
@@ -175,23 +199,9 @@ def main() -> None:
     a = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     from recsys.eval import rerank as R
-    from recsys.eval.beyond import unit_rows
-    from recsys.eval.evaluation import users_with_targets
-    from recsys.train.build import eval_sets
     t0 = time.perf_counter()
-    prep, spec = prepare(a.extra)
-    blend = spec.build(prep)                              # EASE (lambda 200) + content KNN; .first = EASE
-    fit_s = time.perf_counter() - t0
-    sets = eval_sets(prep)
-    bags = R.item_bags(blend)
-    genres, names = R.prefix_distribution(bags, prep.tokens, "genres:")
-    aux = {"bags": bags, "genres": genres, "n_items": prep.n_items, "n_users": prep.n_users,
-           "counts": torch.bincount(torch.from_numpy(prep.train[:, 1]), minlength=prep.n_items),
-           "unit": unit_rows(*bags, len(prep.tokens)),
-           "genre_unit": torch.nn.functional.normalize(genres, dim=1).to_sparse_csr(),
-           "seen": {"valid": sets["val_seen"], "test": sets["test_seen"]},
-           "target": {"valid": sets["val_target"], "test": sets["test_target"]}}
-    aux["users"] = {p: users_with_targets(t[0]) for p, t in aux["target"].items()}
+    prep, blend, aux, fit_s = study(a.extra)
+    names = aux["genre_names"]
     models = {"ease": blend.first, "blend": blend}
     results = {m: sweep(m, models[m], aux, lambda s: print(s, flush=True)) for m in a.models}
 

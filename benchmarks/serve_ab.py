@@ -17,36 +17,12 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import serve_load  # noqa: E402
-
-
-def start(checkout: str, export: str, settings: list[str]) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))       # that checkout's package
-    p = subprocess.Popen([sys.executable, "serve.py", f"export={export}", f"port={port}", "event_log=null",
-                          "log_level=warning", *settings], cwd=checkout, env=env)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
-            return p, port
-        except OSError:
-            if p.poll() is not None:
-                raise SystemExit(f"{checkout}: serve.py exited with {p.returncode}")
-            time.sleep(0.3)
-    p.kill()
-    raise SystemExit(f"{checkout}: server not ready within 180 s")
 
 
 def main():
@@ -78,7 +54,7 @@ def main():
         rate.setdefault("in-process batch 64", []).append(ref)
         ratio.setdefault("in-process batch 64", []).append(1.0)
         for name, checkout, settings in arms:
-            p, port = start(checkout, export, settings)
+            p, port = serve_load.serve(export, settings, checkout)
             try:
                 asyncio.run(serve_load._load(port, users, 8, 1.0, 10 ** 6))                # warm-up
                 lat, errors, wall = asyncio.run(serve_load._load(port, users, a.clients, a.seconds, 10 ** 6))

@@ -86,12 +86,14 @@ async def _load(port: int, users: list, clients: int, seconds: float, max_reques
     return lat, errors, time.perf_counter() - t0
 
 
-def serve(export: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
+def serve(export: str, extra: list[str], checkout: str = ROOT) -> tuple[subprocess.Popen, int]:
+    """serve.py of `checkout` (its own package first on the path) on a free 127.0.0.1 port, once ready."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
     p = subprocess.Popen([sys.executable, "serve.py", f"export={export}", f"port={port}", "event_log=null",
-                          "log_level=warning", *extra], cwd=ROOT)
+                          "log_level=warning", *extra], cwd=checkout, env=env)
     import urllib.request
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -100,7 +102,7 @@ def serve(export: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
             return p, port
         except OSError:
             if p.poll() is not None:
-                raise SystemExit(f"server exited with {p.returncode}")
+                raise SystemExit(f"{checkout}: serve.py exited with {p.returncode}")
             time.sleep(0.3)
     p.kill()
     raise SystemExit("server not ready within 180 s")

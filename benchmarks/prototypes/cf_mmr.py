@@ -16,26 +16,14 @@ sys.path.insert(0, ROOT)
 warnings.filterwarnings("ignore")
 import diversity as D  # noqa: E402
 from recsys.eval import rerank as R  # noqa: E402
-from recsys.eval.beyond import intra_list_distance, unit_rows  # noqa: E402
-from recsys.eval.evaluation import users_with_targets  # noqa: E402
-from recsys.train.build import eval_sets  # noqa: E402
+from recsys.eval.beyond import intra_list_distance  # noqa: E402
 
-prep, spec = D.prepare([])
-blend = spec.build(prep)
-sets = eval_sets(prep)
-bags = R.item_bags(blend)
-genres, names = R.prefix_distribution(bags, prep.tokens, "genres:")
-gu = torch.nn.functional.normalize(genres, dim=1)
+prep, blend, aux, _ = D.study([])
+gu = torch.nn.functional.normalize(aux["genres"], dim=1)
 tr = torch.from_numpy(prep.train[:, :2]).long()
 X = torch.zeros(prep.n_items, prep.n_users)
 X[tr[:, 1], tr[:, 0]] = 1.0
 cf = torch.nn.functional.normalize(X, dim=1)                        # (I, U) unit item vectors
-aux = {"bags": bags, "genres": genres, "n_items": prep.n_items, "n_users": prep.n_users,
-       "counts": torch.bincount(tr[:, 1], minlength=prep.n_items),
-       "unit": unit_rows(*bags, len(prep.tokens)), "genre_unit": gu.to_sparse_csr(),
-       "seen": {"valid": sets["val_seen"], "test": sets["test_seen"]},
-       "target": {"valid": sets["val_target"], "test": sets["test_target"]}}
-aux["users"] = {p: users_with_targets(t[0]) for p, t in aux["target"].items()}
 cf_csr = cf.to_sparse_csr()
 m = blend.first
 

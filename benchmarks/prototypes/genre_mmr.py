@@ -15,22 +15,10 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)
 warnings.filterwarnings("ignore")
 import diversity as D  # noqa: E402
-from recsys.eval import rerank as R
-from recsys.eval.beyond import unit_rows
-from recsys.eval.evaluation import users_with_targets
-from recsys.train.build import eval_sets
-prep, spec = D.prepare([])
-blend = spec.build(prep)
-sets = eval_sets(prep)
-bags = R.item_bags(blend)
-genres, names = R.prefix_distribution(bags, prep.tokens, "genres:")
-gu = torch.nn.functional.normalize(genres, dim=1)
-aux = {"bags": bags, "genres": genres, "n_items": prep.n_items, "n_users": prep.n_users,
-       "counts": torch.bincount(torch.from_numpy(prep.train[:, 1]), minlength=prep.n_items),
-       "unit": unit_rows(*bags, len(prep.tokens)), "genre_unit": gu.to_sparse_csr(),
-       "seen": {"valid": sets["val_seen"], "test": sets["test_seen"]},
-       "target": {"valid": sets["val_target"], "test": sets["test_target"]}}
-aux["users"] = {p: users_with_targets(t[0]) for p, t in aux["target"].items()}
+from recsys.eval import rerank as R  # noqa: E402
+
+prep, blend, aux, _ = D.study([])
+gu = torch.nn.functional.normalize(aux["genres"], dim=1)
 m = blend.first
 for part in ("valid", "test"):
     base = D.setting_metrics(m, part, None, 0, aux)
