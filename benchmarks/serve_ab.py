@@ -46,13 +46,10 @@ def main():
     export = serve_load.export_for(a.model, a.export or f"/tmp/recsys_serve_load_{a.model}")
     from recsys import Recommender
     users = list(Recommender.from_pretrained(export).users.ids)
-    rate: dict[str, list] = {}
-    ratio: dict[str, list] = {}
-    p99: dict[str, list] = {}
+    refs = []                                  # per round: in-process users/s at batch 64
+    res: dict[str, list] = {}                  # arm -> per round (users/s, p99 ms)
     for rnd in range(a.rounds):
-        ref = serve_load.in_process(export, users, 1, 64, a.seconds / 2)
-        rate.setdefault("in-process batch 64", []).append(ref)
-        ratio.setdefault("in-process batch 64", []).append(1.0)
+        refs.append(serve_load.in_process(export, users, 1, 64, a.seconds / 2))
         for name, checkout, settings in arms:
             p, port = serve_load.serve(export, settings, checkout)
             try:
@@ -64,20 +61,19 @@ def main():
             if errors:
                 raise SystemExit(f"{name}: {len(errors)} failed requests, first {errors[0]!r}")
             r = len(lat) / wall
-            rate.setdefault(name, []).append(r)
-            ratio.setdefault(name, []).append(r / ref)
-            p99.setdefault(name, []).append(float(np.percentile(lat, 99)) * 1000)
-            print(rnd, name, f"{r:.0f} users/s, {r / ref:.1%} of in-process {ref:.0f}", flush=True)
+            res.setdefault(name, []).append((r, float(np.percentile(lat, 99)) * 1000))
+            print(rnd, name, f"{r:.0f} users/s, {r / refs[-1]:.1%} of in-process {refs[-1]:.0f}", flush=True)
     lines = [f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
              f"Command: `python benchmarks/serve_ab.py {' '.join(sys.argv[1:])}`; {a.rounds} interleaved "
              f"rounds, {a.clients} clients, medians over rounds (range in brackets).", "",
-             "| arm | settings | users/s | p99 ms | vs in-process batch 64 |", "|---|---|---|---|---|"]
-    for name, xs in rate.items():
-        arm = next((x for x in arms if x[0] == name), None)
-        settings = "-" if arm is None else (" ".join(arm[2]) or "configs/serve.yaml")
-        q = p99.get(name)
-        lines.append(f"| {name} | {settings} | {np.median(xs):.0f} | {'-' if q is None else f'{np.median(q):.1f}'} | "
-                     f"{np.median(ratio[name]):.0%} ({min(ratio[name]):.0%}-{max(ratio[name]):.0%}) |")
+             "| arm | settings | users/s | p99 ms | vs in-process batch 64 |", "|---|---|---|---|---|",
+             f"| in-process batch 64 | - | {np.median(refs):.0f} | - | 100% |"]
+    for name, checkout, settings in arms:
+        rates = [x[0] for x in res[name]]
+        ratios = [x / ref for x, ref in zip(rates, refs)]
+        lines.append(f"| {name} | {' '.join(settings) or 'configs/serve.yaml'} | {np.median(rates):.0f} | "
+                     f"{np.median([x[1] for x in res[name]]):.1f} | "
+                     f"{np.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%}) |")
     print("\n".join(lines))
 
 

@@ -125,13 +125,14 @@ def main():
     from recsys import Recommender
     users = list(Recommender.from_pretrained(export).users.ids)
     extra = a.serve.split()
-    runs: dict[tuple, list] = {}          # (mode, load) -> per round (requests, users/s, p50, p99, errors, ratio)
+    refs = []                             # per round: in-process users/s at batch 64
+    runs: dict[tuple, list] = {}          # (mode, load) -> per round (requests, users/s, p50, p99, errors)
     for rnd in range(a.repeats):
-        ref = None
         for b in (1, 64):
             rate = in_process(export, users, 1, b, a.seconds / 2)
-            ref = rate if b == 64 else ref
-            runs.setdefault(("in-process recommend", f"batch {b}, 1 thread"), []).append(("-", rate, None, None, 0, None))
+            runs.setdefault(("in-process recommend", f"batch {b}, 1 thread"), []).append(("-", rate, None, None, 0))
+        ref = rate                                          # batch 64: this round's reference
+        refs.append(ref)
         for mode, more in (("HTTP, micro-batching", [f"max_batch_wait_ms={a.wait_ms}"]),
                            ("HTTP, no batching", ["max_batch_users=1"])):
             p, port = serve(export, extra + more)
@@ -142,16 +143,12 @@ def main():
                     ms = np.asarray(lat) * 1000
                     runs.setdefault((mode, f"{c} clients"), []).append(
                         (len(lat), len(lat) / wall, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)),
-                         len(errors), None))
+                         len(errors)))
                     print(rnd, mode, c, f"{len(lat) / wall:.0f} users/s, {len(lat) / wall / ref:.0%} of in-process",
                           flush=True)
             finally:
                 p.terminate()
                 p.wait(30)
-        for key, rs in runs.items():                     # this round's ratio to this round's reference
-            if rs[-1][5] is None:
-                n, rate, p50, p99, err, _ = rs[-1]
-                rs[-1] = (n, rate, p50, p99, err, rate / ref)
     med = lambda xs: None if xs[0] is None else float(np.median(xs))
     cmd = " ".join(sys.argv[1:])
     lines = [f"# serve_load: {a.model} export of ml-latest-small ({len(users)} users), top-10 for one user "
@@ -167,7 +164,7 @@ def main():
         n = rs[0][0] if rs[0][0] == "-" else int(np.median([r[0] for r in rs]))
         rate, p50, p99 = (med([r[i] for r in rs]) for i in (1, 2, 3))
         err = sum(r[4] for r in rs)
-        ratios = [r[5] for r in rs]
+        ratios = [r[1] / ref for r, ref in zip(rs, refs)]          # each round against its own reference
         f = lambda x: "-" if x is None else f"{x:.1f}"
         span = f" ({min(ratios):.0%}-{max(ratios):.0%})" if len(rs) > 1 else ""
         lines.append(f"| {mode} | {load} | {n} | {rate:.0f} | {f(p50)} | {f(p99)} | {err} | "

@@ -19,9 +19,9 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, Optional, Union
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-import orjson
 from fastapi.responses import JSONResponse as _StarletteJSON, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +33,21 @@ from recsys.serve.service import ApiError, Service, conform
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "RECSYS_SERVE_TOKEN"
+
+
+def dumps(obj) -> bytes:
+    """The service's JSON (the front and FastAPI's routes alike): compact UTF-8; numpy arrays
+    and scalars as numbers; NaN and infinities as null."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class JSONResponse(_StarletteJSON):
+    """FastAPI's JSON response written by dumps (the app's default response class)."""
+
+    def render(self, content) -> bytes:
+        return dumps(content)
+
+
 Id = Union[StrictInt, StrictStr]
 Value = Union[StrictStr, StrictInt, StrictFloat]
 
@@ -434,17 +449,6 @@ def _json_scope(scope) -> dict:
         return scope
     return dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 + [(b"content-type", b"application/json")])
-
-
-def dumps(obj) -> bytes:
-    """The service's JSON (the front and FastAPI's routes alike): compact UTF-8; numpy arrays
-    and scalars as numbers; NaN and infinities as null."""
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-class JSONResponse(_StarletteJSON):
-    def render(self, content) -> bytes:
-        return dumps(content)
 
 
 async def _send_json(send, status: int, obj: dict) -> None:
