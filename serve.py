@@ -1,7 +1,7 @@
 """Serve an export over HTTP: python serve.py export=DIR [port=8000] [event_log=events.jsonl].
 
 Settings: configs/serve.yaml. Write endpoints need RECSYS_SERVE_TOKEN in the environment. One
-process (the event log has one writer); SIGHUP or POST /admin/reload swaps in a new export.
+server process (the event log has one writer) and, by default, one scoring process; SIGHUP or POST /admin/reload swaps in a new export.
 """
 import hydra
 from omegaconf import DictConfig
@@ -14,13 +14,14 @@ def main(cfg: DictConfig) -> None:
     from recsys.serve.events import LogError
     from recsys.serve.export import ExportError
     from recsys.serve.http import create_app
+    from recsys.serve.scorer import ScorerGone
     try:
         app = create_app(cfg.export, event_log=cfg.event_log, unknown=cfg.unknown, device=cfg.device,
                          threads=cfg.threads, workers=cfg.workers, max_batch_wait_ms=cfg.max_batch_wait_ms,
                          max_batch_users=cfg.max_batch_users, max_users=cfg.max_users, max_k=cfg.max_k,
                          max_body_bytes=cfg.max_body_bytes, max_events=cfg.max_events,
-                         fast_reads=cfg.fast_reads)
-    except (ExportError, LogError, ValueError, OSError) as e:
+                         fast_reads=cfg.fast_reads, scoring_process=cfg.scoring_process)
+    except (ExportError, LogError, ScorerGone, ValueError, OSError) as e:
         raise SystemExit(f"serve: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=False)
 

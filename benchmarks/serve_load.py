@@ -7,8 +7,8 @@ in-process batched `recommend` over the same users.
     python benchmarks/serve_load.py --model hybrid --repeats 3 --max-requests 60000 --serve "workers=1"
 
 The server binds 127.0.0.1 on a free port; every client sends one request at a time over one
-keep-alive connection (a minimal HTTP/1.1 client on asyncio streams, so the load generator costs
-little CPU next to the server) for a fixed time, at most --max-requests per setting. --serve passes
+keep-alive connection (a minimal HTTP/1.1 client, an asyncio protocol sending pre-built requests,
+so the load generator costs little CPU next to the server) for a fixed time, at most --max-requests per setting. --serve passes
 serve.py settings; --repeats runs every setting that many rounds (the in-process reference in each
 round) and reports medians, and each round's ratio to its own reference.
 """
@@ -58,31 +58,70 @@ def in_process(export: str, users: list, threads: int, batch: int, seconds: floa
     return n / (time.perf_counter() - t0)
 
 
-async def _client(port: int, users: list, deadline: float, budget: list, lat: list, errors: list, seed: int):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    rnd = random.Random(seed)
-    try:
-        while time.perf_counter() < deadline and budget[0] > 0:
-            budget[0] -= 1
-            body = json.dumps({"users": rnd.choice(users), "k": 10}).encode()
-            t = time.perf_counter()
-            writer.write(b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            payload = await reader.readexactly(length)
-            lat.append(time.perf_counter() - t)
-            if not head.startswith(b"HTTP/1.1 200") or b'"items"' not in payload:
-                errors.append(head.split(b"\r\n")[0])
-    finally:
-        writer.close()
+class _Client(asyncio.Protocol):
+    """One keep-alive connection sending one request at a time (pre-built bytes) until the
+    deadline or the shared budget ends; the answer is complete when Content-Length bytes of
+    body have arrived. A protocol rather than streams, so that the load generator's own CPU
+    (it shares the machine with the server) stays small."""
+
+    def __init__(self, requests: list, deadline: float, budget: list, lat: list, errors: list, seed: int,
+                 done: asyncio.Future):
+        self.requests, self.deadline, self.budget, self.lat, self.errors = requests, deadline, budget, lat, errors
+        self.rnd, self.done = random.Random(seed), done
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._next()
+
+    def _next(self):
+        if time.perf_counter() >= self.deadline or self.budget[0] <= 0:
+            self.transport.close()
+            return
+        self.budget[0] -= 1
+        self.buf, self.need = b"", None
+        self.t0 = time.perf_counter()
+        self.transport.write(self.rnd.choice(self.requests))
+
+    def data_received(self, data):
+        self.buf += data
+        if self.need is None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].lower()
+            at = head.find(b"content-length:") + 15
+            stop = head.find(b"\r\n", at)
+            self.need = end + 4 + int(head[at:stop if stop > 0 else None])
+            self.ok = head.startswith(b"http/1.1 200")
+        if len(self.buf) >= self.need:
+            self.lat.append(time.perf_counter() - self.t0)
+            if not self.ok or b'"items"' not in self.buf:
+                self.errors.append(self.buf.split(b"\r\n", 1)[0])
+            self._next()
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _requests(users: list) -> list:
+    out = []
+    for u in users:
+        body = json.dumps({"users": u, "k": 10}).encode()
+        out.append(b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return out
 
 
 async def _load(port: int, users: list, clients: int, seconds: float, max_requests: int):
-    lat, errors, budget = [], [], [max_requests]
+    loop = asyncio.get_running_loop()
+    lat, errors, budget, requests = [], [], [max_requests], _requests(users)
     t0 = time.perf_counter()
-    await asyncio.gather(*[_client(port, users, t0 + seconds, budget, lat, errors, s) for s in range(clients)])
+    done = [loop.create_future() for _ in range(clients)]
+    for s, fut in enumerate(done):
+        await loop.create_connection(lambda s=s, fut=fut: _Client(requests, t0 + seconds, budget, lat, errors, s, fut),
+                                     "127.0.0.1", port)
+    await asyncio.gather(*done)
     return lat, errors, time.perf_counter() - t0
 
 
@@ -115,7 +154,7 @@ def main():
     ap.add_argument("--clients", default="1,8,64")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--max-requests", type=int, default=5000)
-    ap.add_argument("--wait-ms", type=float, default=2.0)
+    ap.add_argument("--wait-ms", type=float, default=None, help="max_batch_wait_ms (default: configs/serve.yaml's)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--serve", default="", help="extra serve.py settings, e.g. 'workers=2 threads=1'")
     ap.add_argument("--repeats", type=int, default=1,
@@ -133,7 +172,7 @@ def main():
             runs.setdefault(("in-process recommend", f"batch {b}, 1 thread"), []).append(("-", rate, None, None, 0))
         ref = rate                                          # batch 64: this round's reference
         refs.append(ref)
-        for mode, more in (("HTTP, micro-batching", [f"max_batch_wait_ms={a.wait_ms}"]),
+        for mode, more in (("HTTP, micro-batching", [] if a.wait_ms is None else [f"max_batch_wait_ms={a.wait_ms}"]),
                            ("HTTP, no batching", ["max_batch_users=1"])):
             p, port = serve(export, extra + more)
             try:

@@ -153,23 +153,105 @@ def test_train_data_events_appends_the_logged_interactions(tmp_path):
 
 
 def test_result_rows_are_plain_json_values_without_padding():
-    """service._rows: numeric ids come back as Python ints, object ids as their plain values,
+    """scorer.result_rows: numeric ids come back as Python ints, object ids as their plain values,
     scores as Python floats of the float32 scores, NaN padding (a short row of a batch) left out;
     http.dumps writes them (and numpy scalars) as compact JSON."""
     import numpy as np
 
     from recsys.serve.http import dumps
-    from recsys.serve.service import _rows
+    from recsys.serve.scorer import result_rows
     ids = np.array([[7, 3, 5], [2, -1, -1]], dtype=np.int64)
     sc = np.array([[0.5, 0.25, 0.1], [0.75, np.nan, np.nan]], dtype=np.float32)
-    rows = list(_rows((ids, sc)))
+    rows = list(result_rows((ids, sc)))
     assert rows == [{"items": [7, 3, 5], "scores": [0.5, 0.25, float(np.float32(0.1))]},
                     {"items": [2], "scores": [0.75]}]
     assert all(type(x) is int for r in rows for x in r["items"])
     assert all(type(x) is float for r in rows for x in r["scores"])
     obj = np.array([["a", np.int64(4)], [None, None]], dtype=object)
-    rows = list(_rows((obj, np.array([[1.0, 2.0], [np.nan, np.nan]], dtype=np.float32))))
+    rows = list(result_rows((obj, np.array([[1.0, 2.0], [np.nan, np.nan]], dtype=np.float32))))
     assert rows == [{"items": ["a", 4], "scores": [1.0, 2.0]}, {"items": [], "scores": []}]
     assert type(rows[0]["items"][1]) is int
     assert dumps({"a": rows[0], "n": np.float32(1.5), "v": np.arange(2)}) == \
         b'{"a":{"items":["a",4],"scores":[1.0,2.0]},"n":1.5,"v":[0,1]}'
+
+
+def _answers(svc):
+    """One answer of every scoring kind, a user with events and an API item included."""
+    s = svc.served
+    return [svc.score("recommend", s, {"k": 4}, [(["u1", "u2", "fresh"], None), (["u3"], [["m1", "m2"]])]),
+            svc.score("history", s, {"k": 3, "unknown": "ignore"}, [([["m99", "m1"], ["m2"]], None)]),
+            svc.score("similar_items", s, {"k": 3, "candidates": ["m99", "m2", "m3", "m4"]}, [(["m1"], None)]),
+            svc.score("similar_users", s, {"k": 2}, [(["u1", "u4"], None)]),
+            svc.score("recommend", s, {"k": 2}, [(["u1"], None), (["u2"], [["nope"]])])]
+
+
+def test_a_scoring_process_answers_as_the_server_process(export, tmp_path):
+    """scoring_process=True: the same answers (live histories and API items included), the
+    errors of a bad request in a batch as 4xx, a new child on reload (the old one stops), and
+    answers from the server's own copy once the child is gone."""
+    import os
+    import signal
+    here = Service(export, event_log=str(tmp_path / "a.jsonl"))
+    there = Service(export, event_log=str(tmp_path / "b.jsonl"), scoring_process=True)
+    try:
+        child = there.served.scorer
+        assert child.alive and child.pid != os.getpid()
+        for svc in (here, there):
+            svc.add_items([{"item": "m99", "title": "film 99 red"}])
+            svc.add_events([("u1", "m99", None), ("fresh", "m3", None)])
+        want, got = _answers(here), _answers(there)
+        assert isinstance(got[4][1], ApiError) and got[4][1].status == 404 and got[4][1].field == "exclude"
+        assert got[:4] == want[:4] and got[4][0] == want[4][0]
+        # the child's catalog holds the API item: a history naming it is not refused as unknown
+        assert there.served.scorer.call("rows", "history", {"k": 2}, [["m99", "m1"]], None, None)[0]["items"] == \
+            here.served.rec.recommend_for_history(["m99", "m1"], k=2)[0].tolist()
+        there.reload()
+        assert there.served.scorer is not child and there.served.scorer.alive
+        assert child.proc.wait(10) == 0 and not child.alive
+        assert _answers(there)[:4] == want[:4]                  # replayed log: same items, same live users
+        os.kill(there.served.scorer.pid, signal.SIGKILL)
+        there.served.scorer.proc.wait(10)
+        assert _answers(there)[:4] == want[:4] and not there.served.scorer.alive
+    finally:
+        there.close()
+
+
+def test_a_scoring_process_that_cannot_load_is_a_one_line_error(tmp_path):
+    from recsys.serve.scorer import ScorerGone, ScoringProcess
+    p = ScoringProcess(str(tmp_path / "missing"))
+    with pytest.raises(ScorerGone, match="could not load the export: .*missing"):
+        p.wait_ready(60)
+    assert p.proc.wait(10) == 0
+
+
+def test_calls_waiting_together_in_the_scoring_process_answer_as_alone(export):
+    """The child scores "rows" calls of one kind and options that wait in its pipe as one call:
+    every caller still gets its own call's answer, and a bad request fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+    svc = Service(export, scoring_process=True)
+    try:
+        rec, child = svc.served.rec, svc.served.scorer
+        calls = [(["u1", "u2"], None, {}), (["u3"], [["m1"]], {}), (["u4"], None, {0: ["m1", "m2"]}),
+                 (["u5"], [["nope"]], {}), (["u6", "u7"], [["m2"], []], {})] * 6
+        with ThreadPoolExecutor(8) as ex:
+            got = list(ex.map(lambda c: _call(child, c), calls))
+        for (users, exclude, hist), g in zip(calls, got):
+            if exclude == [["nope"]]:
+                assert isinstance(g, KeyError)
+                continue
+            for n, (u, row) in enumerate(zip(users, g)):
+                ex_n = exclude[n] if exclude else None
+                want = (rec.recommend_for_history(hist[n], k=3, exclude=ex_n, unknown="ignore") if n in hist
+                        else rec.recommend(u, k=3, exclude=ex_n))
+                assert row["user"] == u and row["items"] == want[0].tolist()
+                assert row["scores"] == pytest.approx(want[1].tolist())
+    finally:
+        svc.close()
+
+
+def _call(child, c):
+    users, exclude, hist = c
+    try:
+        return child.call("rows", "recommend", {"k": 3}, users, exclude, hist)
+    except KeyError as e:
+        return e

@@ -224,11 +224,39 @@ def test_writes_are_off_without_a_token(exports, tmp_path):
         s.stop()
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1] == str(pid):
+                out.append(int(d))
+        except OSError:
+            pass
+    return out
+
+
+def _gone(pid: int, seconds: float = 20) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":      # exited, not yet reaped
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_kill_9_after_an_acknowledged_event_loses_nothing(exports, tmp_path):
     log = str(tmp_path / "events.jsonl")
     s = Server(exports[0], log)
     acked = []
     try:
+        assert s.client.get("/ready").json()["scoring"] == "process"     # configs/serve.yaml's default
+        child = _children(s.proc.pid)
         for n in range(10):
             ev = {"user": f"k{n % 3}", "item": f"m{n % 12}"}
             if s.post("/events", {"events": [ev]}, headers=AUTH).status_code == 200:
@@ -237,6 +265,7 @@ def test_kill_9_after_an_acknowledged_event_loses_nothing(exports, tmp_path):
     finally:
         s.stop(signal.SIGKILL)
     assert len(acked) == 10
+    assert len(child) == 1 and _gone(child[0])            # the scoring process follows its server
     s = Server(exports[0], log)
     try:
         assert s.client.get("/ready").json()["log_lines"] == 10
@@ -290,3 +319,21 @@ def test_reload_under_load_fails_no_request(exports, tmp_path):
         s.stop()
     assert bad == [] and answers["a"] > 0 and answers["b"] > 0
     assert ready["reloads"] == 4 and ready["export"] == b
+
+
+def test_a_killed_scoring_process_leaves_the_server_answering(exports, tmp_path):
+    """kill -9 of the scoring process: the server answers the same from its own copy."""
+    s = Server(exports[0], str(tmp_path / "events.jsonl"))
+    try:
+        body = {"users": ["u1", "u2", "u3"], "k": 4}
+        before = s.post("/recommend", body).json()
+        child = _children(s.proc.pid)
+        assert len(child) == 1
+        os.kill(child[0], signal.SIGKILL)
+        assert _gone(child[0])
+        for _ in range(3):
+            r = s.post("/recommend", body)
+            assert r.status_code == 200 and r.json() == before
+        assert s.client.get("/ready").json()["scoring"] == "server"
+    finally:
+        s.stop()

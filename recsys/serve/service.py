@@ -24,6 +24,7 @@ import numpy as np
 
 from recsys.serve.events import EventLog, Live, replay
 from recsys.serve.recommender import Recommender
+from recsys.serve.scorer import ScorerGone, ScoringProcess, plain_value, score_rows, warm
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Served:
     export: str
     lines: int = 0                  # event log lines applied
     loaded_at: float = field(default_factory=time.time)
+    scorer: ScoringProcess | None = None   # the scoring process of this export (scoring_process=True)
 
     @property
     def events_through(self) -> int:
@@ -52,13 +54,18 @@ class Served:
 
 class Service:
     def __init__(self, export_dir: str, event_log: str | None = None, unknown: str = "error",
-                 threads: int | None = 1, device: str = "cpu"):
+                 threads: int | None = 1, device: str = "cpu", scoring_process: bool = False,
+                 max_batch_users: int = 256):
+        """scoring_process: score in a child process holding a second copy of the model
+        (recsys/serve/scorer.py; twice the model's memory), instead of in the server's threads;
+        it merges calls waiting for it into calls of at most max_batch_users queries."""
         if unknown not in ("error", "popular"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'popular'")
         if threads:
             import torch
             torch.set_num_threads(int(threads))      # one core per scoring call: no oversubscription
-        self.unknown, self.device = unknown, device
+        self.unknown, self.device, self.threads, self.scoring_process = unknown, device, threads, scoring_process
+        self.max_batch_users = max_batch_users
         if not os.path.isdir(export_dir):            # before the log file is created
             raise FileNotFoundError(f"export directory not found: {export_dir}")
         self.log = EventLog(event_log) if event_log else None
@@ -71,13 +78,23 @@ class Service:
     # -- loading -------------------------------------------------------------------------------
 
     def _load(self, export_dir: str) -> Served:
-        rec = Recommender.from_pretrained(export_dir, device=self.device)
-        s = Served(rec, Live(), export_dir)
-        if self.log is not None:
-            records = self.log.read()
+        records = self.log.read() if self.log is not None else []
+        scorer = None
+        if self.scoring_process:        # the child loads while this process does
+            scorer = ScoringProcess(export_dir, self.device, self.threads, self.unknown,
+                                    [r for r in records if r.get("op") == "items"], self.max_batch_users)
+        try:
+            rec = Recommender.from_pretrained(export_dir, device=self.device)
+            s = Served(rec, Live(), export_dir, scorer=scorer)
             replay(rec, s.live, records, events_from=s.events_through)
             s.lines = len(records)
-        _warm(rec)
+            warm(rec)
+            if scorer is not None:
+                scorer.wait_ready()
+        except BaseException:
+            if scorer is not None:
+                scorer.close()
+            raise
         return s
 
     def reload(self, export_dir: str | None = None) -> dict:
@@ -90,9 +107,12 @@ class Service:
                 if self.log is not None:
                     more = self.log.read(new.lines)
                     replay(new.rec, new.live, more, events_from=new.events_through, first_line=new.lines)
+                    _send_items(new, more)
                     new.lines += len(more)
-                self.served = new
+                old, self.served = self.served, new
                 self.reloads += 1
+            if old.scorer is not None:          # after the calls already sent to it (none fails:
+                old.scorer.close()              # later ones score with the old model in-process)
             _settle()
             log.info("reloaded %s in %.2fs (%d log lines, events after line %d re-applied)", new.export,
                      time.perf_counter() - t, new.lines, new.events_through)
@@ -145,8 +165,10 @@ class Service:
                 added = s.rec.add_items(pd.DataFrame(rows))
             except (KeyError, ValueError, TypeError) as e:
                 raise ApiError(400, _one_line(e), "items") from None
-            lines = log_.append([{"op": "items", "items": rows}])
+            record = {"op": "items", "items": rows}
+            lines = log_.append([record])
             s.lines = lines
+            _send_items(s, [record])
         return {"added": added, "items": len(s.rec.items), "log_lines": lines}
 
     # -- scoring (called by the micro-batcher, in a worker thread) ------------------------------
@@ -169,47 +191,27 @@ class Service:
         return out
 
     def _score_rows(self, kind: str, s: Served, o: dict, queries: list, exclude) -> list[dict]:
-        rec, k = s.rec, o["k"]
-        if kind == "recommend":
-            live = [n for n, u in enumerate(queries) if u in s.live]
-            plain = [n for n, u in enumerate(queries) if u not in s.live]
-            out: list = [None] * len(queries)
-            common = dict(exclude=_pick(exclude, plain), where=o.get("where"), diversity=o.get("diversity"),
-                          explain=o.get("explain", False))
-            if plain:
-                res = rec.recommend([queries[n] for n in plain], k, exclude_seen=o.get("exclude_seen", True),
-                                    unknown=self.unknown, items=o.get("items"), **common)
-                for n, row in zip(plain, _rows(res)):
-                    out[n] = {"user": queries[n], **row}
-            if live:
-                common["exclude"] = _pick(exclude, live)
-                res = rec.recommend_for_history([s.live.history(rec, queries[n]) for n in live], k,
-                                                exclude_given=o.get("exclude_seen", True), unknown="ignore",
-                                                candidates=o.get("items"), **common)
-                for n, row in zip(live, _rows(res)):
-                    out[n] = {"user": queries[n], **row}
-            return out
-        if kind == "history":
-            res = rec.recommend_for_history([list(h) for h in queries], k, exclude_given=o.get("exclude_given", True),
-                                            unknown=o.get("unknown", "error"), exclude=exclude,
-                                            candidates=o.get("candidates"), where=o.get("where"),
-                                            explain=o.get("explain", False))
-            return list(_rows(res))
-        if kind == "similar_items":
-            res = rec.similar_items(queries, k, space=o.get("space"), exclude=exclude,
-                                    candidates=o.get("candidates"), where=o.get("where"))
-            return [{"item": q, **r} for q, r in zip(queries, _rows(res))]
-        if kind == "similar_users":
-            res = rec.similar_users(queries, k, space=o.get("space"), exclude=exclude)
-            return [{"user": q, "users": r.pop("items"), **r} for q, r in zip(queries, _rows(res))]
-        raise ValueError(f"unknown kind {kind!r}")
+        histories = None
+        if kind == "recommend" and s.live.events:      # users with events: ranked from their live history
+            histories = {n: s.live.history(s.rec, u) for n, u in enumerate(queries) if u in s.live}
+        if s.scorer is not None and s.scorer.alive:
+            try:
+                return s.scorer.call("rows", kind, o, queries, exclude, histories)
+            except ScorerGone:
+                pass                                    # logged once by the scorer; score here
+        return score_rows(s.rec, self.unknown, kind, o, queries, exclude, histories)
+
+    def close(self) -> None:
+        """Stop the served export's scoring process, if any."""
+        if self.served.scorer is not None:
+            self.served.scorer.close()
 
     def item(self, item_id) -> dict:
         rec = self.served.rec
         i = rec.items.get(conform(item_id, rec.items))
         if i < 0:
             raise ApiError(404, f"unknown item id {item_id!r}", "item")
-        return {"item": _plain(rec.items.ids[i]), "title": None if rec.titles is None else rec.titles[i],
+        return {"item": plain_value(rec.items.ids[i]), "title": None if rec.titles is None else rec.titles[i],
                 "attributes": {a: v[i] for a, v in rec.attributes.items()}}
 
 
@@ -238,31 +240,16 @@ def _exclude_rows(payloads) -> list | None:
     return [list(x) for queries, ex in payloads for x in (ex if ex is not None else [[]] * len(queries))]
 
 
-def _pick(rows: list | None, positions: list[int]) -> list | None:
-    if rows is None:
-        return None
-    sub = [rows[n] for n in positions]
-    return sub if any(sub) else None
-
-
-def _rows(res):
-    """Result rows of a batched call, padding (NaN scores) dropped: {"items", "scores"[, "explanations"]}."""
-    ids, scores = res[0], res[1]
-    expl = res[2] if len(res) > 2 else None
-    plain = ids.dtype != object                       # numeric ids: tolist() gives Python numbers
-    for r in range(len(ids)):
-        i, s = ids[r], scores[r]
-        ok = ~np.isnan(s)
-        if not ok.all():
-            i, s = i[ok], s[ok]
-        row = {"items": i.tolist() if plain else [_plain(x) for x in i], "scores": s.tolist()}
-        if expl is not None:
-            row["explanations"] = expl[r]
-        yield row
-
-
-def _plain(x):
-    return x.item() if hasattr(x, "item") else x
+def _send_items(s: Served, records: list[dict]) -> None:
+    """Items records to the served export's scoring process, in order with its scoring calls."""
+    if s.scorer is not None and s.scorer.alive and any(r.get("op") == "items" for r in records):
+        try:
+            s.scorer.call("items", records)
+        except ScorerGone:
+            pass
+        except Exception:                   # the copies would differ: score here from now on
+            log.exception("the scoring process could not add the items; scoring in the server process")
+            s.scorer.close()
 
 
 def _one_line(e: BaseException) -> str:
@@ -289,12 +276,3 @@ def as_api_error(e: BaseException) -> ApiError:
     elif fld is None and "history" in msg:
         fld = "history"
     return ApiError(404 if isinstance(e, KeyError) else 400, msg, fld)
-
-
-def _warm(rec: Recommender) -> None:
-    """Build the model's per-catalog caches (item side) before the model takes traffic."""
-    try:
-        if len(rec.users):
-            rec.recommend([rec.users.ids[0]], k=1)
-    except Exception:                                  # warming is an optimisation only
-        log.warning("warm-up call failed", exc_info=True)

@@ -1,0 +1,321 @@
+"""Scoring: the result rows of one micro-batch (`score_rows`), computed in the server process or
+in a separate scoring process (`ScoringProcess`) that holds its own copy of the served model.
+
+Why a process: scoring's own Python work (id mapping, masks, top-k, result rows) and the HTTP
+work (parsing, validation, batching, answers) share one interpreter lock when both run in the
+server process, so a 2-core server uses about one core (benchmarks/README.md "Serving"). In a
+child process the two run side by side.
+
+What the child holds: the export, loaded again, plus the items added since (API items and the
+log's items records, sent to it in order with the scoring calls). It holds no per-user state:
+the server sends with each call the live histories of the users who have events. If the child
+dies, the server scores with its own copy of the model (logged once) until the next reload.
+
+    p = ScoringProcess(export_dir, device="cpu", threads=1, unknown="error")  # loads in the background
+    p.wait_ready()
+    rows = p.call("rows", "recommend", {"k": 10}, [7, 8], None, {})   # = score_rows(rec, ...)
+    p.call("items", [{"op": "items", "items": [{"item": 99001, "title": "..."}]}])
+    p.close()
+"""
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # holds recsys/
+
+
+# -- the rows of one batch (either process) -----------------------------------------------------
+
+def score_rows(rec, unknown: str, kind: str, o: dict, queries: list, exclude, histories: dict | None) -> list[dict]:
+    """Result rows of one batched call of `kind` with options `o`. histories: for "recommend",
+    query position -> that user's live history (training items + events): those users are
+    ranked from it through recommend_for_history, the others by recommend."""
+    k = o["k"]
+    if kind == "recommend":
+        histories = histories or {}
+        plain = [n for n in range(len(queries)) if n not in histories]
+        live = [n for n in range(len(queries)) if n in histories]
+        out: list = [None] * len(queries)
+        common = dict(exclude=_pick(exclude, plain), where=o.get("where"), diversity=o.get("diversity"),
+                      explain=o.get("explain", False))
+        if plain:
+            res = rec.recommend([queries[n] for n in plain], k, exclude_seen=o.get("exclude_seen", True),
+                                unknown=unknown, items=o.get("items"), **common)
+            for n, row in zip(plain, result_rows(res)):
+                out[n] = {"user": queries[n], **row}
+        if live:
+            common["exclude"] = _pick(exclude, live)
+            res = rec.recommend_for_history([histories[n] for n in live], k,
+                                            exclude_given=o.get("exclude_seen", True), unknown="ignore",
+                                            candidates=o.get("items"), **common)
+            for n, row in zip(live, result_rows(res)):
+                out[n] = {"user": queries[n], **row}
+        return out
+    if kind == "history":
+        res = rec.recommend_for_history([list(h) for h in queries], k, exclude_given=o.get("exclude_given", True),
+                                        unknown=o.get("unknown", "error"), exclude=exclude,
+                                        candidates=o.get("candidates"), where=o.get("where"),
+                                        explain=o.get("explain", False))
+        return list(result_rows(res))
+    if kind == "similar_items":
+        res = rec.similar_items(queries, k, space=o.get("space"), exclude=exclude,
+                                candidates=o.get("candidates"), where=o.get("where"))
+        return [{"item": q, **r} for q, r in zip(queries, result_rows(res))]
+    if kind == "similar_users":
+        res = rec.similar_users(queries, k, space=o.get("space"), exclude=exclude)
+        return [{"user": q, "users": r.pop("items"), **r} for q, r in zip(queries, result_rows(res))]
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def _pick(rows: list | None, positions: list[int]) -> list | None:
+    if rows is None:
+        return None
+    sub = [rows[n] for n in positions]
+    return sub if any(sub) else None
+
+
+def result_rows(res):
+    """Result rows of a batched call, padding (NaN scores) dropped: {"items", "scores"[, "explanations"]}."""
+    ids, scores = res[0], res[1]
+    expl = res[2] if len(res) > 2 else None
+    numeric = ids.dtype != object                     # numeric ids: tolist() gives Python numbers
+    for r in range(len(ids)):
+        i, s = ids[r], scores[r]
+        ok = ~np.isnan(s)
+        if not ok.all():
+            i, s = i[ok], s[ok]
+        row = {"items": i.tolist() if numeric else [plain_value(x) for x in i], "scores": s.tolist()}
+        if expl is not None:
+            row["explanations"] = expl[r]
+        yield row
+
+
+def plain_value(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def warm(rec) -> None:
+    """Build the model's per-catalog caches (item side) before the model takes traffic."""
+    try:
+        if len(rec.users):
+            rec.recommend([rec.users.ids[0]], k=1)
+    except Exception:                                  # warming is an optimisation only
+        log.warning("warm-up call failed", exc_info=True)
+
+
+def add_logged_items(rec, records: list[dict]) -> None:
+    """The items records among log records, added to the catalog as replay adds them."""
+    from recsys.serve.events import Live, replay
+    items = [r for r in records if r.get("op") == "items"]
+    if items:
+        replay(rec, Live(), items)
+
+
+# -- the scoring process ------------------------------------------------------------------------
+
+class ScorerGone(RuntimeError):
+    """The scoring process is not (or no longer) answering."""
+
+
+class ScoringProcess:
+    """A child process that loads `export_dir` (plus the items of `records`) and answers calls
+    in the order they are sent: ("rows", kind, opts, queries, exclude, histories) -> score_rows,
+    ("items", records) -> None. Thread-safe; calls from several threads queue in the child, which
+    scores "rows" calls of one kind and options waiting together as one call of at most
+    `max_rows` queries."""
+
+    def __init__(self, export_dir: str, device: str = "cpu", threads: int | None = 1, unknown: str = "error",
+                 records: list[dict] | None = None, max_rows: int = 256):
+        # A plain child interpreter on one end of a socket pair: unlike multiprocessing's spawn it
+        # does not re-run the caller's main module, and unlike fork it copies no threads.
+        ours, theirs = socket.socketpair()
+        code = f"import sys; sys.path.insert(0, {_ROOT!r}); from recsys.serve.scorer import _child; _child({theirs.fileno()})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()], close_fds=True)
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send((export_dir, device, threads, unknown, records or [], max(1, int(max_rows))))
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future] = {}
+        self._ids = itertools.count()
+        self.alive = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Block until the child has loaded the model; its load error, if any, raised here."""
+        try:
+            if not self._conn.poll(timeout):
+                raise ScorerGone(f"scoring process not ready within {timeout:.0f} s")
+            status, message = self._conn.recv()
+        except (EOFError, OSError):
+            raise ScorerGone(f"scoring process exited while loading (exit code {self.proc.poll()})") from None
+        if status != "ready":
+            self.close()
+            raise ScorerGone(f"scoring process could not load the export: {message}")
+        self.alive = True
+        threading.Thread(target=self._read, name="recsys-scorer-reader", daemon=True).start()
+
+    def call(self, op: str, *args):
+        """The child's answer to (op, *args); its exception raised here (KeyError, ValueError,
+        TypeError and IndexError as themselves, others as RuntimeError), ScorerGone when it
+        cannot answer."""
+        fut: Future = Future()
+        with self._lock:
+            if not self.alive:
+                raise ScorerGone("scoring process is not running")
+            n = next(self._ids)
+            self._pending[n] = fut
+            try:
+                self._conn.send((n, op, args))
+            except (OSError, ValueError) as e:
+                self._pending.pop(n, None)
+                raise ScorerGone(f"scoring process: {e}") from None
+        return fut.result()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                n, ok, value = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            fut = self._pending.pop(n, None)
+            if fut is not None:
+                fut.set_result(value) if ok else fut.set_exception(value)
+        with self._lock:
+            was, self.alive = self.alive, False
+            pending, self._pending = self._pending, {}
+        if was:
+            log.error("scoring process %s exited (code %s); scoring in the server process from now on",
+                      self.proc.pid, self.proc.poll())
+        for fut in pending.values():
+            fut.set_exception(ScorerGone("scoring process exited"))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the child after the calls already sent (their answers still arrive)."""
+        with self._lock:
+            self.alive = False
+            try:
+                self._conn.send((None, "stop", ()))
+            except (OSError, ValueError):
+                pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+        self._conn.close()
+
+
+def _portable(e: BaseException) -> BaseException:
+    """An exception that crosses the pipe: the four kinds the service maps to 4xx as themselves
+    (with their message), anything else as a RuntimeError naming its type."""
+    for cls in (KeyError, ValueError, TypeError, IndexError):
+        if isinstance(e, cls):
+            return cls(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+    return RuntimeError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def _child(fd: int) -> None:
+    """The scoring process: its settings come first on the connection, then the calls."""
+    import torch
+
+    from recsys.serve.recommender import Recommender
+    conn = Connection(fd)
+    try:
+        export_dir, device, threads, unknown, records, max_rows = conn.recv()
+    except (EOFError, OSError):
+        return
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        rec = Recommender.from_pretrained(export_dir, device=device)
+        add_logged_items(rec, records)
+        warm(rec)
+    except Exception as e:
+        conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        return
+    gc.collect()
+    gc.freeze()                             # the model's objects out of the collector's passes
+    conn.send(("ready", None))
+    queue: deque = deque()
+    try:
+        while True:
+            if not queue:
+                queue.append(conn.recv())
+            while len(queue) < _MERGE_CALLS and conn.poll(0):   # calls already waiting
+                queue.append(conn.recv())
+            n, op, args = queue.popleft()
+            if op == "stop":
+                return
+            if op == "rows":
+                group, rows = [(n, args)], len(args[2])
+                while (queue and queue[0][1] == "rows" and queue[0][2][:2] == args[:2]
+                       and rows + len(queue[0][2][2]) <= max_rows):
+                    rows += len(queue[0][2][2])
+                    group.append((queue[0][0], queue.popleft()[2]))
+                replies = _rows_replies(rec, unknown, group)
+            else:
+                try:
+                    if op != "items":
+                        raise ValueError(f"unknown scoring-process call {op!r}")
+                    replies = [(n, True, add_logged_items(rec, *args))]
+                except Exception as e:
+                    replies = [(n, False, _portable(e))]
+            for reply in replies:
+                try:
+                    conn.send(reply)
+                except (pickle.PicklingError, TypeError, AttributeError) as e:   # an answer pickle refuses
+                    conn.send((reply[0], False, RuntimeError(f"unsendable answer: {e}")))
+    except (EOFError, OSError, ValueError):     # the server is gone
+        return
+
+
+_MERGE_CALLS = 64       # calls waiting in the pipe that the child looks at to merge
+
+
+def _rows_replies(rec, unknown: str, group: list[tuple[int, tuple]]) -> list[tuple]:
+    """Replies to "rows" calls of one kind and options, waiting together: scored as ONE call
+    (rankings are batch-invariant, so each caller gets what its own call would give), or one by
+    one when the merged call fails (a bad request fails alone)."""
+    if len(group) > 1:
+        kind, o = group[0][1][:2]
+        queries, exclude, histories, sizes = [], [], {}, []
+        for _, (_, _, q, ex, h) in group:
+            histories.update({len(queries) + pos: hist for pos, hist in (h or {}).items()})
+            exclude += ex if ex is not None else [[] for _ in q]
+            queries += q
+            sizes.append(len(q))
+        try:
+            rows = score_rows(rec, unknown, kind, o, queries, exclude if any(exclude) else None, histories)
+        except Exception:
+            pass
+        else:
+            out, at = [], 0
+            for (n, _), size in zip(group, sizes):
+                out.append((n, True, rows[at:at + size]))
+                at += size
+            return out
+    out = []
+    for n, args in group:
+        try:
+            out.append((n, True, score_rows(rec, unknown, *args)))
+        except Exception as e:
+            out.append((n, False, _portable(e)))
+    return out
