@@ -20,10 +20,20 @@ def main(cfg: DictConfig) -> None:
                          threads=cfg.threads, workers=cfg.workers, max_batch_wait_ms=cfg.max_batch_wait_ms,
                          max_batch_users=cfg.max_batch_users, max_users=cfg.max_users, max_k=cfg.max_k,
                          max_body_bytes=cfg.max_body_bytes, max_events=cfg.max_events,
-                         fast_reads=cfg.fast_reads, scoring_process=cfg.scoring_process)
+                         fast_reads=cfg.fast_reads, scoring_process=cfg.scoring_process,
+                         scoring_threads=_threads(cfg.scoring_threads))
     except (ExportError, LogError, ScorerGone, ValueError, OSError) as e:
         raise SystemExit(f"serve: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=False)
+
+
+def _threads(value) -> int:
+    """scoring_threads: "auto" (0) or a positive count."""
+    if str(value) == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SystemExit(f"serve: scoring_threads={value!r} must be 'auto' or a positive integer")
+    return value
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -188,7 +189,7 @@ def _answers(svc):
 def test_a_scoring_process_answers_as_the_server_process(export, tmp_path):
     """scoring_process=True: the same answers (live histories and API items included), the
     errors of a bad request in a batch as 4xx, a new child on reload (the old one stops), and
-    answers from the server's own copy once the child is gone."""
+    answers from the server's own copy once the child is gone, until a new child is started."""
     import os
     import signal
     here = Service(export, event_log=str(tmp_path / "a.jsonl"))
@@ -209,9 +210,18 @@ def test_a_scoring_process_answers_as_the_server_process(export, tmp_path):
         assert there.served.scorer is not child and there.served.scorer.alive
         assert child.proc.wait(10) == 0 and not child.alive
         assert _answers(there)[:4] == want[:4]                  # replayed log: same items, same live users
-        os.kill(there.served.scorer.pid, signal.SIGKILL)
-        there.served.scorer.proc.wait(10)
-        assert _answers(there)[:4] == want[:4] and not there.served.scorer.alive
+        dead = there.served.scorer
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.proc.wait(10)
+        assert _answers(there)[:4] == want[:4]                  # scored here meanwhile
+        deadline = time.time() + 60
+        while there.served.scorer is dead and time.time() < deadline:
+            time.sleep(0.1)
+        new = there.served.scorer                               # started again, API item included
+        assert new is not dead and new.alive and there.respawns == 1
+        assert _answers(there)[:4] == want[:4]
+        assert new.call("rows", "history", {"k": 2}, [["m99", "m1"]], None, None)[0]["items"] == \
+            here.served.rec.recommend_for_history(["m99", "m1"], k=2)[0].tolist()
     finally:
         there.close()
 
@@ -255,3 +265,27 @@ def _call(child, c):
         return child.call("rows", "recommend", {"k": 3}, users, exclude, hist)
     except KeyError as e:
         return e
+
+
+def test_scoring_threads_follow_what_a_user_costs(export, monkeypatch):
+    """auto: one thread for light models, two where a user costs >= 0.25 ms (and 2+ CPUs); the
+    child reports its choice and the cost it measured."""
+    from recsys.serve import scorer
+    monkeypatch.setattr(scorer.os, "cpu_count", lambda: 2)
+    assert scorer.auto_threads(0.0001) == 1 and scorer.auto_threads(0.0005) == 2
+    monkeypatch.setattr(scorer.os, "cpu_count", lambda: 1)
+    assert scorer.auto_threads(0.0005) == 1
+    svc = Service(export, scoring_process=True, scoring_threads=2)
+    try:
+        assert svc.served.scorer.info["threads"] == 2 and svc.served.scorer.info["us_per_user"] > 0
+    finally:
+        svc.close()
+
+
+def test_serve_refuses_a_bad_scoring_threads_setting():
+    pytest.importorskip("fastapi")
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "serve.py", "export=/nonexistent", "scoring_threads=-1"],
+                       capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert r.returncode != 0 and "scoring_threads=-1 must be 'auto' or a positive integer" in r.stderr

@@ -322,7 +322,8 @@ def test_reload_under_load_fails_no_request(exports, tmp_path):
 
 
 def test_a_killed_scoring_process_leaves_the_server_answering(exports, tmp_path):
-    """kill -9 of the scoring process: the server answers the same from its own copy."""
+    """kill -9 of the scoring process: the server answers the same from its own copy, and
+    starts a new scoring process."""
     s = Server(exports[0], str(tmp_path / "events.jsonl"))
     try:
         body = {"users": ["u1", "u2", "u3"], "k": 4}
@@ -334,6 +335,11 @@ def test_a_killed_scoring_process_leaves_the_server_answering(exports, tmp_path)
         for _ in range(3):
             r = s.post("/recommend", body)
             assert r.status_code == 200 and r.json() == before
-        assert s.client.get("/ready").json()["scoring"] == "server"
+        deadline = time.time() + 60                     # a new scoring process is started
+        while s.client.get("/ready").json()["scoring_respawns"] < 1 and time.time() < deadline:
+            time.sleep(0.2)
+        ready = s.client.get("/ready").json()
+        assert ready["scoring"] == "process" and ready["scoring_respawns"] == 1
+        assert _children(s.proc.pid) not in ([], child) and s.post("/recommend", body).json() == before
     finally:
         s.stop()

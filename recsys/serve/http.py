@@ -117,15 +117,15 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
                unknown: str = "error", max_batch_wait_ms: float = 2.0, max_batch_users: int = 256,
                workers: int = 1, threads: int | None = 1, max_users: int = 1000, max_k: int = 1000,
                max_body_bytes: int = 1 << 20, max_events: int = 10000, device: str = "cpu",
-               fast_reads: bool = True, scoring_process: bool = False) -> FastAPI:
+               fast_reads: bool = True, scoring_process: bool = False, scoring_threads: int = 0) -> FastAPI:
     """The app over one export. token: the bearer token of the write endpoints (default: the
     RECSYS_SERVE_TOKEN environment variable; none: writes answer 403). max_batch_users=1 turns
     micro-batching off. fast_reads=False leaves the scoring reads to FastAPI's routing (the same
     handlers; tests compare the two). scoring_process=True scores in a child process with its own
-    copy of the model (recsys/serve/scorer.py). The export is loaded and the event log replayed
-    before this returns."""
+    copy of the model (recsys/serve/scorer.py), on scoring_threads threads (0: the child's choice,
+    scorer.auto_threads). The export is loaded and the event log replayed before this returns."""
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    svc = Service(export_dir, event_log, unknown, threads, device, scoring_process, max_batch_users)
+    svc = Service(export_dir, event_log, unknown, threads, device, scoring_process, max_batch_users, scoring_threads)
     metrics = Metrics()
     batcher = Batcher(lambda key, payloads: svc.score(key[0], payloads[0][0], payloads[0][1],
                                                       [p[2:] for p in payloads]),
@@ -299,8 +299,10 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
         s = svc.served
         return {"ready": True, "export": s.export, "users": len(s.rec.users), "items": len(s.rec.items),
                 "log_lines": s.lines, "events_through": s.events_through, "live_users": len(s.live.events),
-                "reloads": svc.reloads, "loaded_at": s.loaded_at,
-                "scoring": "process" if s.scorer is not None and s.scorer.alive else "server"}
+                "reloads": svc.reloads, "loaded_at": s.loaded_at, "scoring_respawns": svc.respawns,
+                "scoring": "process" if s.scorer is not None and s.scorer.alive else "server",
+                **({"scoring_threads": s.scorer.info.get("threads"), "us_per_user": s.scorer.info.get("us_per_user")}
+                   if s.scorer is not None and s.scorer.alive else {})}
 
     @app.get("/metrics")
     async def prometheus():

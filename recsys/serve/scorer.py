@@ -11,6 +11,10 @@ log's items records, sent to it in order with the scoring calls). It holds no pe
 the server sends with each call the live histories of the users who have events. If the child
 dies, the server scores with its own copy of the model (logged once) until the next reload.
 
+How it scores: calls queue in the child; a scoring thread takes the oldest with the calls of the
+same kind and options waiting behind it, as one call (rankings are batch-invariant). One thread
+for light models, two for heavy ones (`auto_threads`, from a timed call at start).
+
     p = ScoringProcess(export_dir, device="cpu", threads=1, unknown="error")  # loads in the background
     p.wait_ready()
     rows = p.call("rows", "recommend", {"k": 10}, [7, 8], None, {})   # = score_rows(rec, ...)
@@ -28,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
@@ -118,6 +123,32 @@ def warm(rec) -> None:
         log.warning("warm-up call failed", exc_info=True)
 
 
+def user_cost(rec, users: int = 64) -> float:
+    """Seconds per user of one batched top-10 call (the best of three), on up to 64 users."""
+    ids = list(rec.users.ids[:users])
+    if not ids:
+        return 0.0
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        rec.recommend(ids, k=10)
+        best = min(best, time.perf_counter() - t)
+    return best / len(ids)
+
+
+HEAVY_USER_S = 250e-6   # a user costing more than this to score: scoring dominates the machine
+
+
+def auto_threads(cost: float) -> int:
+    """Scoring threads for a model whose users cost `cost` seconds each: one when scoring is
+    light (its Python work would contend with a second thread's, and the server's HTTP work needs
+    the other core: MovieLens hybrid, ~0.1 ms a user, 59% against 45% of in-process with two),
+    two when it is heavy (the torch kernels, which release the interpreter lock, dominate, and the
+    HTTP work is a small share: EASE 111% against 86%, the 1M x 100k hybrid 78% against 62%;
+    benchmarks/README.md "Serving")."""
+    return 1 if cost < HEAVY_USER_S or (os.cpu_count() or 1) < 2 else 2
+
+
 def add_logged_items(rec, records: list[dict]) -> None:
     """The items records among log records, added to the catalog as replay adds them."""
     from recsys.serve.events import Live, replay
@@ -140,7 +171,7 @@ class ScoringProcess:
     `max_rows` queries."""
 
     def __init__(self, export_dir: str, device: str = "cpu", threads: int | None = 1, unknown: str = "error",
-                 records: list[dict] | None = None, max_rows: int = 256):
+                 records: list[dict] | None = None, max_rows: int = 256, scorers: int = 0):
         # A plain child interpreter on one end of a socket pair: unlike multiprocessing's spawn it
         # does not re-run the caller's main module, and unlike fork it copies no threads.
         ours, theirs = socket.socketpair()
@@ -148,11 +179,15 @@ class ScoringProcess:
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()], close_fds=True)
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send((export_dir, device, threads, unknown, records or [], max(1, int(max_rows))))
+        self._conn.send((export_dir, device, threads, unknown, records or [], max(1, int(max_rows)),
+                         max(0, int(scorers))))
         self._lock = threading.Lock()
         self._pending: dict[int, Future] = {}
         self._ids = itertools.count()
         self.alive = False
+        self.info: dict = {}          # from the child once ready: threads, us_per_user
+        self.on_exit = None           # called (with this object) when the child exits on its own
+        self.started = time.time()
 
     @property
     def pid(self) -> int:
@@ -169,7 +204,7 @@ class ScoringProcess:
         if status != "ready":
             self.close()
             raise ScorerGone(f"scoring process could not load the export: {message}")
-        self.alive = True
+        self.alive, self.info = True, message or {}
         threading.Thread(target=self._read, name="recsys-scorer-reader", daemon=True).start()
 
     def call(self, op: str, *args):
@@ -201,11 +236,13 @@ class ScoringProcess:
         with self._lock:
             was, self.alive = self.alive, False
             pending, self._pending = self._pending, {}
-        if was:
-            log.error("scoring process %s exited (code %s); scoring in the server process from now on",
-                      self.proc.pid, self.proc.poll())
         for fut in pending.values():
             fut.set_exception(ScorerGone("scoring process exited"))
+        if was:                             # not closed by us
+            log.error("scoring process %s exited (code %s); scoring in the server process meanwhile",
+                      self.proc.pid, self.proc.wait())
+            if self.on_exit is not None:
+                self.on_exit(self)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the child after the calls already sent (their answers still arrive)."""
@@ -239,7 +276,7 @@ def _child(fd: int) -> None:
     from recsys.serve.recommender import Recommender
     conn = Connection(fd)
     try:
-        export_dir, device, threads, unknown, records, max_rows = conn.recv()
+        export_dir, device, threads, unknown, records, max_rows, scorers = conn.recv()
     except (EOFError, OSError):
         return
     if threads:
@@ -248,46 +285,86 @@ def _child(fd: int) -> None:
         rec = Recommender.from_pretrained(export_dir, device=device)
         add_logged_items(rec, records)
         warm(rec)
+        cost = user_cost(rec)
     except Exception as e:
         conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
         return
+    if not scorers:                         # auto
+        scorers = auto_threads(cost)
     gc.collect()
     gc.freeze()                             # the model's objects out of the collector's passes
-    conn.send(("ready", None))
-    queue: deque = deque()
-    try:
-        while True:
+    conn.send(("ready", {"threads": scorers, "us_per_user": round(cost * 1e6, 1)}))
+    queue: deque = deque()                  # calls received, not yet taken by a scoring thread
+    ready = threading.Condition()
+    sending, adding = threading.Lock(), threading.Lock()
+    closing = []
+
+    def send(reply) -> None:
+        with sending:
+            try:
+                conn.send(reply)
+            except (pickle.PicklingError, TypeError, AttributeError) as e:   # an answer pickle refuses
+                conn.send((reply[0], False, RuntimeError(f"unsendable answer: {e}")))
+
+    def take() -> tuple | None:
+        """The oldest call, with the "rows" calls of its kind and options right behind it."""
+        with ready:
+            while not queue and not closing:
+                ready.wait()
             if not queue:
-                queue.append(conn.recv())
-            while len(queue) < _MERGE_CALLS and conn.poll(0):   # calls already waiting
-                queue.append(conn.recv())
+                return None
             n, op, args = queue.popleft()
-            if op == "stop":
-                return
+            group, rows = [(n, args)], len(args[2]) if op == "rows" else 0
+            while (op == "rows" and queue and queue[0][1] == "rows" and queue[0][2][:2] == args[:2]
+                   and rows + len(queue[0][2][2]) <= max_rows):
+                rows += len(queue[0][2][2])
+                group.append((queue[0][0], queue.popleft()[2]))
+            return op, group
+
+    def work() -> None:
+        while (job := take()) is not None:
+            op, group = job
             if op == "rows":
-                group, rows = [(n, args)], len(args[2])
-                while (queue and queue[0][1] == "rows" and queue[0][2][:2] == args[:2]
-                       and rows + len(queue[0][2][2]) <= max_rows):
-                    rows += len(queue[0][2][2])
-                    group.append((queue[0][0], queue.popleft()[2]))
                 replies = _rows_replies(rec, unknown, group)
             else:
+                n, args = group[0]
                 try:
                     if op != "items":
                         raise ValueError(f"unknown scoring-process call {op!r}")
-                    replies = [(n, True, add_logged_items(rec, *args))]
+                    with adding:
+                        replies = [(n, True, add_logged_items(rec, *args))]
                 except Exception as e:
                     replies = [(n, False, _portable(e))]
-            for reply in replies:
-                try:
-                    conn.send(reply)
-                except (pickle.PicklingError, TypeError, AttributeError) as e:   # an answer pickle refuses
-                    conn.send((reply[0], False, RuntimeError(f"unsendable answer: {e}")))
-    except (EOFError, OSError, ValueError):     # the server is gone
-        return
+            try:
+                for reply in replies:
+                    send(reply)
+            except (OSError, ValueError):       # the server is gone: nobody to answer
+                with ready:
+                    closing.append(True)
+                    queue.clear()
+                    ready.notify_all()
+                return
 
-
-_MERGE_CALLS = 64       # calls waiting in the pipe that the child looks at to merge
+    workers = [threading.Thread(target=work, name=f"recsys-scorer-{k}", daemon=True)
+               for k in range(max(1, int(scorers)))]
+    for w in workers:
+        w.start()
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[1] == "stop":                # after the calls sent before it
+                break
+            with ready:
+                queue.append(msg)
+                ready.notify()
+    except (EOFError, OSError):                 # the server is gone
+        with ready:
+            queue.clear()
+    with ready:
+        closing.append(True)
+        ready.notify_all()
+    for w in workers:
+        w.join()
 
 
 def _rows_replies(rec, unknown: str, group: list[tuple[int, tuple]]) -> list[tuple]:

@@ -55,23 +55,26 @@ class Served:
 class Service:
     def __init__(self, export_dir: str, event_log: str | None = None, unknown: str = "error",
                  threads: int | None = 1, device: str = "cpu", scoring_process: bool = False,
-                 max_batch_users: int = 256):
+                 max_batch_users: int = 256, scoring_threads: int = 0):
         """scoring_process: score in a child process holding a second copy of the model
         (recsys/serve/scorer.py; twice the model's memory), instead of in the server's threads;
-        it merges calls waiting for it into calls of at most max_batch_users queries."""
+        it merges calls waiting for it into calls of at most max_batch_users queries and scores
+        on scoring_threads threads (0: chosen by the child from what a user costs to score)."""
         if unknown not in ("error", "popular"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'popular'")
         if threads:
             import torch
             torch.set_num_threads(int(threads))      # one core per scoring call: no oversubscription
         self.unknown, self.device, self.threads, self.scoring_process = unknown, device, threads, scoring_process
-        self.max_batch_users = max_batch_users
+        self.max_batch_users, self.scoring_threads = max_batch_users, scoring_threads
         if not os.path.isdir(export_dir):            # before the log file is created
             raise FileNotFoundError(f"export directory not found: {export_dir}")
         self.log = EventLog(event_log) if event_log else None
         self._write = threading.Lock()               # events, items and the reload swap, in order
         self._reload = threading.Lock()
         self.reloads = 0
+        self.respawns = 0                            # scoring processes started again after a crash
+        self._closed = False
         self.served = self._load(export_dir)
         _settle()
 
@@ -82,7 +85,8 @@ class Service:
         scorer = None
         if self.scoring_process:        # the child loads while this process does
             scorer = ScoringProcess(export_dir, self.device, self.threads, self.unknown,
-                                    [r for r in records if r.get("op") == "items"], self.max_batch_users)
+                                    [r for r in records if r.get("op") == "items"], self.max_batch_users,
+                                    self.scoring_threads)
         try:
             rec = Recommender.from_pretrained(export_dir, device=self.device)
             s = Served(rec, Live(), export_dir, scorer=scorer)
@@ -91,6 +95,7 @@ class Service:
             warm(rec)
             if scorer is not None:
                 scorer.wait_ready()
+                scorer.on_exit = lambda p, s=s: self._respawn_later(s, _next_delay(p))
         except BaseException:
             if scorer is not None:
                 scorer.close()
@@ -107,7 +112,7 @@ class Service:
                 if self.log is not None:
                     more = self.log.read(new.lines)
                     replay(new.rec, new.live, more, events_from=new.events_through, first_line=new.lines)
-                    _send_items(new, more)
+                    _send_items(new.scorer, more)
                     new.lines += len(more)
                 old, self.served = self.served, new
                 self.reloads += 1
@@ -168,7 +173,7 @@ class Service:
             record = {"op": "items", "items": rows}
             lines = log_.append([record])
             s.lines = lines
-            _send_items(s, [record])
+            _send_items(s.scorer, [record])
         return {"added": added, "items": len(s.rec.items), "log_lines": lines}
 
     # -- scoring (called by the micro-batcher, in a worker thread) ------------------------------
@@ -203,8 +208,45 @@ class Service:
 
     def close(self) -> None:
         """Stop the served export's scoring process, if any."""
+        self._closed = True
         if self.served.scorer is not None:
             self.served.scorer.close()
+
+    # -- a scoring process that died is started again (the server scores meanwhile) -------------
+
+    def _respawn_later(self, s: Served, delay: float) -> None:
+        t = threading.Timer(delay, self._respawn, args=(s, delay))
+        t.daemon = True
+        t.start()
+
+    def _respawn(self, s: Served, delay: float) -> None:
+        """A new scoring process for `s` (while it is still served): the export plus the log's
+        items records, then the items logged while it loaded, attached under the write lock.
+        Failing again, it is retried with a doubled delay (at most a minute)."""
+        if self._closed or s is not self.served:
+            return
+        with self._write:
+            records = self.log.read() if self.log is not None else []
+        p = ScoringProcess(s.export, self.device, self.threads, self.unknown,
+                           [r for r in records if r.get("op") == "items"], self.max_batch_users,
+                           self.scoring_threads)
+        try:
+            p.wait_ready()
+        except ScorerGone as e:
+            log.error("scoring process could not be started again (%s); retrying in %.0f s", e, 2 * delay)
+            self._respawn_later(s, min(2 * delay, 60.0))
+            return
+        with self._write:
+            if self._closed or s is not self.served:
+                p.close()
+                return
+            if self.log is not None:
+                _send_items(p, self.log.read(len(records)))
+            p.respawn_delay = delay
+            p.on_exit = lambda p_, s=s: self._respawn_later(s, _next_delay(p_))
+            s.scorer = p
+            self.respawns += 1
+        log.warning("scoring process started again (pid %d)", p.pid)
 
     def item(self, item_id) -> dict:
         rec = self.served.rec
@@ -240,16 +282,24 @@ def _exclude_rows(payloads) -> list | None:
     return [list(x) for queries, ex in payloads for x in (ex if ex is not None else [[]] * len(queries))]
 
 
-def _send_items(s: Served, records: list[dict]) -> None:
-    """Items records to the served export's scoring process, in order with its scoring calls."""
-    if s.scorer is not None and s.scorer.alive and any(r.get("op") == "items" for r in records):
+def _send_items(scorer: ScoringProcess | None, records: list[dict]) -> None:
+    """Items records to a scoring process, in order with its scoring calls."""
+    if scorer is not None and scorer.alive and any(r.get("op") == "items" for r in records):
         try:
-            s.scorer.call("items", records)
+            scorer.call("items", records)
         except ScorerGone:
             pass
         except Exception:                   # the copies would differ: score here from now on
             log.exception("the scoring process could not add the items; scoring in the server process")
-            s.scorer.close()
+            scorer.close()
+
+
+def _next_delay(p: ScoringProcess) -> float:
+    """Seconds before starting again a scoring process that exited: 1, doubled (to a minute)
+    while each new one dies within a minute of starting."""
+    if time.time() - p.started >= 60:
+        return 1.0
+    return min(2 * getattr(p, "respawn_delay", 0.5), 60.0)
 
 
 def _one_line(e: BaseException) -> str:
