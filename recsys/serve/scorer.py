@@ -187,6 +187,7 @@ class ScoringProcess:
         self.alive = False
         self.info: dict = {}          # from the child once ready: threads, us_per_user
         self.on_exit = None           # called (with this object) when the child exits on its own
+        self._reader: threading.Thread | None = None
         self.started = time.time()
 
     @property
@@ -199,13 +200,17 @@ class ScoringProcess:
             if not self._conn.poll(timeout):
                 raise ScorerGone(f"scoring process not ready within {timeout:.0f} s")
             status, message = self._conn.recv()
+            if status != "ready":
+                raise ScorerGone(f"scoring process could not load the export: {message}")
         except (EOFError, OSError):
-            raise ScorerGone(f"scoring process exited while loading (exit code {self.proc.poll()})") from None
-        if status != "ready":
             self.close()
-            raise ScorerGone(f"scoring process could not load the export: {message}")
+            raise ScorerGone(f"scoring process exited while loading (exit code {self.proc.poll()})") from None
+        except ScorerGone:
+            self.close()
+            raise
         self.alive, self.info = True, message or {}
-        threading.Thread(target=self._read, name="recsys-scorer-reader", daemon=True).start()
+        self._reader = threading.Thread(target=self._read, name="recsys-scorer-reader", daemon=True)
+        self._reader.start()
 
     def call(self, op: str, *args):
         """The child's answer to (op, *args); its exception raised here (KeyError, ValueError,
@@ -257,6 +262,9 @@ class ScoringProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout)
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout)            # the answers the child sent before it stopped
         self._conn.close()
 
 
