@@ -65,6 +65,9 @@ class Service:
         if threads:
             import torch
             torch.set_num_threads(int(threads))      # one core per scoring call: no oversubscription
+        if scoring_process and os.name != "posix":    # the child gets its socket through pass_fds
+            log.warning("scoring_process needs a POSIX system; scoring in the server's threads")
+            scoring_process = False
         self.unknown, self.device, self.threads, self.scoring_process = unknown, device, threads, scoring_process
         self.max_batch_users, self.scoring_threads = max_batch_users, scoring_threads
         if not os.path.isdir(export_dir):            # before the log file is created
