@@ -154,13 +154,13 @@ def test_train_data_events_appends_the_logged_interactions(tmp_path):
 
 
 def test_result_rows_are_plain_json_values_without_padding():
-    """scorer.result_rows: numeric ids come back as Python ints, object ids as their plain values,
+    """rows.result_rows: numeric ids come back as Python ints, object ids as their plain values,
     scores as Python floats of the float32 scores, NaN padding (a short row of a batch) left out;
     http.dumps writes them (and numpy scalars) as compact JSON."""
     import numpy as np
 
     from recsys.serve.http import dumps
-    from recsys.serve.scorer import result_rows
+    from recsys.serve.rows import result_rows
     ids = np.array([[7, 3, 5], [2, -1, -1]], dtype=np.int64)
     sc = np.array([[0.5, 0.25, 0.1], [0.75, np.nan, np.nan]], dtype=np.float32)
     rows = list(result_rows((ids, sc)))

@@ -1,5 +1,5 @@
-"""Scoring: the result rows of one micro-batch (`score_rows`), computed in the server process or
-in a separate scoring process (`ScoringProcess`) that holds its own copy of the served model.
+"""The scoring process: the result rows of the micro-batches (recsys/serve/rows.py) computed in
+a child process (`ScoringProcess`) that holds its own copy of the served model.
 
 Why a process: scoring's own Python work (id mapping, masks, top-k, result rows) and the HTTP
 work (parsing, validation, batching, answers) share one interpreter lock when both run in the
@@ -9,7 +9,7 @@ child process the two run side by side.
 What the child holds: the export, loaded again, plus the items added since (API items and the
 log's items records, sent to it in order with the scoring calls). It holds no per-user state:
 the server sends with each call the live histories of the users who have events. If the child
-dies, the server scores with its own copy of the model (logged once) until the next reload.
+dies, the server scores with its own copy of the model (logged) and starts a new child.
 
 How it scores: calls queue in the child; a scoring thread takes the oldest with the calls of the
 same kind and options waiting behind it, as one call (rankings are batch-invariant). One thread
@@ -37,90 +37,11 @@ from collections import deque
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 
-import numpy as np
+from recsys.serve.rows import add_logged_items, score_rows, warm
 
 log = logging.getLogger(__name__)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # holds recsys/
-
-
-# -- the rows of one batch (either process) -----------------------------------------------------
-
-def score_rows(rec, unknown: str, kind: str, o: dict, queries: list, exclude, histories: dict | None) -> list[dict]:
-    """Result rows of one batched call of `kind` with options `o`. histories: for "recommend",
-    query position -> that user's live history (training items + events): those users are
-    ranked from it through recommend_for_history, the others by recommend."""
-    k = o["k"]
-    if kind == "recommend":
-        histories = histories or {}
-        plain = [n for n in range(len(queries)) if n not in histories]
-        live = [n for n in range(len(queries)) if n in histories]
-        out: list = [None] * len(queries)
-        common = dict(exclude=_pick(exclude, plain), where=o.get("where"), diversity=o.get("diversity"),
-                      explain=o.get("explain", False))
-        if plain:
-            res = rec.recommend([queries[n] for n in plain], k, exclude_seen=o.get("exclude_seen", True),
-                                unknown=unknown, items=o.get("items"), **common)
-            for n, row in zip(plain, result_rows(res)):
-                out[n] = {"user": queries[n], **row}
-        if live:
-            common["exclude"] = _pick(exclude, live)
-            res = rec.recommend_for_history([histories[n] for n in live], k,
-                                            exclude_given=o.get("exclude_seen", True), unknown="ignore",
-                                            candidates=o.get("items"), **common)
-            for n, row in zip(live, result_rows(res)):
-                out[n] = {"user": queries[n], **row}
-        return out
-    if kind == "history":
-        res = rec.recommend_for_history([list(h) for h in queries], k, exclude_given=o.get("exclude_given", True),
-                                        unknown=o.get("unknown", "error"), exclude=exclude,
-                                        candidates=o.get("candidates"), where=o.get("where"),
-                                        explain=o.get("explain", False))
-        return list(result_rows(res))
-    if kind == "similar_items":
-        res = rec.similar_items(queries, k, space=o.get("space"), exclude=exclude,
-                                candidates=o.get("candidates"), where=o.get("where"))
-        return [{"item": q, **r} for q, r in zip(queries, result_rows(res))]
-    if kind == "similar_users":
-        res = rec.similar_users(queries, k, space=o.get("space"), exclude=exclude)
-        return [{"user": q, "users": r.pop("items"), **r} for q, r in zip(queries, result_rows(res))]
-    raise ValueError(f"unknown kind {kind!r}")
-
-
-def _pick(rows: list | None, positions: list[int]) -> list | None:
-    if rows is None:
-        return None
-    sub = [rows[n] for n in positions]
-    return sub if any(sub) else None
-
-
-def result_rows(res):
-    """Result rows of a batched call, padding (NaN scores) dropped: {"items", "scores"[, "explanations"]}."""
-    ids, scores = res[0], res[1]
-    expl = res[2] if len(res) > 2 else None
-    numeric = ids.dtype != object                     # numeric ids: tolist() gives Python numbers
-    for r in range(len(ids)):
-        i, s = ids[r], scores[r]
-        ok = ~np.isnan(s)
-        if not ok.all():
-            i, s = i[ok], s[ok]
-        row = {"items": i.tolist() if numeric else [plain_value(x) for x in i], "scores": s.tolist()}
-        if expl is not None:
-            row["explanations"] = expl[r]
-        yield row
-
-
-def plain_value(x):
-    return x.item() if hasattr(x, "item") else x
-
-
-def warm(rec) -> None:
-    """Build the model's per-catalog caches (item side) before the model takes traffic."""
-    try:
-        if len(rec.users):
-            rec.recommend([rec.users.ids[0]], k=1)
-    except Exception:                                  # warming is an optimisation only
-        log.warning("warm-up call failed", exc_info=True)
 
 
 def user_cost(rec, users: int = 64) -> float:
@@ -147,14 +68,6 @@ def auto_threads(cost: float) -> int:
     HTTP work is a small share: EASE 111% against 86%, the 1M x 100k hybrid 78% against 62%;
     benchmarks/README.md "Serving")."""
     return 1 if cost < HEAVY_USER_S or (os.cpu_count() or 1) < 2 else 2
-
-
-def add_logged_items(rec, records: list[dict]) -> None:
-    """The items records among log records, added to the catalog as replay adds them."""
-    from recsys.serve.events import Live, replay
-    items = [r for r in records if r.get("op") == "items"]
-    if items:
-        replay(rec, Live(), items)
 
 
 # -- the scoring process ------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import numpy as np
 
 from recsys.serve.events import EventLog, Live, replay
 from recsys.serve.recommender import Recommender
-from recsys.serve.scorer import ScorerGone, ScoringProcess, plain_value, score_rows, warm
+from recsys.serve.rows import plain_value, score_rows, warm
+from recsys.serve.scorer import ScorerGone, ScoringProcess
 
 log = logging.getLogger(__name__)
 
