@@ -203,6 +203,9 @@ def test_a_scoring_process_answers_as_the_server_process(export, tmp_path):
         want, got = _answers(here), _answers(there)
         assert isinstance(got[4][1], ApiError) and got[4][1].status == 404 and got[4][1].field == "exclude"
         assert got[:4] == want[:4] and got[4][0] == want[4][0]
+        from recsys.serve.http import dumps                     # explanations: the same JSON answer
+        ask = ("recommend", {"k": 3, "explain": True}, [(["u2", "u1"], None)])
+        assert dumps(there.score(ask[0], there.served, *ask[1:])) == dumps(here.score(ask[0], here.served, *ask[1:]))
         # the child's catalog holds the API item: a history naming it is not refused as unknown
         assert there.served.scorer.call("rows", "history", {"k": 2}, [["m99", "m1"]], None, None)[0]["items"] == \
             here.served.rec.recommend_for_history(["m99", "m1"], k=2)[0].tolist()

@@ -27,7 +27,6 @@ import gc
 import itertools
 import logging
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
+
+import orjson
 
 from recsys.serve.rows import add_logged_items, score_rows, warm
 
@@ -70,6 +71,33 @@ def auto_threads(cost: float) -> int:
     return 1 if cost < HEAVY_USER_S or (os.cpu_count() or 1) < 2 else 2
 
 
+# -- the channel: JSON frames on a socket pair (nothing pickled) --------------------------------
+
+def _send(conn: Connection, obj) -> None:
+    conn.send_bytes(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def _recv(conn: Connection):
+    return orjson.loads(conn.recv_bytes())
+
+
+_ERRORS = {c.__name__: c for c in (KeyError, ValueError, TypeError, IndexError)}
+
+
+def _error(e: BaseException) -> list:
+    """An exception as it crosses the channel: the four kinds the service maps to 4xx by name,
+    with their message; anything else as a RuntimeError naming its type."""
+    for name, cls in _ERRORS.items():
+        if isinstance(e, cls):
+            return [name, e.args[0] if isinstance(e, KeyError) and e.args else str(e)]
+    return ["RuntimeError", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+
+
+def _raise(value: list) -> BaseException:
+    name, message = value
+    return _ERRORS.get(name, RuntimeError)(message)
+
+
 # -- the scoring process ------------------------------------------------------------------------
 
 class ScorerGone(RuntimeError):
@@ -81,7 +109,8 @@ class ScoringProcess:
     in the order they are sent: ("rows", kind, opts, queries, exclude, histories) -> score_rows,
     ("items", records) -> None. Thread-safe; calls from several threads queue in the child, which
     scores "rows" calls of one kind and options waiting together as one call of at most
-    `max_rows` queries."""
+    `max_rows` queries. Calls and answers cross as JSON (ids, options, rows: what the HTTP
+    request and answer hold anyway)."""
 
     def __init__(self, export_dir: str, device: str = "cpu", threads: int | None = 1, unknown: str = "error",
                  records: list[dict] | None = None, max_rows: int = 256, scorers: int = 0):
@@ -92,8 +121,8 @@ class ScoringProcess:
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()], close_fds=True)
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send((export_dir, device, threads, unknown, records or [], max(1, int(max_rows)),
-                         max(0, int(scorers))))
+        _send(self._conn, [export_dir, device, threads, unknown, records or [], max(1, int(max_rows)),
+                           max(0, int(scorers))])
         self._lock = threading.Lock()
         self._pending: dict[int, Future] = {}
         self._ids = itertools.count()
@@ -112,7 +141,7 @@ class ScoringProcess:
         try:
             if not self._conn.poll(timeout):
                 raise ScorerGone(f"scoring process not ready within {timeout:.0f} s")
-            status, message = self._conn.recv()
+            status, message = _recv(self._conn)
             if status != "ready":
                 raise ScorerGone(f"scoring process could not load the export: {message}")
         except (EOFError, OSError):
@@ -121,14 +150,16 @@ class ScoringProcess:
         except ScorerGone:
             self.close()
             raise
-        self.alive, self.info = True, message or {}
+        self.alive, self.info = True, message
         self._reader = threading.Thread(target=self._read, name="recsys-scorer-reader", daemon=True)
         self._reader.start()
 
     def call(self, op: str, *args):
         """The child's answer to (op, *args); its exception raised here (KeyError, ValueError,
         TypeError and IndexError as themselves, others as RuntimeError), ScorerGone when it
-        cannot answer."""
+        cannot answer. A "rows" call's histories ({position: items}) cross as [[position, items]]."""
+        if op == "rows" and args[4]:
+            args = (*args[:4], list(args[4].items()))
         fut: Future = Future()
         with self._lock:
             if not self.alive:
@@ -136,7 +167,7 @@ class ScoringProcess:
             n = next(self._ids)
             self._pending[n] = fut
             try:
-                self._conn.send((n, op, args))
+                _send(self._conn, [n, op, args])
             except (OSError, ValueError) as e:
                 self._pending.pop(n, None)
                 raise ScorerGone(f"scoring process: {e}") from None
@@ -145,12 +176,12 @@ class ScoringProcess:
     def _read(self) -> None:
         while True:
             try:
-                n, ok, value = self._conn.recv()
+                n, ok, value = _recv(self._conn)
             except (EOFError, OSError):
                 break
             fut = self._pending.pop(n, None)
             if fut is not None:
-                fut.set_result(value) if ok else fut.set_exception(value)
+                fut.set_result(value) if ok else fut.set_exception(_raise(value))
         with self._lock:
             was, self.alive = self.alive, False
             pending, self._pending = self._pending, {}
@@ -167,7 +198,7 @@ class ScoringProcess:
         with self._lock:
             self.alive = False
             try:
-                self._conn.send((None, "stop", ()))
+                _send(self._conn, [None, "stop", []])
             except (OSError, ValueError):
                 pass
         try:
@@ -181,14 +212,7 @@ class ScoringProcess:
         self._conn.close()
 
 
-def _portable(e: BaseException) -> BaseException:
-    """An exception that crosses the pipe: the four kinds the service maps to 4xx as themselves
-    (with their message), anything else as a RuntimeError naming its type."""
-    for cls in (KeyError, ValueError, TypeError, IndexError):
-        if isinstance(e, cls):
-            return cls(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
-    return RuntimeError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-
+# -- inside the child ---------------------------------------------------------------------------
 
 def _child(fd: int) -> None:
     """The scoring process: its settings come first on the connection, then the calls."""
@@ -197,7 +221,7 @@ def _child(fd: int) -> None:
     from recsys.serve.recommender import Recommender
     conn = Connection(fd)
     try:
-        export_dir, device, threads, unknown, records, max_rows, scorers = conn.recv()
+        export_dir, device, threads, unknown, records, max_rows, scorers = _recv(conn)
     except (EOFError, OSError):
         return
     if threads:
@@ -208,95 +232,106 @@ def _child(fd: int) -> None:
         warm(rec)
         cost = user_cost(rec)
     except Exception as e:
-        conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        _send(conn, ["error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"])
         return
-    if not scorers:                         # auto
-        scorers = auto_threads(cost)
+    scorers = scorers or auto_threads(cost)
     gc.collect()
     gc.freeze()                             # the model's objects out of the collector's passes
-    conn.send(("ready", {"threads": scorers, "us_per_user": round(cost * 1e6, 1)}))
-    queue: deque = deque()                  # calls received, not yet taken by a scoring thread
-    ready = threading.Condition()
-    sending, adding = threading.Lock(), threading.Lock()
-    closing = []
+    _send(conn, ["ready", {"threads": scorers, "us_per_user": round(cost * 1e6, 1)}])
+    _Child(conn, rec, unknown, max_rows).run(scorers)
 
-    def send(reply) -> None:
-        with sending:
-            try:
-                conn.send(reply)
-            except (pickle.PicklingError, TypeError, AttributeError) as e:   # an answer pickle refuses
-                conn.send((reply[0], False, RuntimeError(f"unsendable answer: {e}")))
 
-    def take() -> tuple | None:
-        """The oldest call, with the "rows" calls of its kind and options right behind it."""
-        with ready:
-            while not queue and not closing:
-                ready.wait()
-            if not queue:
+class _Child:
+    """The child's loop: one thread receives calls into a queue; `scorers` threads each take the
+    oldest call with the "rows" calls of its kind and options waiting right behind it, and score
+    them as one."""
+
+    def __init__(self, conn: Connection, rec, unknown: str, max_rows: int):
+        self.conn, self.rec, self.unknown, self.max_rows = conn, rec, unknown, max_rows
+        self.queue: deque = deque()         # calls received, not yet taken by a scoring thread
+        self.ready = threading.Condition()
+        self.sending, self.adding = threading.Lock(), threading.Lock()
+        self.closing = False
+
+    def run(self, scorers: int) -> None:
+        workers = [threading.Thread(target=self._work, name=f"recsys-scorer-{k}", daemon=True)
+                   for k in range(max(1, int(scorers)))]
+        for w in workers:
+            w.start()
+        try:
+            while True:
+                msg = _recv(self.conn)
+                if msg[1] == "stop":            # after the calls sent before it
+                    break
+                with self.ready:
+                    self.queue.append(msg)
+                    self.ready.notify()
+        except (EOFError, OSError):             # the server is gone
+            self._stop(drop=True)
+        self._stop(drop=False)
+        for w in workers:
+            w.join()
+
+    def _stop(self, drop: bool) -> None:
+        with self.ready:
+            self.closing = True
+            if drop:                            # nobody to answer
+                self.queue.clear()
+            self.ready.notify_all()
+
+    def _take(self) -> tuple | None:
+        with self.ready:
+            while not self.queue and not self.closing:
+                self.ready.wait()
+            if not self.queue:
                 return None
-            n, op, args = queue.popleft()
+            n, op, args = self.queue.popleft()
             group, rows = [(n, args)], len(args[2]) if op == "rows" else 0
-            while (op == "rows" and queue and queue[0][1] == "rows" and queue[0][2][:2] == args[:2]
-                   and rows + len(queue[0][2][2]) <= max_rows):
-                rows += len(queue[0][2][2])
-                group.append((queue[0][0], queue.popleft()[2]))
+            while (op == "rows" and self.queue and self.queue[0][1] == "rows" and self.queue[0][2][:2] == args[:2]
+                   and rows + len(self.queue[0][2][2]) <= self.max_rows):
+                rows += len(self.queue[0][2][2])
+                group.append((self.queue[0][0], self.queue.popleft()[2]))
             return op, group
 
-    def work() -> None:
-        while (job := take()) is not None:
+    def _work(self) -> None:
+        while (job := self._take()) is not None:
             op, group = job
             if op == "rows":
-                replies = _rows_replies(rec, unknown, group)
+                replies = _rows_replies(self.rec, self.unknown, group)
             else:
                 n, args = group[0]
                 try:
                     if op != "items":
                         raise ValueError(f"unknown scoring-process call {op!r}")
-                    with adding:
-                        replies = [(n, True, add_logged_items(rec, *args))]
+                    with self.adding:
+                        replies = [[n, True, add_logged_items(self.rec, *args)]]
                 except Exception as e:
-                    replies = [(n, False, _portable(e))]
+                    replies = [[n, False, _error(e)]]
             try:
                 for reply in replies:
-                    send(reply)
-            except (OSError, ValueError):       # the server is gone: nobody to answer
-                with ready:
-                    closing.append(True)
-                    queue.clear()
-                    ready.notify_all()
+                    self._answer(reply)
+            except (OSError, ValueError):       # the server is gone
+                self._stop(drop=True)
                 return
 
-    workers = [threading.Thread(target=work, name=f"recsys-scorer-{k}", daemon=True)
-               for k in range(max(1, int(scorers)))]
-    for w in workers:
-        w.start()
-    try:
-        while True:
-            msg = conn.recv()
-            if msg[1] == "stop":                # after the calls sent before it
-                break
-            with ready:
-                queue.append(msg)
-                ready.notify()
-    except (EOFError, OSError):                 # the server is gone
-        with ready:
-            queue.clear()
-    with ready:
-        closing.append(True)
-        ready.notify_all()
-    for w in workers:
-        w.join()
+    def _answer(self, reply: list) -> None:
+        with self.sending:
+            try:
+                _send(self.conn, reply)
+            except TypeError as e:              # a value JSON cannot hold
+                _send(self.conn, [reply[0], False, ["RuntimeError", f"unsendable answer: {e}"]])
 
 
-def _rows_replies(rec, unknown: str, group: list[tuple[int, tuple]]) -> list[tuple]:
+def _rows_replies(rec, unknown: str, group: list[tuple[int, list]]) -> list[list]:
     """Replies to "rows" calls of one kind and options, waiting together: scored as ONE call
     (rankings are batch-invariant, so each caller gets what its own call would give), or one by
     one when the merged call fails (a bad request fails alone)."""
-    if len(group) > 1:
-        kind, o = group[0][1][:2]
+    calls = [(n, kind, o, q, ex, {int(p): h for p, h in hist or ()}) for n, (kind, o, q, ex, hist) in group]
+    if len(calls) > 1:
+        kind, o = calls[0][1:3]
         queries, exclude, histories, sizes = [], [], {}, []
-        for _, (_, _, q, ex, h) in group:
-            histories.update({len(queries) + pos: hist for pos, hist in (h or {}).items()})
+        for _, _, _, q, ex, hist in calls:
+            histories.update({len(queries) + pos: h for pos, h in hist.items()})
             exclude += ex if ex is not None else [[] for _ in q]
             queries += q
             sizes.append(len(q))
@@ -306,14 +341,14 @@ def _rows_replies(rec, unknown: str, group: list[tuple[int, tuple]]) -> list[tup
             pass
         else:
             out, at = [], 0
-            for (n, _), size in zip(group, sizes):
-                out.append((n, True, rows[at:at + size]))
+            for (n, *_), size in zip(calls, sizes):
+                out.append([n, True, rows[at:at + size]])
                 at += size
             return out
     out = []
-    for n, args in group:
+    for n, kind, o, q, ex, hist in calls:
         try:
-            out.append((n, True, score_rows(rec, unknown, *args)))
+            out.append([n, True, score_rows(rec, unknown, kind, o, q, ex, hist)])
         except Exception as e:
-            out.append((n, False, _portable(e)))
+            out.append([n, False, _error(e)])
     return out
