@@ -7,16 +7,11 @@ functions (benchmarks/diversity.py). benchmarks/README.md, "Diversity re-ranking
 """
 import os
 import sys
-import warnings
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-sys.path.insert(0, ROOT)
-warnings.filterwarnings("ignore")
-import diversity as D  # noqa: E402
-from recsys.eval import rerank as R  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from genre_mmr import R, sweep  # noqa: E402  (sets the paths and warnings of the study)
 
 
 class MeanMMR(R.MMR):
@@ -40,14 +35,4 @@ class MeanMMR(R.MMR):
         return R._keep(idx, scores, picks)
 
 
-prep, blend, aux, _ = D.study([])
-gu = torch.nn.functional.normalize(aux["genres"], dim=1)
-m = blend.first
-for part in ("valid", "test"):
-    base = D.setting_metrics(m, part, None, 0, aux)
-    print(part, "base", {k: round(v, 4) for k, v in base.items()}, flush=True)
-    for lam in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
-        for pool in (30, 100):
-            r = D.setting_metrics(m, part, MeanMMR(gu, lam), pool, aux)
-            print(part, f"mean-MMR lam {lam} pool {pool}", f"ndcg {r['ndcg']:.4f} ({100*(r['ndcg']/base['ndcg']-1):+.1f}%)",
-                  f"gild {r['gild']:.4f} ({100*(r['gild']/base['gild']-1):+.1f}%)", f"ild {r['ild']:.4f}", flush=True)
+sweep(MeanMMR, "mean-MMR", lams=(0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3), pools=(30, 100))

@@ -297,12 +297,13 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
     @app.get("/ready")
     async def ready():
         s = svc.served
+        child = s.scorer.info if s.scorer is not None and s.scorer.alive else None   # the scoring process's
         return {"ready": True, "export": s.export, "users": len(s.rec.users), "items": len(s.rec.items),
                 "log_lines": s.lines, "events_through": s.events_through, "live_users": len(s.live.events),
                 "reloads": svc.reloads, "loaded_at": s.loaded_at, "scoring_respawns": svc.respawns,
-                "scoring": "process" if s.scorer is not None and s.scorer.alive else "server",
-                **({"scoring_threads": s.scorer.info.get("threads"), "us_per_user": s.scorer.info.get("us_per_user")}
-                   if s.scorer is not None and s.scorer.alive else {})}
+                "scoring": "server" if child is None else "process",
+                "scoring_threads": None if child is None else child["threads"],
+                "us_per_user": None if child is None else child["us_per_user"]}
 
     @app.get("/metrics")
     async def prometheus():

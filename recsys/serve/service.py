@@ -86,11 +86,7 @@ class Service:
 
     def _load(self, export_dir: str) -> Served:
         records = self.log.read() if self.log is not None else []
-        scorer = None
-        if self.scoring_process:        # the child loads while this process does
-            scorer = ScoringProcess(export_dir, self.device, self.threads, self.unknown,
-                                    [r for r in records if r.get("op") == "items"], self.max_batch_users,
-                                    self.scoring_threads)
+        scorer = self._start_scorer(export_dir, records) if self.scoring_process else None   # loads meanwhile
         try:
             rec = Recommender.from_pretrained(export_dir, device=self.device)
             s = Served(rec, Live(), export_dir, scorer=scorer)
@@ -216,7 +212,13 @@ class Service:
         if self.served.scorer is not None:
             self.served.scorer.close()
 
-    # -- a scoring process that died is started again (the server scores meanwhile) -------------
+    # -- the scoring process; one that died is started again (the server scores meanwhile) -----
+
+    def _start_scorer(self, export_dir: str, records: list[dict]) -> ScoringProcess:
+        """A scoring process loading `export_dir` plus the items records among `records`."""
+        return ScoringProcess(export_dir, self.device, self.threads, self.unknown,
+                              [r for r in records if r.get("op") == "items"], self.max_batch_users,
+                              self.scoring_threads)
 
     def _respawn_later(self, s: Served, delay: float) -> None:
         t = threading.Timer(delay, self._respawn, args=(s, delay))
@@ -231,9 +233,7 @@ class Service:
             return
         with self._write:
             records = self.log.read() if self.log is not None else []
-        p = ScoringProcess(s.export, self.device, self.threads, self.unknown,
-                           [r for r in records if r.get("op") == "items"], self.max_batch_users,
-                           self.scoring_threads)
+        p = self._start_scorer(s.export, records)
         try:
             p.wait_ready()
         except ScorerGone as e:
