@@ -292,3 +292,21 @@ def test_serve_refuses_a_bad_scoring_threads_setting():
     r = subprocess.run([sys.executable, "serve.py", "export=/nonexistent", "scoring_threads=-1"],
                        capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert r.returncode != 0 and "scoring_threads=-1 must be 'auto' or a positive integer" in r.stderr
+
+
+def test_create_app_defaults_are_the_served_config():
+    """A Python caller of create_app gets configs/serve.yaml's measured settings (the event log
+    aside: the library writes no file unless asked)."""
+    pytest.importorskip("fastapi")
+    import inspect
+    import pathlib
+
+    import yaml
+
+    from recsys.serve.http import create_app
+    cfg = yaml.safe_load((pathlib.Path(__file__).parents[1] / "configs" / "serve.yaml").read_text())
+    cfg["scoring_threads"] = 0 if cfg["scoring_threads"] == "auto" else cfg["scoring_threads"]
+    params = inspect.signature(create_app).parameters
+    shared = [k for k in params if k in cfg and k != "event_log"]
+    assert len(shared) >= 12
+    assert {k: params[k].default for k in shared} == {k: cfg[k] for k in shared}

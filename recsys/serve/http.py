@@ -114,11 +114,12 @@ class ReloadBody(_Body):
 
 
 def create_app(export_dir: str, event_log: str | None = None, token: str | None = None,
-               unknown: str = "error", max_batch_wait_ms: float = 2.0, max_batch_users: int = 256,
-               workers: int = 1, threads: int | None = 1, max_users: int = 1000, max_k: int = 1000,
+               unknown: str = "error", max_batch_wait_ms: float = 0.25, max_batch_users: int = 256,
+               workers: int = 4, threads: int | None = 1, max_users: int = 1000, max_k: int = 1000,
                max_body_bytes: int = 1 << 20, max_events: int = 10000, device: str = "cpu",
-               fast_reads: bool = True, scoring_process: bool = False, scoring_threads: int = 0) -> FastAPI:
-    """The app over one export. token: the bearer token of the write endpoints (default: the
+               fast_reads: bool = True, scoring_process: bool = True, scoring_threads: int = 0) -> FastAPI:
+    """The app over one export, with configs/serve.yaml's defaults (measured: benchmarks/README.md
+    "Serving"). token: the bearer token of the write endpoints (default: the
     RECSYS_SERVE_TOKEN environment variable; none: writes answer 403). max_batch_users=1 turns
     micro-batching off. fast_reads=False leaves the scoring reads to FastAPI's routing (the same
     handlers; tests compare the two). scoring_process=True scores in a child process with its own
