@@ -51,7 +51,7 @@ def _run(cfg: DictConfig, out: str) -> dict:
     data = {k: v for k, v in config["data"].items() if k != "refit"}     # refit: select_and_fit's
     prep = hydra.utils.instantiate(data)
     write_json_atomic(os.path.join(out, "run_info.json"), run_info(config, cfg.seed, data_files(config["data"])))
-    sets = eval_sets(prep)
+    sets = eval_sets(prep, cfg.get("val_users"), cfg.seed)
 
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     # a bar on a terminal, one line per epoch in a log file (recsys/train/progress.py)

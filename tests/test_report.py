@@ -64,6 +64,8 @@ def test_ild_matches_plain_python_on_random_lists():
         pairs = [(a, b) for a in L for b in L if a != b]
         cos = [0.0 if norms[a] == 0 or norms[b] == 0 else D[a] @ D[b] / (norms[a] * norms[b]) for a, b in pairs]
         assert got[u] == pytest.approx(1 - sum(cos) / len(pairs), abs=1e-6)
+    dense = intra_list_distance(lists, U.to_dense(), chunk=11).numpy()     # the dense-table path
+    np.testing.assert_allclose(dense, got, atol=1e-6)
 
 
 @dataclass

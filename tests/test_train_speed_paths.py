@@ -227,3 +227,37 @@ def test_sampled_history_profile():
     P, _, _ = s._batch_content(torch.tensor([u]), torch.tensor([0]), torch.tensor([1]), False, max_history=1)
     hist = s.hist_indices[s.hist_indptr[u]:s.hist_indptr[u + 1]]
     assert any(torch.allclose(P[0].detach(), C[i]) for i in hist.tolist())
+
+
+def test_eval_sets_samples_validation_users_only(tiny_files):
+    """val_users: validation ranks a seeded sample of that many users with targets (their rows
+    unchanged); the test target and the seen-item masks stay whole; 0 is refused."""
+    from recsys.data.prepare import prepare_files
+    from recsys.train.build import eval_sets
+    prep = prepare_files(**tiny_files, valid_ratio=0.3, seed=0)
+    full, part = eval_sets(prep), eval_sets(prep, val_users=5, seed=0)
+    n_with = lambda t: int((t[0][1:] > t[0][:-1]).sum())
+    assert n_with(full["val_target"]) > 5 and n_with(part["val_target"]) == 5
+    for name in ("val_seen", "test_target", "test_seen"):
+        assert all(torch.equal(a, b) for a, b in zip(full[name], part[name]))
+    fp, fi = full["val_target"]
+    pp, pi = part["val_target"]
+    for u in torch.nonzero(pp[1:] > pp[:-1]).flatten().tolist():
+        assert torch.equal(pi[pp[u]:pp[u + 1]], fi[fp[u]:fp[u + 1]])
+    assert torch.equal(eval_sets(prep, val_users=5, seed=0)["val_target"][1], pi)      # seeded
+    assert all(torch.equal(a, b) for a, b in zip(eval_sets(prep, val_users=10_000)["val_target"], (fp, fi)))
+    with pytest.raises(ValueError, match="val_users=0"):
+        eval_sets(prep, val_users=0)
+
+
+def test_train_run_validates_on_a_user_sample(tmp_path, tiny_files):
+    """train.py's val_users reaches validation: with 4 users the best validation value differs
+    from the whole validation's, and the test report still ranks every test user."""
+    from tests.conftest import compose_train
+    import train
+    data = [f"data.{k}={v}" for k, v in tiny_files.items()]
+    over = ["data=csv", *data, "data.valid_ratio=0.3", "data.refit=false", "model=itemknn", "logger=none"]
+    whole = train.run(compose_train([*over, "val_users=null"], str(tmp_path / "a")))
+    few = train.run(compose_train([*over, "val_users=4"], str(tmp_path / "b")))
+    assert few["test/users"] == whole["test/users"] and few["test/ndcg@10"] == whole["test/ndcg@10"]
+    assert few["best/val/ndcg@10"] != whole["best/val/ndcg@10"]

@@ -46,12 +46,19 @@ def build_scorer(prep: Prepared, **model) -> Scorer:
     return Scorer(cfg, buffers)
 
 
-def eval_sets(prep: Prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def eval_sets(prep: Prepared, val_users: int | None = None, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """CSR targets and seen-item masks: validation ranks with train masked; test ranks with
-    train + valid masked (both were available before the test period)."""
+    train + valid masked (both were available before the test period).
+    val_users: validation (each epoch's early-stopping value, model selection, the fold-in
+    choice) ranks a seeded uniform sample of at most this many of the users with validation
+    targets (tune.sample_users; None: all). The test report always ranks every test user."""
+    from recsys.train.tune import sample_users
+    if val_users is not None and int(val_users) < 1:
+        raise ValueError(f"val_users={val_users} must be >= 1 (or null: every validation user)")
     seen_test = np.concatenate([prep.train, prep.valid])
+    val = csr(prep.valid, prep.n_users)
     return {
-        "val_target": csr(prep.valid, prep.n_users),
+        "val_target": val if val_users is None else sample_users(val, int(val_users), seed),
         "val_seen": csr(prep.train, prep.n_users),
         "test_target": csr(prep.test, prep.n_users),
         "test_seen": csr(seen_test, prep.n_users),

@@ -51,12 +51,14 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
         rating_col: str | None = None, time_col: str | None = None, items_item_col: str | None = None,
         text_cols: list[str] | None = None, min_rating: float | None = None, tokens: dict | None = None,
         valid_ratio: float | None = None, seed: int = 2026, device: str = "cpu", max_epochs: int = 30,
-        search: dict | None = None, refit: bool = True, **params):
+        search: dict | None = None, refit: bool = True, val_users: int | None = 50_000, **params):
     """A fitted `Recommender` (serve/recommender.py). interactions: one row per (user, item)
     interaction (columns user_col, item_col, optional rating_col / time_col), or a sparse users x
     items matrix; items: an optional item table (items_item_col, default item_col, and text
     columns: all others unless text_cols), whose text feeds content models, cold items and
-    items added later. Ids follow the package's id rule (recsys/data/ids.py)."""
+    items added later. Ids follow the package's id rule (recsys/data/ids.py). val_users:
+    validation (early stopping, search) ranks a seeded sample of at most this many users
+    (None: all), as train.py's val_users."""
     import lightning as L
 
     from recsys.data.prepare import prepare_frames
@@ -81,7 +83,7 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
                           items_item_col=items_item_col, text_cols=text_cols, min_rating=min_rating,
                           valid_ratio=(0.1 if spec.trains or search else 0.0) if valid_ratio is None else valid_ratio,
                           seed=seed, tokens=tokens)
-    sets = eval_sets(prep)
+    sets = eval_sets(prep, val_users, seed)
     L.seed_everything(seed, workers=True, verbose=False)
     callbacks = []
     if spec.trains and len(prep.valid):

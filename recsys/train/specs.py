@@ -120,6 +120,10 @@ class Learned:
             module.load_state_dict(state, strict=True)
         if self.fold_in_lambda == "auto" and scorer.config.uses_cf:   # MF fold-in of users outside the model
             choose_fold_in_lambda(scorer, sets["val_seen"], sets["val_target"])
+        # Lightning's test loop only under DDP, where it is the sharded check of the final
+        # report's figures (loop/*); in one process the report's own pass is the only one (at
+        # 1M users each pass over the test users takes minutes)
+        test = test and trainer.world_size > 1
         if test:
             trainer.test(module, user_loader(sets["test_target"][0], ctx.eval_chunk), verbose=False)
         best = next((c.best_model_score for c in ctx.callbacks if getattr(c, "best_model_score", None) is not None), None)
@@ -127,8 +131,8 @@ class Learned:
                                                                                          float("nan")))
         metrics = dict(module.last_test_metrics) if test else {}
         metrics["trainer/world_size"] = trainer.world_size
-        # the test loop's own figures (sharded over processes under DDP, then summed): the final
-        # report recomputes test/* in one pass; the two must agree
+        # the test loop's own figures (sharded over processes, then summed): the final report
+        # recomputes test/* in one pass; the two must agree (tests/test_ddp.py)
         metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
         if scorer.config.uses_cf:
             metrics["fold_in/lambda"] = scorer.config.fold_in_lambda
