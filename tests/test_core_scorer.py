@@ -272,3 +272,37 @@ def test_in_place_scoring_is_bitwise_the_plain_expression(variant):
                 torch.testing.assert_close(got, plain, atol=2e-5, rtol=1e-5)
             else:
                 assert torch.equal(got, plain)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_hybrid_history_scores_in_one_matmul_equal_the_plain_expression(mode):
+    """score_histories of the hybrid under no_grad (new users at ranking time) goes through the
+    known users' one-matmul rows with the folded-in vectors; it equals the plain blend of
+    standardised fold-in and profile scores, cold items included, with and without `out`."""
+    from recsys.train.build import build_scorer
+    from recsys.data.prepare import prepare_files
+    import tempfile
+    from tests.conftest import write_tiny_dataset
+    with tempfile.TemporaryDirectory() as d:
+        f = write_tiny_dataset(d)
+        prep = prepare_files(train=f["train"], test=f["test"], items=f["items"])
+    assert not prep.item_warm().all()
+    torch.manual_seed(0)
+    s = build_scorer(prep, variant="hybrid", dim=8)
+    s.train(mode == "train")
+    g = torch.Generator().manual_seed(1)
+    H = (torch.rand(6, prep.n_items, generator=g) < 0.2).float()
+    H[2] = 0                                                    # an empty history
+    H = H.to_sparse_csr()
+    with torch.no_grad():
+        for p in s.parameters():
+            p.normal_()
+        side = s.item_side()
+        u = s.fold_in(H, side.V, s.config.fold_in_lambda)
+        P = s.profile_from_items(H.crow_indices(), H.col_indices(), torch.arange(6), side.C)
+        plain = s._combine({"cf": u @ side.V.T + side.b, "content": P @ side.C.T})
+        torch.testing.assert_close(s.score_histories(H, side), plain, atol=2e-5, rtol=1e-5)
+        out = torch.full((6, prep.n_items), 7.0)
+        got = s.score_histories(H, side, out=out)
+        assert got.data_ptr() == out.data_ptr()
+        torch.testing.assert_close(got, plain, atol=2e-5, rtol=1e-5)

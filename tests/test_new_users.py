@@ -87,6 +87,23 @@ def test_fold_in_known_answer(prep):
     torch.testing.assert_close(u, want)
 
 
+def test_fold_in_equals_one_solve_per_user(prep):
+    """Sub-batches taken in order of history length (long and short histories, empty rows,
+    sub 3) give each user the plain solve of their own normal equations."""
+    scorer = build_scorer(prep, variant="collaborative", dim=8)
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(30, 5, generator=g)
+    lens = [0, 12, 1, 7, 0, 30, 2, 2, 9, 1]
+    dense = torch.zeros(len(lens), 30)
+    for u, n in enumerate(lens):
+        dense[u, torch.randperm(30, generator=g)[:n]] = 1.0
+    u = scorer.fold_in(dense.to_sparse_csr(), V, lam=0.7, sub=3)
+    for r, n in enumerate(lens):
+        Vh = V[dense[r] > 0]
+        want = torch.linalg.solve(Vh.T @ Vh + 0.7 * torch.eye(5), Vh.sum(0)) if n else torch.zeros(5)
+        torch.testing.assert_close(u[r], want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["collaborative", "hybrid"])
 def test_new_user_evaluation_runs_for_learned_models(prep, variant):
     torch.manual_seed(0)

@@ -391,8 +391,11 @@ class Scorer(Model):
 
     def _hybrid_lhs(self, users: torch.Tensor, side: LearnedItems, h: HybridSide, dtype) -> torch.Tensor:
         """(b, 2D + 2): the users' row of the one-matmul hybrid, against h.R's rows."""
-        u = self.user_emb(users)                                                     # (b, D)
-        P = self.user_profile(users, side.C)                                         # (b, D)
+        return self._hybrid_rows(self.user_emb(users), self.user_profile(users, side.C), h, dtype)
+
+    def _hybrid_rows(self, u: torch.Tensor, P: torch.Tensor, h: HybridSide, dtype) -> torch.Tensor:
+        """(b, 2D + 2) rows of the one-matmul hybrid for collaborative vectors u (b, D) and
+        content profiles P (b, D): known users' (learned u) or folded-in histories'."""
         u1 = torch.cat([u, torch.ones(len(u), 1, dtype=u.dtype, device=u.device)], 1).double()   # [u, 1]
         mean_cf = u1 @ h.mu_cf
         std_cf = ((u1 @ h.S_cf) * u1).sum(1).clamp(min=0).sqrt()
@@ -454,24 +457,25 @@ class Scorer(Model):
         """User vectors for histories H ((b, I) sparse CSR) against fixed item vectors V (I, D):
         the ridge least-squares fit u = argmin sum_{j in H} (1 - u . v_j)^2 + lam |u|^2, i.e.
         u = (V_H^T V_H + lam I)^-1 V_H^T 1 (one D x D solve per user, no retraining; an empty
-        history gives u = 0). Padded per `sub` users: memory sub x max history x D floats."""
+        history gives u = 0). Padded per `sub` users taken in order of history length (so a
+        long history is padded against others of its length, not against 63 short ones):
+        memory sub x max history x D floats."""
         crow, col = H.crow_indices(), H.col_indices()
         b, D = H.shape[0], V.shape[1]
         out = torch.zeros(b, D, dtype=V.dtype, device=V.device)
         eye = lam * torch.eye(D, dtype=V.dtype, device=V.device)
-        for s0 in range(0, b, sub):
-            s1 = min(b, s0 + sub)
-            rows = torch.arange(s0, s1, device=crow.device)
-            lens = crow[rows + 1] - crow[rows]
-            L = int(lens.max()) if len(lens) else 0
-            if L == 0:
-                continue
+        lengths = crow[1:] - crow[:-1]                                                 # (b,)
+        order = torch.argsort(lengths, stable=True)
+        order = order[lengths[order] > 0]                                              # empty: u = 0
+        for s0 in range(0, len(order), sub):
+            rows = order[s0:s0 + sub]
+            L = int(lengths[rows[-1]])                                                 # the longest (sorted)
             pos, row_of = gather_rows(crow, rows)
             within = pos - crow[rows][row_of]
-            Vp = torch.zeros(s1 - s0, L, D, dtype=V.dtype, device=V.device)            # (b', L, D)
+            Vp = torch.zeros(len(rows), L, D, dtype=V.dtype, device=V.device)          # (b', L, D)
             Vp[row_of, within] = V[col[pos]]
             G = Vp.transpose(1, 2) @ Vp + eye                                           # (b', D, D)
-            out[s0:s1] = torch.linalg.solve(G, Vp.sum(1))
+            out[rows] = torch.linalg.solve(G, Vp.sum(1))
         return out
 
     def score_histories(self, H: torch.Tensor, side: LearnedItems, out=None, ws=None) -> torch.Tensor:
@@ -480,15 +484,21 @@ class Scorer(Model):
         history's items (exactly as for a known user); the collaborative vector is folded in
         (fold_in, ridge weight config.fold_in_lambda) against the trained item vectors."""
         rows = torch.arange(H.shape[0], device=H.crow_indices().device)
+        c = self.config
+        u = self.fold_in(H, side.V, c.fold_in_lambda) if c.uses_cf else None              # (b, D)
+        P = self.profile_from_items(H.crow_indices(), H.col_indices(), rows, side.C) if c.uses_content else None
+        if c.variant == "hybrid" and not torch.is_grad_enabled():
+            # ranking: the known users' one matmul (_hybrid_into), with the folded-in vectors
+            h = side.hybrid if side.hybrid is not None else self._hybrid_side(side)
+            lhs = self._hybrid_rows(u, P, h, h.R.dtype)                                    # (b, 2D + 2)
+            return torch.mm(lhs, h.R.T, out=out) if out is not None else lhs @ h.R.T
         parts = {}
-        if self.config.uses_cf:
-            V = side.V
-            parts["cf"] = self.fold_in(H, V, self.config.fold_in_lambda) @ V.T
+        if c.uses_cf:
+            parts["cf"] = u @ side.V.T
             if side.b is not None:
                 parts["cf"] = parts["cf"] + side.b
-        if self.config.uses_content:
-            C = side.C
-            parts["content"] = self.profile_from_items(H.crow_indices(), H.col_indices(), rows, C) @ C.T
+        if c.uses_content:
+            parts["content"] = P @ side.C.T
         return self._combine(parts)
 
     # --- training: one batch's losses, reading only the rows the batch needs ---------------
