@@ -261,3 +261,28 @@ def test_train_run_validates_on_a_user_sample(tmp_path, tiny_files):
     few = train.run(compose_train([*over, "val_users=4"], str(tmp_path / "b")))
     assert few["test/users"] == whole["test/users"] and few["test/ndcg@10"] == whole["test/ndcg@10"]
     assert few["best/val/ndcg@10"] != whole["best/val/ndcg@10"]
+
+
+def test_a_finished_fit_keeps_no_optimizer_state(tmp_path, tiny_files, monkeypatch):
+    """When the report starts (after a fit and a refit) no optimizer with state is alive:
+    Lightning keeps each finished trainer reachable during the run, and with it two moments per
+    parameter (at 1M users about 1.1 GB through the report)."""
+    import gc
+    from tests.conftest import compose_train
+    import train
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer)}
+    seen = []
+
+    def report(*a, **k):
+        gc.collect()
+        seen.append([o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer) and id(o) not in before
+                     and any(len(st) for st in o.state.values())])
+        return real(*a, **k)
+    real = train.final_report
+    monkeypatch.setattr(train, "final_report", report)
+    data = [f"data.{k}={v}" for k, v in tiny_files.items()]
+    m = train.run(compose_train(["data=csv", *data, "data.valid_ratio=0.3", "logger=none", "trainer.max_epochs=2",
+                                 "model.optim.sparse=true"], str(tmp_path)))
+    assert "refit/n_train" in m and len(seen) == 1
+    assert seen[0] == []

@@ -131,6 +131,9 @@ class Learned:
                                                                                          float("nan")))
         metrics = dict(module.last_test_metrics) if test else {}
         metrics["trainer/world_size"] = trainer.world_size
+        # the optimizer state (two moments per parameter) is of no use after the fit, and
+        # Lightning's objects keep the trainer reachable after this returns: drop it here
+        trainer.strategy.optimizers = []
         # the test loop's own figures (sharded over processes, then summed): the final report
         # recomputes test/* in one pass; the two must agree (tests/test_ddp.py)
         metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
