@@ -14,7 +14,7 @@ def main(cfg: DictConfig) -> None:
     from recsys.serve.events import LogError
     from recsys.serve.export import ExportError
     from recsys.serve.http import create_app
-    from recsys.serve.scorer import ScorerGone
+    from recsys.serve.scorer import ScorerGone, error_line
     try:
         app = create_app(cfg.export, event_log=cfg.event_log, unknown=cfg.unknown, device=cfg.device,
                          threads=cfg.threads, workers=cfg.workers, max_batch_wait_ms=cfg.max_batch_wait_ms,
@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
                          fast_reads=cfg.fast_reads, scoring_process=cfg.scoring_process,
                          scoring_threads=_threads(cfg.scoring_threads))
     except (ExportError, LogError, ScorerGone, ValueError, OSError) as e:
-        raise SystemExit(f"serve: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise SystemExit(f"serve: {error_line(e)}") from None
     uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=False)
 
 

@@ -75,10 +75,11 @@ def intra_list_distance(lists: torch.Tensor, unit_vectors: torch.Tensor, chunk: 
             crow = rows.crow_indices()
             v = rows.values().double()                                           # (nnz,)
             lst = row_ids(crow) // K                                             # (nnz,) list of each entry
-            key = lst * unit_vectors.shape[1] + rows.col_indices()               # (list, token)
+            T = unit_vectors.shape[1]
+            key = lst * T + rows.col_indices()                                   # (list, token)
             uniq, inv = torch.unique(key, return_inverse=True)
             summed = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, v)   # (list, token) sums
-            sq_sum = torch.zeros(len(L), dtype=torch.float64).index_add_(0, uniq // unit_vectors.shape[1], summed * summed)
+            sq_sum = torch.zeros(len(L), dtype=torch.float64).index_add_(0, uniq // T, summed * summed)
             diag = torch.zeros(len(L), dtype=torch.float64).index_add_(0, lst, v * v)
             off = sq_sum - diag
         else:

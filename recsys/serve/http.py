@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.serve.batcher import Batcher
 from recsys.serve.metrics import Metrics
+from recsys.serve.scorer import error_line
 from recsys.serve.service import ApiError, Service, conform
 
 log = logging.getLogger(__name__)
@@ -353,9 +354,8 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
             raise
         except Exception as e:
             log.exception("reload failed")
-            raise ApiError(400 if export else 500, f"reload failed, still serving the previous export: "
-                                                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                           "export") from None
+            raise ApiError(400 if export else 500,
+                           f"reload failed, still serving the previous export: {error_line(e)}", "export") from None
 
     return _Front(app, metrics, max_body_bytes, reads if fast_reads else {})
 

@@ -84,13 +84,18 @@ def _recv(conn: Connection):
 _ERRORS = {c.__name__: c for c in (KeyError, ValueError, TypeError, IndexError)}
 
 
+def error_line(e: BaseException) -> str:
+    """"TypeName: first line of the message": an error in one line (logs, exits, 5xx answers)."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def _error(e: BaseException) -> list:
     """An exception as it crosses the channel: the four kinds the service maps to 4xx by name,
     with their message; anything else as a RuntimeError naming its type."""
     for name, cls in _ERRORS.items():
         if isinstance(e, cls):
             return [name, e.args[0] if isinstance(e, KeyError) and e.args else str(e)]
-    return ["RuntimeError", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+    return ["RuntimeError", error_line(e)]
 
 
 def _raise(value: list) -> BaseException:
@@ -129,6 +134,7 @@ class ScoringProcess:
         self.alive = False
         self.info: dict = {}          # from the child once ready: threads, us_per_user
         self.on_exit = None           # called (with this object) when the child exits on its own
+        self.respawn_delay = 0.5      # the delay this process was started again after (Service)
         self._reader: threading.Thread | None = None
         self.started = time.time()
 
@@ -232,7 +238,7 @@ def _child(fd: int) -> None:
         warm(rec)
         cost = user_cost(rec)
     except Exception as e:
-        _send(conn, ["error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"])
+        _send(conn, ["error", error_line(e)])
         return
     scorers = scorers or auto_threads(cost)
     gc.collect()

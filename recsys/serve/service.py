@@ -95,7 +95,7 @@ class Service:
             warm(rec)
             if scorer is not None:
                 scorer.wait_ready()
-                scorer.on_exit = lambda p, s=s: self._respawn_later(s, _next_delay(p))
+                self._watch(s, scorer)
         except BaseException:
             if scorer is not None:
                 scorer.close()
@@ -220,6 +220,10 @@ class Service:
                               [r for r in records if r.get("op") == "items"], self.max_batch_users,
                               self.scoring_threads)
 
+    def _watch(self, s: Served, p: ScoringProcess) -> None:
+        """When `p`, the scoring process of `s`, exits on its own, start another after a delay."""
+        p.on_exit = lambda p_: self._respawn_later(s, _next_delay(p_))
+
     def _respawn_later(self, s: Served, delay: float) -> None:
         t = threading.Timer(delay, self._respawn, args=(s, delay))
         t.daemon = True
@@ -247,7 +251,7 @@ class Service:
             if self.log is not None:
                 _send_items(p, self.log.read(len(records)))
             p.respawn_delay = delay
-            p.on_exit = lambda p_, s=s: self._respawn_later(s, _next_delay(p_))
+            self._watch(s, p)
             s.scorer = p
             self.respawns += 1
         log.warning("scoring process started again (pid %d)", p.pid)
@@ -303,7 +307,7 @@ def _next_delay(p: ScoringProcess) -> float:
     while each new one dies within a minute of starting."""
     if time.time() - p.started >= 60:
         return 1.0
-    return min(2 * getattr(p, "respawn_delay", 0.5), 60.0)
+    return min(2 * p.respawn_delay, 60.0)
 
 
 def _one_line(e: BaseException) -> str:

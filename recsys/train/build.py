@@ -7,6 +7,7 @@ import torch
 from recsys.data.prepare import Prepared
 from recsys.models.learned import Scorer, ScorerConfig
 from recsys.sparse.csr import csr, csr_from_pairs
+from recsys.train.tune import sample_users
 
 
 def scorer_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -52,7 +53,6 @@ def eval_sets(prep: Prepared, val_users: int | None = None, seed: int = 0) -> di
     val_users: validation (each epoch's early-stopping value, model selection, the fold-in
     choice) ranks a seeded uniform sample of at most this many of the users with validation
     targets (tune.sample_users; None: all). The test report always ranks every test user."""
-    from recsys.train.tune import sample_users
     if val_users is not None and int(val_users) < 1:
         raise ValueError(f"val_users={val_users} must be >= 1 (or null: every validation user)")
     seen_test = np.concatenate([prep.train, prep.valid])
