@@ -74,3 +74,31 @@ def serve_frame(seed=0, U=15, I=12):
     items = pd.DataFrame({"item": [f"m{b}" for b in range(I)],
                           "title": [f"film {b} {'red' if b % 2 else 'blue'}" for b in range(I)]})
     return df, items
+
+
+RANK_RTOL = 1e-5     # the batch-and-single promise of recsys/eval/ranking.py rank()
+
+
+def same_ranking(ids_a, sc_a, ids_b, sc_b, rtol: float = RANK_RTOL) -> None:
+    """Assert that two top-k lists of one row are the same ranking up to float32 rounding (the
+    promise of recsys/eval/ranking.py rank()): equal length, position-wise scores within rtol
+    of the row's largest magnitude, and the same ids except that items whose scores are within
+    that tolerance of each other may swap places (and the last places may hold other items
+    tied with the k-th within it)."""
+    ids_a, ids_b = np.asarray(ids_a).ravel(), np.asarray(ids_b).ravel()
+    sc_a, sc_b = np.asarray(sc_a, dtype=np.float64).ravel(), np.asarray(sc_b, dtype=np.float64).ravel()
+    assert len(ids_a) == len(ids_b) == len(sc_a) == len(sc_b), (len(ids_a), len(ids_b))
+    if not len(ids_a):
+        return
+    fin = np.isfinite(sc_a) & np.isfinite(sc_b)
+    assert np.array_equal(np.isfinite(sc_a), np.isfinite(sc_b)), (sc_a, sc_b)
+    tol = rtol * max(1.0, float(np.abs(sc_a[fin]).max(initial=0.0)))
+    assert np.all(np.abs(sc_a[fin] - sc_b[fin]) <= tol), (sc_a, sc_b)
+    for i, (x, y) in enumerate(zip(ids_a.tolist(), ids_b.tolist())):
+        if x == y:
+            continue
+        # another id at place i: both must score within tol of place i's score in both lists
+        ja, jb = np.flatnonzero(ids_a == y), np.flatnonzero(ids_b == x)
+        s_y = sc_a[ja[0]] if len(ja) else sc_a[-1]          # y outside list a: at most its last
+        s_x = sc_b[jb[0]] if len(jb) else sc_b[-1]
+        assert abs(s_y - sc_a[i]) <= 2 * tol and abs(s_x - sc_b[i]) <= 2 * tol, (i, ids_a, sc_a, ids_b, sc_b)

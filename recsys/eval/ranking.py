@@ -116,8 +116,6 @@ class Request:
     pool: int = 0
 
 
-ROW_ALIGN = 4     # rows scored at once are padded to a multiple of this (see rank())
-
 
 @torch.no_grad()
 def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -141,12 +139,13 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
     Equal scores rank by column, lower first (topk_rows), on any device. A masked column can
     only appear when a row has fewer than k unmasked ones; its score is then -inf.
 
-    Batch invariance: a row's scores do not depend on which other rows are scored with it. The
-    rows of a chunk are padded to a multiple of ROW_ALIGN before scoring: BLAS picks its kernel by the row count, and products of 1, 2 or 3 rows (GEMV and
-    narrow kernels) round differently from the same rows inside a larger block, while every
-    multiple of 4 gives the same bits for each row (checked in tests/test_ranking_api.py).
-    Padding rows cost as little as they can: empty histories, or the known user the model names
-    with pad_row() (memory models: the shortest history), else the chunk's last row.
+    Batch and single (the promise, on any CPU and on CUDA): a row ranked alone or among others
+    gets the same scores up to float32 rounding (BLAS picks its kernel, and with it the order of
+    each sum, by the number of rows: AVX2 and AVX-512 hosts, GEMV and GEMM differ in the last
+    bits), so scores agree within a relative 1e-5 of the row's largest magnitude, and the ids
+    are the same except that items whose scores lie within that tolerance of each other may
+    swap places (exact ties within one call always rank by item index). tests/helpers.py
+    same_ranking() checks exactly this.
     """
     req = request or Request()
     n_all = int(n_cols if n_cols is not None else model.config.n_items)
@@ -165,14 +164,12 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
     k = min(k, n)
     pool = min(max(req.pool, k), n)
-    width = -(-min(chunk_size, len(rows)) // ROW_ALIGN) * ROW_ALIGN
+    width = min(chunk_size, len(rows))
     if side is None and score is None:
         side = model.item_side()
-    pad_row = None                      # the cheapest known user to pad a chunk with (below)
     own = score is None                 # the model's own scores (not a given score function)
     if own:
         score = model.score_columns
-        pad_row = getattr(model, "pad_row", lambda: None)()
     H = None
     if histories is not None:
         indptr, indices = histories
@@ -191,19 +188,14 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
         b = len(r)
         if n == 0:                                                 # nothing may be returned
             return r, torch.zeros(b, 0, dtype=torch.long, device=device), torch.zeros(b, 0, device=device)
-        extra = (-b) % ROW_ALIGN
-        if H is not None:                                          # given histories: pad with empty rows
-            who = _with_empty_rows(select_rows(H, r), extra)
-        else:
-            fill = r[-1:] if pad_row is None else torch.full((1,), pad_row, dtype=r.dtype, device=r.device)
-            who = torch.cat([r, fill.expand(extra)]) if extra else r
+        who = r if H is None else select_rows(H, r)
         if getattr(local, "ws", None) is None:
             local.ws = Workspace()                                 # scratch per worker
             # models that can write into a given block get one, reused from chunk to chunk: on
             # a CPU a fresh (chunk, I) allocation costs page faults worth more than the scoring
             local.buf = torch.empty(width * n, device=device) if own and model.writes_out else None
-        out = None if local.buf is None else local.buf[:(b + extra) * n].view(b + extra, n)
-        s = score(who, side, cols, out, local.ws)[:b]              # (b, n)
+        out = None if local.buf is None else local.buf[:b * n].view(b, n)
+        s = score(who, side, cols, out, local.ws)                  # (b, n)
         if drop is not None:
             s[:, drop] = float("-inf")
         if exclude is not None:
@@ -234,15 +226,6 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
             nxt = next(todo, None)
             if nxt is not None:
                 pending.append(ex.submit(chunk, nxt))
-
-
-def _with_empty_rows(X: torch.Tensor, extra: int) -> torch.Tensor:
-    """The sparse CSR block X (b, n) with `extra` empty rows appended."""
-    if not extra:
-        return X
-    crow = X.crow_indices()
-    return torch.sparse_csr_tensor(torch.cat([crow, crow[-1:].expand(extra)]), X.col_indices(), X.values(),
-                                   (X.shape[0] + extra, X.shape[1]))
 
 
 def topk(model, rows: torch.Tensor, k: int, exclude=None, chunk_size: int = 1024, histories=None,

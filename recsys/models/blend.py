@@ -96,11 +96,6 @@ class Blend(Model):
         part = self.first if hasattr(self.first, need) else self.second
         return part.similarity_side(of, space)
 
-    def pad_row(self):
-        """The first part's cheapest padding user (both parts hold the same histories)."""
-        f = getattr(self.first, "pad_row", None)
-        return f() if f is not None else None
-
     def _norm(self, s: torch.Tensor) -> torch.Tensor:
         return max_abs(s) if self.config.norm == "max" else standardise(s)
 

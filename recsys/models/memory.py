@@ -151,12 +151,6 @@ class MemoryModel(Model):
     def item_side(self):
         return None
 
-    def pad_row(self) -> int:
-        """The user with the shortest history: the cheapest row to pad a ranked chunk with."""
-        if getattr(self, "_pad_row", None) is None:
-            self._pad_row = int(torch.argmin(torch.diff(self.hist_indptr)))
-        return self._pad_row
-
     def score_users(self, users: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
         """(b,) users -> (b, I): their training histories, scored as given histories."""
         return self.score_histories(select_rows(self._hist(), users), side, out, ws)

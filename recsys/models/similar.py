@@ -22,8 +22,8 @@ neighbour list), which the ranking leaves out. The spaces:
 
 Worked example (shapes): side = model.similarity_side("items", "tokens");
 side.score(torch.tensor([3, 7]), None) -> (2, I); side.score(q, cols) with cols (C,) -> (2, C).
-The query rows are padded by the ranking (eval/ranking.py ROW_ALIGN), so a row's values do not
-depend on the other rows asked with it.
+A row's values agree with the same row asked among others up to float32 rounding (see
+eval/ranking.py rank(): the batch-and-single promise).
 """
 from __future__ import annotations
 
