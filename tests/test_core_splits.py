@@ -108,13 +108,13 @@ def test_leave_last_split_by_time(ties):
         assert ts[lab == TRAIN].max() <= ts[lab == VALID][0]
 
 
-def test_leave_last_split_is_seeded_on_ties():
-    """With all timestamps equal, the tie-break is seeded: same seed same labels, another seed
-    other labels."""
-    df = interactions(seed=4)
-    df["timestamp"] = 0
-    a, b, c = (leave_last_split(df, seed=s) for s in (1, 1, 2))
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+def test_leave_last_split_breaks_ties_by_row_order():
+    """Equal timestamps: the row read later counts as later (deterministic, whatever the seed),
+    the order Prepared.sequences gives a user's events."""
+    df = pd.DataFrame({"user": [1, 1, 1, 2, 2, 2], "item": [5, 3, 9, 1, 2, 3], "timestamp": [7, 7, 7, 1, 2, 2]})
+    want = [TRAIN, VALID, TEST, TRAIN, VALID, TEST]
+    for seed in (0, 1, 2):
+        assert leave_last_split(df, seed=seed).tolist() == want
 
 
 def test_leave_last_split_needs_timestamps():

@@ -67,6 +67,10 @@ class Prepared:
     # in train: the export records it (meta["events_through"]) and the service, on reload,
     # re-applies only the lines after it
     events_through: int = 0
+    # (N_part,) float64 time of each train / valid pair: the timestamp column when the data has
+    # one, else the row's position in its file (order of the events as read)
+    train_times: np.ndarray | None = None
+    valid_times: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -82,11 +86,33 @@ class Prepared:
         warm[self.train[:, 1]] = True
         return warm
 
+    def sequences(self, parts: tuple[str, ...] = ("train",)):
+        """Each user's items of the given parts in time order, as CSR (indptr (U+1,), indices
+        (N,)) int64 tensors: ordered by time, equal times in the order the rows were read
+        (for MovieLens's ratings.csv: by item id), train before valid at equal times."""
+        from recsys.sparse.csr import sequence_csr
+        pairs = np.concatenate([getattr(self, p) for p in parts])
+        times = np.concatenate([_times_of(self, p) for p in parts])
+        return sequence_csr(pairs, times, self.n_users)
+
     def split_frame(self, part: str) -> pd.DataFrame:
         """A split part with external ids (columns user, item), for storing and re-evaluating."""
         pairs = getattr(self, part)
         return pd.DataFrame({"user": [self.users.ids[u] for u in pairs[:, 0]],
                              "item": [self.items.ids[i] for i in pairs[:, 1]]})
+
+
+def _times_of(prep: Prepared, part: str) -> np.ndarray:
+    t = getattr(prep, f"{part}_times", None)
+    n = len(getattr(prep, part))
+    return np.arange(n, dtype=np.float64) if t is None or len(t) != n else t
+
+
+def _row_times(df: pd.DataFrame) -> np.ndarray:
+    """(N,) float64: the timestamp of each row, else its position (file order)."""
+    if "timestamp" in df:
+        return df["timestamp"].to_numpy(dtype=np.float64)
+    return np.arange(len(df), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +335,8 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
             log.warning("%s: dropped %d (user, item) pairs already in train%s", what, int(inter.sum()),
                         "" if what == "valid" else " or valid")
         parts[what] = p[~inter]
+        if what == "valid":
+            valid_times = _row_times(df)[kept[what]][~inter]
         if what == "valid" and ratings is not None and "rating" in df:
             valid_ratings = df["rating"].to_numpy(dtype=np.float32)[kept[what]][~inter]
         # test ranks with train + valid masked, so a test pair that is also in valid is dropped too
@@ -360,7 +388,8 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
                     bags, titles, report, ratings,
                     text_fields=list(text_cols) + (["tags"] if tags is not None and len(tags) else []),
-                    valid_ratings=valid_ratings, item_attributes=attributes)
+                    valid_ratings=valid_ratings, item_attributes=attributes,
+                    train_times=_row_times(train)[kept["train"]], valid_times=valid_times)
     if new_parts:
         _add_new_users(prep, new_parts, report)
     report.update(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(tokens),
@@ -429,10 +458,21 @@ def _split(df: pd.DataFrame, split: dict, new_parts: dict | None = None
     return df[label == TRAIN], df[label == VALID], df[label == TEST]
 
 
-def _carve_valid(train: pd.DataFrame, valid_ratio: float, seed: int):
-    """Validation carved from a given train file: per user, a random `valid_ratio`."""
+VALID_SPLITS = ("random", "last")
+
+
+def _carve_valid(train: pd.DataFrame, valid_ratio: float, seed: int, valid_split: str = "random"):
+    """Validation carved from a given train file: per user, a random `valid_ratio`, or with
+    valid_split="last" each user's last train event by time (users with one event keep it)."""
+    if valid_split not in VALID_SPLITS:
+        raise DataError(f"data.valid_split={valid_split!r} is not one of {VALID_SPLITS}")
     if valid_ratio <= 0:
         return train, train.iloc[:0]
+    if valid_split == "last":
+        if "timestamp" not in train:
+            raise DataError("data.valid_split=last needs a timestamp column in data.train (set data.time_col)")
+        tr, va, _ = _split(train, {"kind": "leave_last", "valid": 1, "test": 0})
+        return tr, va
     tr, va, _ = _split(train, {"kind": "random", "valid": valid_ratio, "test": 0.0, "seed": seed})
     return tr, va
 
@@ -514,9 +554,10 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
                   min_rating: float | None = None, encoding: str = "utf-8",
                   split: dict | None = None, valid_ratio: float = 0.1, seed: int = 2026,
                   tokens: dict | None = None, require_held_out: bool = True,
-                  events: str | None = None) -> Prepared:
+                  events: str | None = None, valid_split: str = "random") -> Prepared:
     """A user's own files. Either `interactions` (split by `split`) or `train` + `test`
-    (+ optional `valid`; otherwise a per-user `valid_ratio` of train is carved out).
+    (+ optional `valid`; otherwise a per-user `valid_ratio` of train is carved out, or with
+    valid_split="last" each user's last train event: the next-item protocol).
     Ids follow one id rule over all the files (recsys/data/ids.py). A test part, or a valid
     part asked for (a valid file, valid_ratio > 0, data.split.valid > 0), left with no pairs is
     a DataError; require_held_out=False allows it (a model or export built for use, not
@@ -554,9 +595,10 @@ def prepare_files(interactions: str | None = None, train: str | None = None,
             va = load["valid"]
             expect["valid"] = valid
         else:
-            tr, va = _carve_valid(tr, valid_ratio, seed)
+            tr, va = _carve_valid(tr, valid_ratio, seed, valid_split)
             if valid_ratio > 0:
-                expect["valid"] = f"data.valid_ratio={valid_ratio} of {train}"
+                expect["valid"] = (f"data.valid_split=last of {train}" if valid_split == "last" else
+                                   f"data.valid_ratio={valid_ratio} of {train}")
     tr = _with_events(tr, load.get("events"), report)
     tok, mc, ms = _tokenizer(tokens)
     prep = _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report,
@@ -571,7 +613,8 @@ def prepare_frames(interactions: pd.DataFrame, items: pd.DataFrame | None = None
                    user_col: str = "user", item_col: str = "item", rating_col: str | None = "rating",
                    time_col: str | None = "timestamp", items_item_col: str | None = None,
                    text_cols: list[str] | None = None, min_rating: float | None = None,
-                   valid_ratio: float = 0.0, seed: int = 2026, tokens: dict | None = None) -> Prepared:
+                   valid_ratio: float = 0.0, seed: int = 2026, tokens: dict | None = None,
+                   valid_split: str = "random") -> Prepared:
     """Frames in memory, for a model fitted for use (recsys.fit): every interaction is training
     data except a per-user `valid_ratio` carved out for validation; there is no test part. The
     same id rule, cleaning and token bags as prepare_files (the frames are read as files are:
@@ -584,7 +627,7 @@ def prepare_frames(interactions: pd.DataFrame, items: pd.DataFrame | None = None
                                                           text_cols, raw_ids=True)
     load, item_df, text_cols = _clean(raw, {"train": where}, item_df, "items frame", user_col, item_col,
                                       items_item_col, text_cols, min_rating, report)
-    tr, va = _carve_valid(load["train"], valid_ratio, seed)
+    tr, va = _carve_valid(load["train"], valid_ratio, seed, valid_split)
     te = tr.iloc[:0]
     tok, mc, ms = _tokenizer(tokens)
     prep = _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report, new_parts=None, expect=None)

@@ -48,17 +48,19 @@ def random_split(df: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: 
     return _cut(codes, pos, n_test - (over - cut), n_valid - cut)
 
 
-def _time_order(df: pd.DataFrame, seed: int) -> np.ndarray:
-    """Rank of each row by timestamp, ties broken by a seeded random key. (N,) float64."""
+def _time_order(df: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """Rank of each row by timestamp, equal timestamps in row (file) order: deterministic, and
+    the order recsys.data.prepare.Prepared.sequences gives a user's events. (N,) float64.
+    (seed: unused, kept for the split functions' common signature.)"""
     if "timestamp" not in df:
         raise DataError("this split needs a timestamp column (set data.time_col)")
-    rng = np.random.default_rng(seed)
     ts = df["timestamp"].to_numpy(dtype=np.float64)
-    return np.lexsort((rng.random(len(df)), ts)).argsort().astype(np.float64)
+    return np.lexsort((np.arange(len(df)), ts)).argsort().astype(np.float64)
 
 
 def leave_last_split(df: pd.DataFrame, valid: int = 1, test: int = 1, seed: int = 0) -> np.ndarray:
-    """Per user, the last `test` interactions by time to test, the `valid` before them to valid."""
+    """Per user, the last `test` interactions by time to test, the `valid` before them to valid
+    (equal timestamps: the row read later counts as later)."""
     codes, n, pos = _rank_within_user(df, _time_order(df, seed))
     n_test = np.minimum(int(test), n - 1)
     return _cut(codes, pos, n_test, np.minimum(int(valid), n - 1 - n_test))

@@ -44,6 +44,8 @@ class Model(nn.Module):
     kind: ClassVar[str]                     # what an export's config.json names (registry.py)
     parallel_chunks: ClassVar[bool] = False
     writes_out: ClassVar[bool] = False      # score() can write into a given `out` block
+    reads_order: ClassVar[bool] = False     # a given history's CSR row lists its items oldest
+                                            # first, and the model reads that order (sequence)
     config: Any
 
     @property

@@ -14,9 +14,10 @@ from recsys.models.ease import EASE
 from recsys.models.knn import ContentKNN, ItemKNN, UserKNN
 from recsys.models.learned import Scorer
 from recsys.models.popularity import Popularity
+from recsys.models.sequence import Sequence
 
 KINDS: dict[str, type[Model]] = {cls.kind: cls for cls in (Scorer, ItemKNN, ContentKNN, UserKNN, EASE,
-                                                          Popularity, Blend)}
+                                                          Popularity, Blend, Sequence)}
 
 
 def model_class(kind: str) -> type[Model]:

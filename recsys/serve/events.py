@@ -73,7 +73,8 @@ def _repair(path: str) -> int:
 
 
 class Live:
-    """user id -> the item ids of that user's events since the export, in order, without repeats."""
+    """user id -> the item ids of that user's events since the export, in the order of their
+    newest event, without repeats."""
 
     def __init__(self):
         self.events: dict = {}
@@ -81,22 +82,25 @@ class Live:
 
     def add(self, user, item) -> None:
         items = self.events.setdefault(user, [])
-        if item not in items:
-            items.append(item)
+        if item in items:            # again: it moves to the newest place (order models read it)
+            items.remove(item)
+        items.append(item)
 
     def __contains__(self, user) -> bool:
         return user in self.events
 
     def history(self, rec, user) -> list:
-        """Training items of `user` (none for a new user) followed by the event items."""
+        """Training items of `user` (none for a new user; in time order) followed by the event
+        items in the order they came (an item of both: at its event's place)."""
         idx = rec.users.get(user)
         train = []
         if idx >= 0:
             indptr, indices = rec.seen
             ids = rec.items.ids
             train = [ids[j] for j in indices[int(indptr[idx]):int(indptr[idx + 1])].tolist()]
-        have = set(train)
-        return train + [i for i in self.events.get(user, ()) if i not in have]
+        events = self.events.get(user, ())
+        again = set(events)          # an item interacted with again moves to its newest place
+        return [i for i in train if i not in again] + list(events)
 
 
 def replay(rec, live: Live, records: list[dict], events_from: int = 0, first_line: int = 0) -> None:

@@ -191,6 +191,8 @@ _MEMORY = dict(kind="text", n_users="size", n_items="size", similarity="text", k
                values="text", normalize="flag", block_size="size", max_products="number", dense_ratio="number",
                direction="text", lam="number", max_items="number", n_tokens="size", cold_k="size",
                cold_scale="number", side="number")
+_SEQUENCE = dict(kind="text", n_users="size", n_items="size", n_tokens="size", dim="size", blocks="size",
+                 heads="size", max_len="size", dropout="number", content="flag", init_std="number")
 _BLEND = dict(kind="text", n_users="size", n_items="size", alpha="number", first="object", second="object",
               norm="text")
 _TOKENIZER = {"word": dict(kind="text", lowercase="flag", min_len="size", prefix_fields="texts"),
@@ -333,6 +335,7 @@ def _model_spec(c, file: str, where: str = "scorer", prefix: str = "", spec: _Sp
     from recsys.models.learned import ScorerConfig
     from recsys.models.memory import MemoryConfig, MemoryModel
     from recsys.models.registry import KINDS
+    from recsys.models.sequence import Sequence, SequenceConfig
     spec = spec if spec is not None else _Spec()
     if not isinstance(c, dict):
         raise ExportError(f"{file}: {where} must be a JSON object, got {_show(c)}")
@@ -358,6 +361,15 @@ def _model_spec(c, file: str, where: str = "scorer", prefix: str = "", spec: _Sp
                     raise ExportError(f"{file}: {where}.{part}.{size}={_show(sub.get(size))} differs from "
                                       f"{where}.{size}={c[size]}")
             _model_spec(sub, file, f"{where}.{part}", f"{prefix}{part}.", spec, depth + 1)
+        return spec
+    if cls is Sequence:
+        _check_fields(c, _SEQUENCE, ("kind", "n_users", "n_items", "n_tokens"), file, where)
+        try:
+            m = SequenceConfig(**c)
+        except (TypeError, ValueError) as e:
+            raise ExportError(f"{file}: {where}: {_line(e)}") from None
+        cls.declare_tensors(m, spec, prefix)
+        spec.n_tokens.add(m.n_tokens)
         return spec
     memory = issubclass(cls, MemoryModel)
     if memory:

@@ -207,22 +207,32 @@ class Recommender:
         items are left out unless exclude_given=False; exclude / candidates / where as
         `recommend`'s exclude / items / where (candidates: the ids to rank). unknown="error"
         refuses item ids outside the catalog, "ignore" drops them. UserKNN finds the history's
-        neighbours among the known users. diversity, explain: as `recommend`'s."""
+        neighbours among the known users. diversity, explain: as `recommend`'s. A history is a
+        sequence, oldest first: the sequence model reads its order (an item given twice counts
+        at its last place); the other models read it as a set."""
         single, hists = _histories_arg(items)
         cat = self._cat
         k = check_k(k)
         if unknown not in ("error", "ignore"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'ignore'")
         rows = []
+        ordered = cat.scorer.reads_order
         for h in hists:
             idx = cat.items.index(h, missing="drop_flag") if h else np.zeros(0, np.int64)
             if unknown == "error" and (idx < 0).any():
                 bad = [x for x, j in zip(h, idx) if j < 0][:5]
                 raise KeyError(f"unknown item id(s) {bad} in the history (pass unknown='ignore' to drop them)")
-            rows.append(np.unique(idx[idx >= 0]))
+            idx = idx[idx >= 0]
+            if ordered:          # in the order given, a repeated item at its last place
+                last = len(idx) - 1 - np.unique(idx[::-1], return_index=True)[1]
+                rows.append(idx[np.sort(last)])
+            else:
+                rows.append(np.unique(idx))
         req = build_request(cat.items, len(rows), single, self.device, exclude, candidates, where, cat.attributes)
-        pairs = np.array([(r, j) for r, h in enumerate(rows) for j in h], dtype=np.int64).reshape(-1, 2)
-        given = tuple(t.to(self.device) for t in csr(pairs, len(rows)))
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=indptr[1:])
+        given = (torch.from_numpy(indptr).to(self.device),      # rows in the order built above
+                 torch.from_numpy(np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)).to(self.device))
         idx, sc = topk(cat.scorer, torch.arange(len(rows), device=self.device), min(k, len(cat.items)),
                        given if exclude_given else None, histories=given, side=self._item_side(cat),
                        request=self._diverse(cat, req, diversity, min(k, len(cat.items)), given))

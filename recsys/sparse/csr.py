@@ -27,6 +27,16 @@ def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int,
     return indptr, cols[order], vals
 
 
+def sequence_csr(pairs: np.ndarray, times: np.ndarray, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, col) pairs (N, 2) and their times (N,) -> CSR (indptr, indices) int64 tensors with
+    each row's columns in time order, equal times in the order of the pairs (stable)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    order = np.lexsort((np.arange(len(pairs)), np.asarray(times, dtype=np.float64), pairs[:, 0]))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pairs[:, 0], minlength=n_rows), out=indptr[1:])
+    return torch.from_numpy(indptr), torch.from_numpy(np.ascontiguousarray(pairs[order, 1]))
+
+
 def gather_rows(indptr: torch.Tensor, rows: torch.Tensor):
     """Flat positions of the entries of `rows` in a CSR matrix.
 

@@ -47,6 +47,23 @@ def build_scorer(prep: Prepared, **model) -> Scorer:
     return Scorer(cfg, buffers)
 
 
+def build_sequence(prep: Prepared, **model):
+    """The sequence model (models/sequence.py) on prepared data: SequenceConfig fields other
+    than the sizes; its buffers are the token bags, each user's training items in time order
+    (Prepared.sequences), their bag and the warm items."""
+    from recsys.models.sequence import Sequence, SequenceConfig
+    cfg = SequenceConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
+    seq_indptr, seq_indices = prep.sequences(("train",))
+    hist_indptr, hist_indices = csr(prep.train, prep.n_users)
+    return Sequence(cfg, {
+        "tok_indptr": torch.from_numpy(prep.bags.indptr), "tok_indices": torch.from_numpy(prep.bags.indices),
+        "tok_weights": torch.from_numpy(prep.bags.weights),
+        "seq_indptr": seq_indptr, "seq_indices": seq_indices,
+        "hist_indptr": hist_indptr, "hist_indices": hist_indices,
+        "item_warm": torch.from_numpy(prep.item_warm()),
+    })
+
+
 def eval_sets(prep: Prepared, val_users: int | None = None, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """CSR targets and seen-item masks: validation ranks with train masked; test ranks with
     train + valid masked (both were available before the test period).
@@ -55,13 +72,13 @@ def eval_sets(prep: Prepared, val_users: int | None = None, seed: int = 0) -> di
     targets (tune.sample_users; None: all). The test report always ranks every test user."""
     if val_users is not None and int(val_users) < 1:
         raise ValueError(f"val_users={val_users} must be >= 1 (or null: every validation user)")
-    seen_test = np.concatenate([prep.train, prep.valid])
     val = csr(prep.valid, prep.n_users)
     return {
         "val_target": val if val_users is None else sample_users(val, int(val_users), seed),
         "val_seen": csr(prep.train, prep.n_users),
         "test_target": csr(prep.test, prep.n_users),
-        "test_seen": csr(seen_test, prep.n_users),
+        # in time order (the export's seen items: a served user's live history continues it)
+        "test_seen": prep.sequences(("train", "valid")),
     }
 
 

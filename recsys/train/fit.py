@@ -11,7 +11,7 @@ Hydra and no files written; the result is the same `Recommender` that `from_pret
     rec = recsys.fit(ratings, model="ease", search={"trials": 20, "space": {"lam": {"low": 10, "high": 5000, "log": True}}})
 
 `model`: a kind ("itemknn", "userknn", "content_knn", "ease", "popularity", "hybrid",
-"collaborative", "content"), a dict as in configs/model/*.yaml (e.g. a blend), or a spec
+"collaborative", "content", "sequence": pass time_col so that histories are in time order), a dict as in configs/model/*.yaml (e.g. a blend), or a spec
 (train/specs.py); `**params` are the model's fields (lam=200.0, k=50, dim=32, ...).
 All interactions train the final model: a learned model (or a search) first holds out a per-user
 `valid_ratio` (default 0.1) for early stopping, its fold-in weight and the search, then is refit
@@ -63,7 +63,6 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
 
     from recsys.data.prepare import prepare_frames
     from recsys.serve.recommender import Recommender
-    from recsys.sparse.csr import csr
     from recsys.train.build import eval_sets
     from recsys.train.search import select_and_fit
     from recsys.train.specs import FitContext, as_spec
@@ -82,7 +81,9 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     prep = prepare_frames(frame, items, user_col=ucol, item_col=icol, rating_col=rcol, time_col=time_col,
                           items_item_col=items_item_col, text_cols=text_cols, min_rating=min_rating,
                           valid_ratio=(0.1 if spec.trains or search else 0.0) if valid_ratio is None else valid_ratio,
-                          seed=seed, tokens=tokens)
+                          seed=seed, tokens=tokens,
+                          # a next-item model validates on each user's last event (with times)
+                          valid_split=getattr(spec, "valid_split", "random") if time_col else "random")
     sets = eval_sets(prep, val_users, seed)
     L.seed_everything(seed, workers=True, verbose=False)
     callbacks = []
@@ -101,7 +102,7 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     else:                        # no test part: fitted for use
         choice = select_and_fit(spec, prep, sets, ctx, search, refit=bool(refit), test=False)
         m, info = choice.model, choice.info
-    seen = csr(np.concatenate([prep.train, prep.valid]), prep.n_users)
+    seen = prep.sequences(("train", "valid"))            # in time order: a live history continues it
     return Recommender(m.cpu().eval(), prep.users, prep.items, prep.tokens, prep.tokenizer, seen,
                        torch.from_numpy(prep.bags.idf), prep.item_titles,
                        {"text_fields": prep.text_fields, "events_through": prep.events_through, **info},

@@ -21,20 +21,14 @@ from recsys.train.losses import LOSSES
 from recsys.models.learned import Scorer
 
 
-class RecsysModule(L.LightningModule):
-    def __init__(self, scorer: Scorer, eval_sets: dict, loss: str = "bpr", n_neg: int = 8,
-                 lr: float = 5e-3, weight_decay: float = 0.0, l2: float = 0.0,
-                 ks: tuple[int, ...] = (10, 20), sparse: bool = False, max_history: int = 0):
+class RankingModule(L.LightningModule):
+    """What every learned model's module shares: the evaluation sets as buffers, the random
+    state in checkpoints, full-ranking validation and test of `self.scorer` (any
+    models/base.Model) with metrics summed over processes."""
+
+    def __init__(self, scorer, eval_sets: dict, ks: tuple[int, ...] = (10, 20)):
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"model.optim.loss={loss!r} is not one of {sorted(LOSSES)}")
-        if n_neg < 1:
-            raise ValueError(f"model.optim.n_neg={n_neg} must be >= 1")
-        if max_history < 0:
-            raise ValueError(f"model.optim.max_history={max_history} must be >= 0 (0: whole histories)")
         self.scorer = scorer
-        self.save_hyperparameters(ignore=["scorer", "eval_sets"])
-        self.loss_fn = LOSSES[loss]
         self.ks = sorted(ks)
         # evaluation CSRs move with the module but stay out of checkpoints (they are data)
         for name, (indptr, indices) in eval_sets.items():
@@ -66,35 +60,6 @@ class RecsysModule(L.LightningModule):
 
     def csr(self, name: str):
         return getattr(self, f"{name}_indptr"), getattr(self, f"{name}_indices")
-
-    # --- training ---------------------------------------------------------------------------
-
-    def training_step(self, batch, batch_idx):
-        users, pos = batch[0][:, 0], batch[0][:, 1]                          # (B,), (B,)
-        # N negatives shared by the whole batch, drawn uniformly on the batch's device; the
-        # scorer scores and masks them (Scorer.batch_loss) and reads only the rows they need
-        neg = torch.randint(self.scorer.config.n_items, (self.hparams.n_neg,), device=users.device)   # (N,)
-        parts = self.scorer.batch_loss(users, pos, neg, self.loss_fn, l2=self.hparams.l2, sparse=self.hparams.sparse,
-                                       max_history=self.hparams.max_history)
-        loss = sum(parts.values())
-        for name, part in parts.items():
-            self.log(f"train/loss_{name}", part, on_step=False, on_epoch=True)
-        if "alpha" in parts:
-            self.log("train/alpha", self.scorer.alpha, on_step=False, on_epoch=True)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self):
-        """Adam; with sparse=true, SparseAdam (lazy: only the batch's rows) for the scorer's
-        large tables (scorer.sparse_tables(): with a million users, a dense Adam update of the
-        whole tables costs more than the step) and Adam for the rest (MixedAdam)."""
-        tables = self.scorer.sparse_tables() if self.hparams.sparse else []
-        if tables:
-            ids = {id(p) for p in tables}
-            dense = [p for p in self.parameters() if id(p) not in ids]
-            return MixedAdam(dense, tables, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
 
     # --- full-ranking validation and test ---------------------------------------------------
 
@@ -133,6 +98,53 @@ class RecsysModule(L.LightningModule):
         self._eval_end("test/")
         self.last_test_metrics = self._sums.compute("test/")
 
+
+
+class RecsysModule(RankingModule):
+    """The token-embedding Scorer's training: (user, item) pair batches, shared negatives, the
+    scorer's own losses (Scorer.batch_loss), Adam or lazy Adam for its large tables."""
+
+    def __init__(self, scorer: Scorer, eval_sets: dict, loss: str = "bpr", n_neg: int = 8,
+                 lr: float = 5e-3, weight_decay: float = 0.0, l2: float = 0.0,
+                 ks: tuple[int, ...] = (10, 20), sparse: bool = False, max_history: int = 0):
+        if loss not in LOSSES:
+            raise ValueError(f"model.optim.loss={loss!r} is not one of {sorted(LOSSES)}")
+        if n_neg < 1:
+            raise ValueError(f"model.optim.n_neg={n_neg} must be >= 1")
+        if max_history < 0:
+            raise ValueError(f"model.optim.max_history={max_history} must be >= 0 (0: whole histories)")
+        super().__init__(scorer, eval_sets, ks)
+        self.save_hyperparameters(ignore=["scorer", "eval_sets"])
+        self.loss_fn = LOSSES[loss]
+
+    # --- training ---------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        users, pos = batch[0][:, 0], batch[0][:, 1]                          # (B,), (B,)
+        # N negatives shared by the whole batch, drawn uniformly on the batch's device; the
+        # scorer scores and masks them (Scorer.batch_loss) and reads only the rows they need
+        neg = torch.randint(self.scorer.config.n_items, (self.hparams.n_neg,), device=users.device)   # (N,)
+        parts = self.scorer.batch_loss(users, pos, neg, self.loss_fn, l2=self.hparams.l2, sparse=self.hparams.sparse,
+                                       max_history=self.hparams.max_history)
+        loss = sum(parts.values())
+        for name, part in parts.items():
+            self.log(f"train/loss_{name}", part, on_step=False, on_epoch=True)
+        if "alpha" in parts:
+            self.log("train/alpha", self.scorer.alpha, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        """Adam; with sparse=true, SparseAdam (lazy: only the batch's rows) for the scorer's
+        large tables (scorer.sparse_tables(): with a million users, a dense Adam update of the
+        whole tables costs more than the step) and Adam for the rest (MixedAdam)."""
+        tables = self.scorer.sparse_tables() if self.hparams.sparse else []
+        if tables:
+            ids = {id(p) for p in tables}
+            dense = [p for p in self.parameters() if id(p) not in ids]
+            return MixedAdam(dense, tables, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
 
 class MixedAdam(torch.optim.Optimizer):
     """Adam (with weight decay) for dense-gradient parameters plus SparseAdam for the tables
@@ -227,15 +239,19 @@ class _EpochBatches(BatchSampler):
         rank_of = torch.randperm(int(run.max()) + 1, generator=g)                    # runs, shuffled
         return order[torch.argsort(rank_of[run], stable=True)].tolist()
 
+    def _batches(self) -> list[list[int]]:
+        """This epoch's batches, before sharding."""
+        order = list(self.sampler) if self.users is None else self._by_user()
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
     def __iter__(self):
         rank, world = _rank_world()
-        if world == 1 and self.users is None:
+        if world == 1 and self.users is None and type(self)._batches is _EpochBatches._batches:
             yield from super().__iter__()
             return
         # every process draws the same shuffle and takes every world-th batch of it; the last
         # batches are padded from the start of the shuffle so all take len(self) steps
-        order = list(self.sampler) if self.users is None else self._by_user()
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = self._batches()
         n = len(self)
         batches = (batches * (1 + (n * world) // max(len(batches), 1)))[:n * world]
         yield from batches[rank::world]

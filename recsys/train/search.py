@@ -148,7 +148,7 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     a paired sign-flip test p < guard (eval/compare.paired); a small validation part cannot
     tell apart configurations closer than its noise, and picking by noise lost test accuracy
     (benchmarks/README.md, "Model selection")."""
-    from recsys.train.specs import Learned, as_spec
+    from recsys.train.specs import Learned, SequenceSpec, as_spec
     space = parse_space(space)
     val_sets = {k: v for k, v in sets.items() if k.startswith("val_")}    # no test part, ever
     if int(val_sets["val_target"][1].numel()) == 0:
@@ -169,7 +169,7 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
                                    loggers=[], ckpt_path=None, trainer=_quiet(ctx.trainer))
         t0 = time.perf_counter()
         model, _, best = trial_spec.fit(prep, val_sets, tctx, test=False)
-        if isinstance(trial_spec, Learned):
+        if isinstance(trial_spec, (Learned, SequenceSpec)):
             value = curve.best if curve.values else float(best)
         elif trial_spec.trains:        # a blend with a learned part: the blend itself is validated
             from recsys.eval.evaluation import evaluate
@@ -268,8 +268,11 @@ def refit_data(prep):
             raise ValueError("refit: the train part has ratings but the validation part has none")
         ratings = np.concatenate([ratings, prep.valid_ratings if prep.valid_ratings is not None
                                   else np.zeros(0, np.float32)])
+    times = None                  # event times follow their pairs (sequence order)
+    if prep.train_times is not None and prep.valid_times is not None:
+        times = np.concatenate([prep.train_times, prep.valid_times])
     return dataclasses.replace(prep, train=train, valid=np.zeros((0, 2), dtype=np.int64), train_ratings=ratings,
-                               valid_ratings=None, valid_carved=False,
+                               valid_ratings=None, valid_carved=False, train_times=times, valid_times=None,
                                report={**prep.report, "refit_n_train": int(len(train))})
 
 

@@ -95,8 +95,6 @@ class Learned:
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (scorer in eval mode, metrics, best validation value).
         test=False skips Lightning's test loop (a blend part: the blend is tested, not the part)."""
-        import lightning as L
-
         from recsys.train.build import build_scorer
         from recsys.train.module import RecsysModule, train_loader, user_loader
         from recsys.train.tune import choose_fold_in_lambda
@@ -113,11 +111,7 @@ class Learned:
         # weights_only: a checkpoint to resume from is read without unpickling code objects
         trainer.fit(module, train_loader(prep.train, batch_size, ctx.seed, batching, user_run),
                     user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
-        best_ckpt = next((c.best_model_path for c in ctx.callbacks
-                          if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
-        if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
-            state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state, strict=True)
+        _load_best(module, ctx)
         if self.fold_in_lambda == "auto" and scorer.config.uses_cf:   # MF fold-in of users outside the model
             choose_fold_in_lambda(scorer, sets["val_seen"], sets["val_target"])
         # Lightning's test loop only under DDP, where it is the sharded check of the final
@@ -126,9 +120,7 @@ class Learned:
         test = test and trainer.world_size > 1
         if test:
             trainer.test(module, user_loader(sets["test_target"][0], ctx.eval_chunk), verbose=False)
-        best = next((c.best_model_score for c in ctx.callbacks if getattr(c, "best_model_score", None) is not None), None)
-        best = float(best) if best is not None else float(trainer.callback_metrics.get(ctx.optimized_metric,
-                                                                                         float("nan")))
+        best = _best_value(ctx, trainer)
         metrics = dict(module.last_test_metrics) if test else {}
         metrics["trainer/world_size"] = trainer.world_size
         # the optimizer state (two moments per parameter) is of no use after the fit, and
@@ -140,6 +132,67 @@ class Learned:
         if scorer.config.uses_cf:
             metrics["fold_in/lambda"] = scorer.config.fold_in_lambda
         return scorer.cpu().eval(), metrics, best      # eval mode: Lightning leaves it training
+
+
+class SequenceSpec:
+    """The sequence model (models/sequence.py): SequenceConfig fields and the optimisation of
+    its Lightning module (`optim`: loss full | sampled, n_neg, lr, weight_decay, batch_size
+    in users), trained with Lightning like Learned."""
+
+    def __init__(self, optim: dict | None = None, kind: str = "sequence", search_space: dict | None = None,
+                 **params):
+        from recsys.models.sequence import SequenceConfig
+        if kind != "sequence":
+            raise ValueError(f"SequenceSpec with kind={kind!r}")
+        unknown = sorted(set(params) - set(SequenceConfig.__dataclass_fields__) - {"n_users", "n_items", "n_tokens"})
+        if unknown:
+            raise ValueError(f"the sequence model takes no parameter(s) {unknown}")
+        SequenceConfig(n_users=1, n_items=1, n_tokens=1, **params)       # checks the values now
+        self.params, self.optim, self.search_space = dict(params), dict(optim or {}), search_space
+
+    trains = True                   # Lightning epochs
+    valid_split = "last"            # recsys.fit validates it on each user's last event
+
+    def to_dict(self) -> dict:
+        return {"kind": "sequence", **self.params, "optim": dict(self.optim)}
+
+    def fit(self, prep, sets, ctx: FitContext, test: bool = True):
+        """Train with Lightning; (model in eval mode, metrics, best validation value)."""
+        from recsys.train.build import build_sequence
+        from recsys.train.module import user_loader
+        from recsys.train.sequence_module import SequenceModule, sequence_loader
+        optim = dict(self.optim)
+        batch_size = optim.pop("batch_size", 128)
+        model = build_sequence(prep, **self.params)
+        module = SequenceModule(model, sets, ks=tuple(ctx.ks), **optim)
+        trainer = (ctx.trainer or _default_trainer(ctx))(callbacks=ctx.callbacks, logger=ctx.loggers or False)
+        trainer.fit(module, sequence_loader(model.seq_indptr, batch_size, ctx.seed, model.config.max_len),
+                    user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
+        _load_best(module, ctx)
+        test = test and trainer.world_size > 1
+        if test:
+            trainer.test(module, user_loader(sets["test_target"][0], ctx.eval_chunk), verbose=False)
+        best = _best_value(ctx, trainer)
+        metrics = dict(module.last_test_metrics) if test else {}
+        metrics["trainer/world_size"] = trainer.world_size
+        trainer.strategy.optimizers = []      # as Learned.fit: the Adam moments are of no further use
+        metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
+        return model.cpu().eval(), metrics, best
+
+
+def _load_best(module, ctx: FitContext) -> None:
+    """The best checkpoint's weights (when a ModelCheckpoint callback kept one) into module."""
+    import lightning as L
+    best_ckpt = next((c.best_model_path for c in ctx.callbacks
+                      if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
+    if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
+        state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state, strict=True)
+
+
+def _best_value(ctx: FitContext, trainer) -> float:
+    best = next((c.best_model_score for c in ctx.callbacks if getattr(c, "best_model_score", None) is not None), None)
+    return float(best) if best is not None else float(trainer.callback_metrics.get(ctx.optimized_metric, float("nan")))
 
 
 class Blend:
@@ -199,10 +252,10 @@ def _fit_once(spec, prep, sets, ctx: FitContext):
 LEARNED_VARIANTS = ("collaborative", "content", "hybrid")
 
 
-def as_spec(model) -> Memory | Learned | Blend:
+def as_spec(model) -> Memory | Learned | SequenceSpec | Blend:
     """A spec from a spec, a kind name ("ease", "itemknn", ..., "hybrid" / "collaborative" /
     "content" for the learned variants, "learned") or a config dict with "kind"."""
-    if isinstance(model, (Memory, Learned, Blend)):
+    if isinstance(model, (Memory, Learned, SequenceSpec, Blend)):
         return model
     if isinstance(model, str):
         model = {"kind": model}
@@ -214,6 +267,8 @@ def as_spec(model) -> Memory | Learned | Blend:
         return Learned(variant=kind, **model)
     if kind == "learned":
         return Learned(**model)
+    if kind == "sequence":
+        return SequenceSpec(**model)
     if kind == "blend":
         return Blend(**model)
     return Memory(kind, **model)

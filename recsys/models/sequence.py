@@ -1,0 +1,258 @@
+"""The sequence model: a causal transformer over each user's items in time order, whose next-item
+scores are one matmul of its last hidden state against the catalog's item table.
+
+    E[i] = warm[i] * V[i] + C[i]            item token: id row (warm items only) + content
+    C[i] = sum_t w(i, t) T[t]               TF-IDF weighted pool of the content-token table
+    x_p  = E[s_p] + P[p]                    the newest max_len items s_0..s_{n-1}, oldest first,
+                                            right-padded (a causal mask alone keeps every real
+                                            position off the padding: the fast attention kernels)
+    h    = LN(blocks(x))                    pre-LN blocks: causal self-attention
+                                            (scaled_dot_product_attention) and a GELU MLP
+    s[u, i] = h_{n-1} . E[i]                (b, D) @ (D, I): next-item scores of the catalog
+
+Items with no training interaction ("cold": new in the catalog, or added later with grow())
+have no id row in E (warm[i] = 0, so their V rows never train) and are read and scored from
+their content tokens alone, so an item never seen in training is reachable.
+
+A known user is ranked from the stored training sequence (seq_indptr, seq_indices: time order,
+ties in file order); a user outside the model, or a served user with live events, from the
+given history, whose CSR row must list the items in the order they happened
+(reads_order = True: the Recommender keeps the order it is given). Nothing is refit.
+
+Training (train/sequence_module.py) predicts every next item of each window: full softmax
+over the catalog, or sampled softmax with logQ correction (sampled_logits) for large catalogs.
+
+Worked example (shapes): 3 users, 5 items, 7 tokens, dim 4, max_len 6;
+`m.score(torch.tensor([0, 2]), m.item_side())` -> (2, 5); `m.encode(torch.tensor([[3, 1, -1]]))`
+-> (1, 3, 4) hidden states (-1 pads). The module has no Lightning, Hydra or pandas.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.models.base import Model, is_histories
+
+
+@dataclass
+class SequenceConfig:
+    n_users: int
+    n_items: int
+    n_tokens: int
+    kind: str = "sequence"
+    dim: int = 64
+    blocks: int = 2
+    heads: int = 1
+    max_len: int = 200          # items read per user (the newest)
+    dropout: float = 0.2
+    content: bool = True        # item tokens carry their pooled content tokens (C above)
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("dim", "blocks", "heads", "max_len"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"model.{name}={v!r} must be an integer >= 1")
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim={self.dim} must be a multiple of model.heads={self.heads}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if not float(self.init_std) > 0:
+            raise ValueError(f"model.init_std={self.init_std} must be > 0")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# data buffers (all in the state_dict, so an export is complete): token bags, the training
+# sequences in time order, the bag of training items (similar users/items), warm items
+BUFFERS = ("tok_indptr", "tok_indices", "tok_weights", "seq_indptr", "seq_indices", "hist_indptr",
+           "hist_indices", "item_warm")
+
+
+@dataclass(frozen=True)
+class SequenceItems:
+    """Everything item-side, once per ranking pass: E (I, D), the item tokens' table."""
+    E: torch.Tensor
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)). (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True,                  # (B, H, L, D/H)
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, D)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class Sequence(Model):
+    kind = "sequence"
+    writes_out = True
+    reads_order = True          # a history's CSR row lists its items oldest first
+
+    def __init__(self, config: SequenceConfig, buffers: dict[str, torch.Tensor]):
+        super().__init__()
+        self.config = c = config
+        for name in BUFFERS:
+            self.register_buffer(name, buffers[name])
+        self.item_emb = nn.Embedding(c.n_items, c.dim)
+        self.token_emb = nn.Embedding(max(c.n_tokens, 1), c.dim) if c.content else None
+        self.pos_emb = nn.Embedding(c.max_len, c.dim)
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.dropout) for _ in range(c.blocks))
+        self.ln = nn.LayerNorm(c.dim)
+        self.drop = nn.Dropout(c.dropout)
+        for emb in (self.item_emb, self.token_emb, self.pos_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=c.init_std)
+
+    # --- item side --------------------------------------------------------------------------
+
+    def item_table(self) -> torch.Tensor:
+        """E (I, D): id rows of warm items plus pooled content tokens."""
+        E = self.item_emb.weight * self.item_warm[:, None].to(self.item_emb.weight.dtype)
+        if self.token_emb is not None and len(self.tok_indices):
+            C = F.embedding_bag(self.tok_indices, self.token_emb.weight, self.tok_indptr[:-1],
+                                mode="sum", per_sample_weights=self.tok_weights,
+                                include_last_offset=False)                            # (I, D)
+            E = E + C
+        return E
+
+    def item_side(self) -> SequenceItems:
+        return SequenceItems(self.item_table())
+
+    # --- the transformer --------------------------------------------------------------------
+
+    def encode(self, seqs: torch.Tensor, E: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) item indices oldest first, -1 = padding (right), L <= max_len -> (B, L, D)
+        hidden states; position p's state has read items 0..p of its row."""
+        E = self.item_table() if E is None else E
+        B, L = seqs.shape
+        x = E[seqs.clamp(min=0)] * math.sqrt(self.config.dim) + self.pos_emb.weight[:L]   # (B, L, D)
+        x = self.drop(x) * (seqs >= 0)[..., None]
+        for block in self.blocks:
+            x = block(x)
+        return self.ln(x)
+
+    def last_hidden(self, seqs: torch.Tensor, n: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+        """(B, L) right-padded windows and their lengths (B,) -> (B, D) the state after the
+        newest item (an empty row: the state of position 0 over padding alone)."""
+        h = self.encode(seqs, E)                                                      # (B, L, D)
+        return h[torch.arange(len(n), device=h.device), (n - 1).clamp(min=0)]
+
+    # --- scoring ------------------------------------------------------------------------------
+
+    def score_users(self, users: torch.Tensor, side: SequenceItems, out=None, ws=None) -> torch.Tensor:
+        """(b,) known users -> (b, I), from their stored training sequences."""
+        return self.score_columns(users, side, None, out)
+
+    def score_histories(self, H: torch.Tensor, side: SequenceItems, out=None, ws=None) -> torch.Tensor:
+        """(b, I) sparse CSR histories, each row's items oldest first -> (b, I)."""
+        return self.score_columns(H, side, None, out)
+
+    def score_columns(self, who: torch.Tensor, side: SequenceItems, cols=None, out=None, ws=None) -> torch.Tensor:
+        """(b, n) scores of the (n,) columns `cols` (None: the catalog) for known users (b,) or
+        given histories (b, I) sparse CSR."""
+        if is_histories(who):
+            rows = torch.arange(who.shape[0], device=who.device)
+            seqs, n = windows(who.crow_indices(), who.col_indices(), rows, self.config.max_len)
+        else:
+            seqs, n = windows(self.seq_indptr, self.seq_indices, who, self.config.max_len)
+        h = self.last_hidden(seqs, n, side.E)                                         # (b, D)
+        E = side.E if cols is None else side.E[cols]                                  # (n, D)
+        if out is not None and not torch.is_grad_enabled():
+            return torch.mm(h, E.t(), out=out)
+        return h @ E.t()                                                              # (b, n)
+
+    # --- similar items and users ----------------------------------------------------------------
+
+    def own_spaces(self, of: str) -> tuple[str, ...]:
+        return ("sequence",) if of == "items" else ()
+
+    def default_space(self, of: str) -> str:
+        return "sequence" if of == "items" else "history"
+
+    def own_similarity(self, of: str, space: str):
+        from recsys.models.similar import DenseCosine
+        return DenseCosine([self.item_table().detach()], [1.0])
+
+    # --- export and new items ---------------------------------------------------------------------
+
+    @classmethod
+    def declare_tensors(cls, c: SequenceConfig, spec, p: str = "") -> None:
+        U, I, T, D = c.n_users, c.n_items, c.n_tokens, c.dim
+        spec.add_csr(p + "tok", I, T, p + "tok_weights")
+        spec.add_csr(p + "seq", U, I, None)
+        spec.add_csr(p + "hist", U, I, None)
+        spec.add(p + "item_warm", "BOOL", I)
+        spec.add(p + "item_emb.weight", "F32", I, D)
+        if c.content:
+            spec.add(p + "token_emb.weight", "F32", max(T, 1), D)
+        spec.add(p + "pos_emb.weight", "F32", c.max_len, D)
+        for b in range(c.blocks):
+            q = f"{p}blocks.{b}."
+            for ln in ("ln1", "ln2"):
+                spec.add(q + ln + ".weight", "F32", D)
+                spec.add(q + ln + ".bias", "F32", D)
+            spec.add(q + "qkv.weight", "F32", 3 * D, D)
+            spec.add(q + "qkv.bias", "F32", 3 * D)
+            spec.add(q + "proj.weight", "F32", D, D)
+            spec.add(q + "proj.bias", "F32", D)
+            spec.add(q + "mlp.0.weight", "F32", 4 * D, D)
+            spec.add(q + "mlp.0.bias", "F32", 4 * D)
+            spec.add(q + "mlp.2.weight", "F32", D, 4 * D)
+            spec.add(q + "mlp.2.bias", "F32", D)
+        spec.add(p + "ln.weight", "F32", D)
+        spec.add(p + "ln.bias", "F32", D)
+
+    @classmethod
+    def from_state(cls, config: dict, state: dict[str, torch.Tensor], rebuild=None) -> "Sequence":
+        model = cls(SequenceConfig(**config), {k: state[k] for k in BUFFERS})
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def grow(self, bags) -> "Sequence":
+        """The model with bags.n_items new items: cold (no id row), read and scored from their
+        content tokens; no user's sequence changes."""
+        from recsys.models.extend import cat_bags
+        c, m = self.config, bags.n_items
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        state["tok_indptr"], state["tok_indices"], state["tok_weights"] = cat_bags(
+            state["tok_indptr"], state["tok_indices"], state["tok_weights"], bags)
+        warm = state["item_warm"]
+        state["item_warm"] = torch.cat([warm, torch.zeros(m, dtype=torch.bool, device=warm.device)])
+        W = state["item_emb.weight"]
+        state["item_emb.weight"] = torch.cat([W, torch.zeros(m, W.shape[1], dtype=W.dtype, device=W.device)])
+        out = Sequence(replace(c, n_items=c.n_items + m), {k: state[k] for k in BUFFERS})
+        out.load_state_dict(state, strict=True)
+        return out.to(self.tok_indices.device).train(self.training)
+
+
+def windows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, length: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last `length` entries of each of `rows` of a CSR matrix, in stored order, right-padded
+    with -1, and their counts: (B,) rows -> ((B, w), (B,)), w = min(length, the longest row),
+    at least 1."""
+    start, end = indptr[rows], indptr[rows + 1]                                       # (B,)
+    n = torch.clamp(end - start, max=length)                                          # (B,)
+    w = max(int(n.max()) if len(rows) else 1, 1)
+    pos = (end - n)[:, None] + torch.arange(w, device=rows.device)                     # (B, w)
+    ok = pos < end[:, None]
+    out = torch.full((len(rows), w), -1, dtype=torch.long, device=rows.device)
+    out[ok] = indices[pos[ok]]
+    return out, n

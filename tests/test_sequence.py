@@ -1,0 +1,202 @@
+"""The sequence model (recsys/models/sequence.py, train/sequence_module.py): windows, time order
+from the data layer, causality, order that changes the answer, a known next-item answer that no
+bag model can give, items never trained on, export round trip, live events in the service."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import recsys
+from helpers import same_ranking
+from recsys.models.sequence import Sequence, SequenceConfig, windows
+
+N_ITEMS = 12
+
+
+def _cycle_data(n_users: int = 60, length: int = 9, seed: int = 0):
+    """Each user walks the cycle 0 -> 1 -> ... -> 11 -> 0 from a random start: the next item is
+    always the current one + 1. Items 12 and 13 exist in the item table only (never trained)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        s = int(rng.integers(N_ITEMS))
+        rows += [(f"u{u}", (s + t) % N_ITEMS, 1000 + t) for t in range(length)]
+    inter = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+    items = pd.DataFrame({"item": range(N_ITEMS + 2),
+                          "title": [f"film {i} {'odd' if i % 2 else 'even'}" for i in range(N_ITEMS + 2)]})
+    return inter, items
+
+
+@pytest.fixture(scope="module")
+def cyc():
+    inter, items = _cycle_data()
+    torch.manual_seed(0)
+    return recsys.fit(inter, items, model="sequence", time_col="timestamp", max_epochs=40, dim=32, blocks=1,
+                      max_len=8, dropout=0.0, optim={"lr": 0.01, "batch_size": 16})
+
+
+def test_windows_are_the_newest_items_right_padded():
+    indptr = torch.tensor([0, 3, 3, 8])
+    indices = torch.tensor([5, 6, 7, 1, 2, 3, 4, 9])
+    seqs, n = windows(indptr, indices, torch.tensor([0, 1, 2]), 4)
+    assert seqs.tolist() == [[5, 6, 7, -1], [-1, -1, -1, -1], [2, 3, 4, 9]] and n.tolist() == [3, 0, 4]
+    seqs, n = windows(indptr, indices, torch.tensor([1]), 4)
+    assert seqs.tolist() == [[-1]] and n.tolist() == [0]
+
+
+def test_prepared_sequences_are_in_time_order_ties_in_file_order():
+    from recsys.data.prepare import prepare_frames
+    df = pd.DataFrame({"user": [1, 1, 1, 1, 2, 2], "item": [10, 20, 30, 40, 10, 20],
+                       "timestamp": [5, 1, 5, 3, 9, 2]})
+    prep = prepare_frames(df, time_col="timestamp")
+    indptr, indices = prep.sequences()
+    ids = prep.items.ids
+    seq = [[ids[j] for j in indices[indptr[u]:indptr[u + 1]].tolist()] for u in range(2)]
+    assert seq == [[20, 40, 10, 30], [20, 10]]           # times 1, 3, 5 (10 read before 30), 5
+
+
+def test_valid_split_last_holds_out_each_users_newest_event(tmp_path):
+    from recsys.data.prepare import prepare_files
+    p = tmp_path / "train.csv"
+    pd.DataFrame({"user": [1, 1, 1, 2, 3, 3, 4, 4], "item": [1, 2, 3, 1, 2, 3, 3, 1],
+                  "timestamp": [3, 1, 3, 7, 1, 2, 1, 2]}).to_csv(p, index=False)
+    t = tmp_path / "test.csv"
+    pd.DataFrame({"user": [1, 3], "item": [4, 1], "timestamp": [9, 9]}).to_csv(t, index=False)
+    prep = prepare_files(train=str(p), test=str(t), valid_split="last")
+    got = sorted((prep.users.ids[u], prep.items.ids[i]) for u, i in prep.valid)
+    assert got == [(1, 3), (3, 3), (4, 1)]               # user 2 has one event: kept in train
+    with pytest.raises(ValueError, match="data.valid_split='newest' is not one of"):
+        prepare_files(train=str(p), test=str(t), valid_split="newest")
+
+
+def _random_model(seed: int = 0, **kw) -> Sequence:
+    torch.manual_seed(seed)
+    cfg = SequenceConfig(n_users=3, n_items=7, n_tokens=5, dim=8, blocks=2, heads=2, max_len=6, dropout=0.0, **kw)
+    bufs = {"tok_indptr": torch.tensor([0, 1, 2, 3, 4, 5, 5, 7]), "tok_indices": torch.tensor([0, 1, 2, 3, 4, 0, 1]),
+            "tok_weights": torch.rand(7), "seq_indptr": torch.tensor([0, 3, 3, 5]),
+            "seq_indices": torch.tensor([4, 1, 2, 0, 3]), "hist_indptr": torch.tensor([0, 3, 3, 5]),
+            "hist_indices": torch.tensor([1, 2, 4, 0, 3]),
+            "item_warm": torch.tensor([True, True, True, True, True, False, False])}
+    m = Sequence(cfg, bufs)
+    with torch.no_grad():                               # larger weights: differences are visible
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    return m.eval()
+
+
+def test_attention_is_causal_and_padding_is_never_read():
+    m = _random_model()
+    a = m.encode(torch.tensor([[1, 2, 3, 4, 5]]))
+    b = m.encode(torch.tensor([[1, 2, 6, 0, 0]]))
+    torch.testing.assert_close(a[:, :2], b[:, :2])       # positions 0, 1 never see 2 onward
+    assert not torch.allclose(a[:, 2], b[:, 2])
+    c = m.encode(torch.tensor([[1, 2, -1, -1, -1]]))
+    torch.testing.assert_close(a[:, :2], c[:, :2])       # padding after them changes nothing
+
+
+def test_order_changes_the_scores_and_known_users_read_their_sequence():
+    m = _random_model()
+    side = m.item_side()
+    def H(seq):
+        return torch.sparse_csr_tensor(torch.tensor([0, len(seq)]), torch.tensor(seq), torch.ones(len(seq)), (1, 7))
+    s1 = m.score(H([4, 1, 2]), side)
+    s2 = m.score(H([2, 1, 4]), side)
+    assert not torch.allclose(s1, s2)                    # a bag model gives both the same scores
+    torch.testing.assert_close(m.score(torch.tensor([0]), side), s1)   # user 0's sequence is 4, 1, 2
+
+
+def test_items_without_training_are_scored_from_their_content():
+    m = _random_model()
+    E = m.item_table()
+    # item 6: cold with tokens 0, 1 -> only its content pool; item 5: cold, no tokens -> zero row
+    C6 = m.tok_weights[5] * m.token_emb.weight[0] + m.tok_weights[6] * m.token_emb.weight[1]
+    torch.testing.assert_close(E[6], C6)
+    assert torch.equal(E[5], torch.zeros(8))
+    C0 = m.tok_weights[0] * m.token_emb.weight[0]        # a warm item: its id row plus its content
+    torch.testing.assert_close(E[0], m.item_emb.weight[0] + C0)
+    no_content = _random_model(content=False)
+    assert torch.equal(no_content.item_table()[6], torch.zeros(8))
+
+
+def test_learns_the_next_item_that_a_bag_model_cannot_tell(cyc):
+    """After [3, 4, 5] comes 6, after [8, 9, 10] comes 11: top-1 by order. EASE sees the same
+    sets with no direction and cannot prefer 6 over 2."""
+    for hist, nxt in (([3, 4, 5], 6), ([8, 9, 10], 11), ([10, 11, 0], 1)):
+        ids, _ = cyc.recommend_for_history(hist, k=1)
+        assert ids.tolist() == [nxt], (hist, ids)
+    # the same set in two orders: the newest run decides (a bag model answers both alike)
+    assert cyc.recommend_for_history([3, 4, 5, 8, 9], k=1)[0].tolist() == [10]
+    assert cyc.recommend_for_history([8, 9, 3, 4, 5], k=1)[0].tolist() == [6]
+    # a known user: the item after their newest
+    u = cyc.users.ids[0]
+    indptr, indices = cyc.seen
+    last = cyc.items.ids[int(indices[int(indptr[1]) - 1])]
+    ids, _ = cyc.recommend(u, k=1, exclude_seen=False)
+    assert ids.tolist() == [(last + 1) % N_ITEMS]
+
+
+def test_batch_equals_single_and_export_round_trip(cyc, tmp_path):
+    users = list(cyc.users.ids[:7])
+    ids, sc = cyc.recommend(users, k=5)
+    for r, u in enumerate(users):
+        one_i, one_s = cyc.recommend(u, k=5)
+        same_ranking(one_i, one_s, ids[r], sc[r])
+    path = cyc.save_pretrained(str(tmp_path / "exp"))
+    back = recsys.Recommender.from_pretrained(path)
+    ids2, sc2 = back.recommend(users, k=5)
+    assert np.array_equal(ids, ids2) and np.allclose(sc, sc2)
+    h1, s1 = cyc.recommend_for_history([[3, 4, 5], [7]], k=4)
+    h2, s2 = back.recommend_for_history([[3, 4, 5], [7]], k=4)
+    assert np.array_equal(h1, h2) and np.allclose(s1, s2)
+
+
+def test_new_items_are_reachable_and_grow_keeps_the_old_scores(cyc):
+    """Items 12 and 13 never occur in training: they rank from content; add_items appends more
+    the same way, and the old items' scores do not move."""
+    full = cyc.scores([cyc.users.ids[0]])[0]
+    assert torch.isfinite(full[[cyc.items.index([12])[0], cyc.items.index([13])[0]]]).all()
+    ids, _ = cyc.recommend_for_history([3, 4, 5], k=N_ITEMS + 2, exclude_given=False)
+    assert {12, 13} <= set(ids.tolist())
+    before = cyc.recommend_for_history([3, 4, 5], k=5)
+    import copy
+    grown = copy.deepcopy(cyc)
+    grown.add_items(pd.DataFrame({"item": [99], "title": ["film 99 odd"]}))
+    after = grown.scores([cyc.users.ids[0]])[0]
+    torch.testing.assert_close(after[:len(full)], full)
+    assert 99 in grown.recommend_for_history([3, 4, 5], k=N_ITEMS + 3, exclude_given=False)[0].tolist()
+    same = grown.recommend_for_history([3, 4, 5], k=5)
+    assert np.array_equal(before[0], same[0])
+
+
+def test_an_event_in_the_service_moves_the_users_next_answer(cyc, tmp_path):
+    """Live events: appending an item to a user's sequence changes their next answer at once
+    (no retraining); the answer equals the model's for the longer sequence."""
+    from recsys.serve.service import Service
+    path = cyc.save_pretrained(str(tmp_path / "exp"))
+    svc = Service(path, event_log=str(tmp_path / "events.jsonl"))
+    u = cyc.users.ids[3]
+    indptr, indices = cyc.seen
+    hist = [cyc.items.ids[j] for j in indices[int(indptr[3]):int(indptr[4])].tolist()]
+    nxt = (hist[-1] + 1) % N_ITEMS
+    first = svc.score("recommend", svc.served, {"k": 1}, [([u], None)])
+    svc.add_events([(u, nxt, None)])
+    second = svc.score("recommend", svc.served, {"k": 1}, [([u], None)])
+    assert first != second
+    want, _ = cyc.recommend_for_history(hist + [nxt], k=1)
+    assert second[0][0]["items"] == want.tolist() == [(nxt + 1) % N_ITEMS]
+
+
+def test_sampled_softmax_trains_and_bad_settings_name_themselves():
+    inter, items = _cycle_data(n_users=30)
+    rec = recsys.fit(inter, items, model="sequence", time_col="timestamp", max_epochs=30, dim=16, blocks=1,
+                     max_len=8, dropout=0.0, optim={"lr": 0.02, "batch_size": 8, "loss": "sampled", "n_neg": 6})
+    ids, _ = rec.recommend_for_history([3, 4, 5], k=2)
+    assert 6 in ids.tolist()
+    with pytest.raises(ValueError, match="model.heads=3"):
+        recsys.fit(inter, model="sequence", dim=16, heads=3)
+    with pytest.raises(ValueError, match="model.optim.loss='bpr' is not one of"):
+        recsys.fit(inter, model="sequence", time_col="timestamp", max_epochs=1, optim={"loss": "bpr"})
+    with pytest.raises(ValueError, match=r"takes no parameter\(s\) \['alpha'\]"):
+        recsys.fit(inter, model="sequence", alpha=0.5)
