@@ -22,6 +22,11 @@ its peak RSS (ru_maxrss) is its own:
     itemknn  ItemKNN fit (cosine, k 100) + top-10 for --rank-users users
     als      implicit ALS (factors 64, --als-iters iterations): seconds per iteration,
              interactions per second, and top-10 for --rank-users users
+    sequence the sequence model (dim 64, 2 blocks, max_len 200, sampled softmax with --n-neg
+             popularity negatives, batches of --seq-batch users) through Lightning for
+             --train-batches batches: training events (predicted next items) per second, then
+             top-10 with seen items masked for --rank-users users next to the bare mm + topk
+             floor over the same shapes (the floor leaves out the transformer's encoding)
     export   a learned hybrid export (dim 64, initial weights: serving costs do not depend on
              them) written with save_pretrained to --export-dir (default DIR/export_hybrid), for
              `python benchmarks/serve_load.py --export DIR/export_hybrid`: seconds, size, RSS
@@ -138,6 +143,52 @@ def phase(name: str, a) -> dict:
                 ts.append(time.perf_counter() - t0)
             m, f = statistics.median(ts), statistics.median(floor)
             out[variant] = {"rank_s": m, "users_per_s": len(users) / m, "floor_s": f, "ratio_to_floor": m / f}
+    elif name == "sequence":
+        import lightning as L
+        from recsys.eval.ranking import topk
+        from recsys.train.build import build_sequence, eval_sets
+        from recsys.train.sequence_module import SequenceModule, sequence_loader
+        L.seed_everything(0)
+        model = build_sequence(prep)
+        module = SequenceModule(model, eval_sets(prep), loss="sampled", n_neg=a.n_neg)
+        events, steps = [], []
+        starts = torch.diff(model.seq_indptr).clamp(max=model.config.max_len + 1) - 1     # (U,) positions
+
+        class Count(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                events.append(int(starts[batch[0]].clamp(min=0).sum()))
+                self.t = time.perf_counter()
+
+            def on_train_batch_end(self, *args):
+                steps.append(time.perf_counter() - self.t)
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=a.train_batches, limit_val_batches=0,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+                            callbacks=[Count()])
+        t0 = time.perf_counter()
+        trainer.fit(module, sequence_loader(model.seq_indptr, a.seq_batch, 0, model.config.max_len))
+        s = time.perf_counter() - t0
+        out.update(train_s=s, batches=len(steps), events=sum(events), events_per_s=sum(events) / s,
+                   step_events_per_s=sum(events) / sum(steps), n_neg=a.n_neg, seq_batch=a.seq_batch,
+                   epoch_s_estimate=int(starts.clamp(min=0).sum()) * sum(steps) / max(sum(events), 1))
+        model.eval()
+        seen = model.seq_indptr, model.seq_indices
+        ts, floor = [], []
+        H = torch.randn(len(users), 64)
+        for _ in range(a.repeats):
+            with torch.no_grad():
+                E = model.item_table()
+                t0 = time.perf_counter()
+                buf = torch.empty(1024, prep.n_items)
+                for s0 in range(0, len(users), 1024):
+                    e = min(len(users), s0 + 1024)
+                    torch.topk(torch.mm(H[s0:e], E.T, out=buf[:e - s0]), 10, dim=1)
+                floor.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                topk(model, users, 10, seen, chunk_size=1024)
+                ts.append(time.perf_counter() - t0)
+        m, f = statistics.median(ts), statistics.median(floor)
+        out["rank"] = {"rank_s": m, "users_per_s": len(users) / m, "floor_s": f, "ratio_to_floor": m / f}
     elif name == "itemknn":
         from recsys.train.build import build_memory, csr
         from recsys.eval.ranking import topk
@@ -205,7 +256,8 @@ def main():
                     help="train: model.optim.batching (users: each user's pairs in one batch)")
     ap.add_argument("--batch-size", type=int, default=1024, help="train: interactions per batch")
     ap.add_argument("--user-run", type=int, default=0, help="train: model.optim.user_run (batching users: runs of at most this many pairs)")
-    ap.add_argument("--n-neg", type=int, default=1024, help="train: shared negatives per batch")
+    ap.add_argument("--n-neg", type=int, default=1024, help="train, sequence: shared negatives per batch")
+    ap.add_argument("--seq-batch", type=int, default=128, help="sequence: users per batch")
     ap.add_argument("--export-dir", default=None, help="export phase: where to write (default DIR/export_hybrid)")
     ap.add_argument("--phase-timeout", type=int, default=1200, help="seconds per phase before it is reported as timed out")
     ap.add_argument("--phase", help=argparse.SUPPRESS)

@@ -152,8 +152,17 @@ def test_recommend_for_history_matches_a_known_user(tmp_path, prep):
         rec.recommend_for_history(hist + ["no such movie"], k=5)
     ids, _ = rec.recommend_for_history(hist + ["no such movie"], k=5, unknown="ignore")
     assert len(ids) == 5
-    ids, sc = rec.recommend_for_history([hist, hist[:3], []], k=4)
+    # nothing known: refused, naming the history, unless asked to rank it by popularity
+    with pytest.raises(ValueError, match=r"history\[2\]: no item of the catalog to rank from \(it is empty\)"):
+        rec.recommend_for_history([hist, hist[:3], []], k=4)
+    with pytest.raises(ValueError, match=r"^history: no item of the catalog .*every id in it is unknown"):
+        rec.recommend_for_history(["no such movie"], k=4, unknown="ignore")
+    ids, sc = rec.recommend_for_history([hist, hist[:3], []], k=4, empty="popular")
     assert ids.shape == (3, 4) and sc.shape == (3, 4)
+    pop, pop_sc = rec.recommend("no such user", k=4, unknown="popular", exclude_seen=False)
+    assert ids[2].tolist() == pop.tolist() and sc[2].tolist() == pop_sc.tolist() and pop_sc[0] > 0
+    ids1, sc1 = rec.recommend_for_history([hist, hist[:3]], k=4)
+    assert np.array_equal(ids[:2], ids1) and np.allclose(sc[:2], sc1)
 
 
 def test_fold_in_lambda_is_chosen_on_validation_and_used(prep):

@@ -51,6 +51,21 @@ def test_a_corrupt_line_is_a_one_line_error(tmp_path):
         read_records(str(path))
 
 
+@pytest.mark.parametrize("line,msg", [
+    ('{"op":"event","user":1,"item":2,"ts":NaN}', "line 2: field 'ts' must be a finite number, got nan"),
+    ('{"op":"event","user":1,"item":2,"ts":Infinity}', "line 2: field 'ts' must be a finite number"),
+    ('{"op":"event","user":1}', "line 2: field 'item' must be a string or an integer id, got None"),
+    ('{"op":"event","user":[1],"item":2}', "line 2: field 'user' must be a string or an integer id"),
+])
+def test_a_bad_event_line_is_a_one_line_error_naming_the_field(tmp_path, line, msg):
+    """The log is read by the service (replay) and by train.py data.events=: an event without an
+    item, or with a NaN / infinite time, is refused there, never trained on."""
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"op":"event","user":1,"item":2,"ts":1.5}\n' + line + "\n")
+    with pytest.raises(LogError, match=msg.replace("[", r"\[").replace("(", r"\(")):
+        read_records(str(path))
+
+
 def test_events_make_the_live_history_and_survive_a_restart(export, tmp_path):
     log = str(tmp_path / "events.jsonl")
     svc = Service(export, event_log=log)
@@ -71,6 +86,10 @@ def test_events_make_the_live_history_and_survive_a_restart(export, tmp_path):
     with pytest.raises(ApiError) as e:
         svc.add_events([("u1", "nope", None)])
     assert e.value.status == 404 and e.value.field == "events[0].item"
+    for bad in (float("nan"), float("inf"), -float("inf"), True):   # finite seconds only
+        with pytest.raises(ApiError) as e:
+            svc.add_events([("u1", "m3", 5.0), ("u1", "m3", bad)])
+        assert e.value.status == 400 and e.value.field == "events[1].ts"
     assert len(read_records(log)) == 2               # a refused batch writes nothing
 
 

@@ -129,12 +129,29 @@ def test_answers_equal_direct_calls(server, exports):
     ("/recommend", {"users": ["u1"], "where": {"genre": "x"}}, 400, "where"),
     ("/recommend", {"users": ["u1", "u2"], "exclude": [["m1"]]}, 400, "exclude"),
     ("/recommend/history", {"history": ["m1", "zzz"]}, 404, "history"),
+    ("/recommend/history", {"history": []}, 400, "history"),
+    ("/recommend/history", {"history": [["m1"], []]}, 400, "history"),
+    ("/recommend/history", {"history": ["zzz"], "unknown": "ignore"}, 400, "history"),
     ("/similar/items", {"items": "zzz"}, 404, "items"),
     ("/events", {"events": [{"user": "u1", "item": "m1"}]}, 401, "Authorization"),
 ])
 def test_bad_requests_get_a_json_4xx_naming_the_field(server, path, body, status, field):
     r = server.post(path, body)
     assert r.status_code == status and r.json()["field"] == field and "Traceback" not in r.text
+
+
+def test_ids_are_bounded_a_400_not_a_500(server):
+    """A 5,000-digit integer id, an integer past 64 bits or a 600-character string id: 400
+    naming the field (was a 500 or a reset connection)."""
+    huge = b"9" * 5000
+    for path, raw, field in (("/recommend", b'{"users": [' + huge + b"]}", "users"),
+                             ("/recommend/history", b'{"history": [' + huge + b"]}", "history"),
+                             ("/recommend", b'{"users": [9223372036854775808]}', "users"),
+                             ("/recommend", b'{"users": ["' + b"a" * 600 + b'"]}', "users")):
+        r = server.post(path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["field"] in (field, field + ".0", "body"), (path, r.text[:200])
+    r = server.post("/recommend", {"users": ["u1"], "k": 2})
+    assert r.status_code == 200                          # and the server still answers
 
 
 def test_bounds_and_diversity(server):

@@ -11,6 +11,7 @@ never acknowledged) is not a record.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 
@@ -35,5 +36,19 @@ def read_records(path: str, start: int = 0) -> list[dict]:
                 raise LogError(f"event log {path}, line {n + 1}: not JSON: {line[:80]!r}") from None
             if not isinstance(rec, dict) or rec.get("op") not in ("event", "items"):
                 raise LogError(f"event log {path}, line {n + 1}: not an event or items record: {line[:80]!r}")
+            if rec["op"] == "event":
+                _check_event(rec, f"event log {path}, line {n + 1}")
             out.append(rec)
     return out
+
+
+def _check_event(rec: dict, where: str) -> None:
+    """An event record names a user and an item (JSON strings or integers) and, if any, a finite
+    numeric time; anything else is a LogError naming the line and the field."""
+    for key in ("user", "item"):
+        v = rec.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise LogError(f"{where}: field {key!r} must be a string or an integer id, got {v!r}"[:300])
+    ts = rec.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts)):
+        raise LogError(f"{where}: field 'ts' must be a finite number, got {ts!r}"[:300])

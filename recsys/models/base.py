@@ -108,6 +108,10 @@ class Model(nn.Module):
     def own_similarity(self, of: str, space: str):
         raise NotImplementedError
 
+    def projector_tables(self) -> dict[str, torch.Tensor]:
+        """Item tables (I, d) worth showing in TensorBoard's Projector, by name (none: {})."""
+        return {}
+
     def grow(self, bags) -> "Model":
         raise NotImplementedError(f"{type(self).__name__} cannot grow its catalog")
 

@@ -182,6 +182,15 @@ class Scorer(Model):
         return F.embedding_bag(self.tok_indices, self.token_table(), self.tok_indptr[:-1],
                                mode="sum", per_sample_weights=self.tok_weights)
 
+    @torch.no_grad()
+    def projector_tables(self) -> dict[str, torch.Tensor]:
+        c, tables = self.config, {}
+        if c.uses_cf:
+            tables["items/collaborative"] = self.item_emb.weight.detach()
+        if c.uses_content:
+            tables["items/content"] = self.item_content().detach()
+        return tables
+
     def baked(self) -> "Scorer":
         """The same scorer with a pretrained token table replaced by its projection E (a plain
         learned table): what the export stores, smaller and with identical scores."""

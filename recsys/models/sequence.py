@@ -191,6 +191,10 @@ class Sequence(Model):
         from recsys.models.similar import DenseCosine
         return DenseCosine([self.item_table().detach()], [1.0])
 
+    @torch.no_grad()
+    def projector_tables(self) -> dict[str, torch.Tensor]:
+        return {"items/sequence": self.item_table().detach()}
+
     # --- export and new items ---------------------------------------------------------------------
 
     @classmethod

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import orjson
 from fastapi import FastAPI, Request
@@ -50,7 +50,11 @@ class JSONResponse(_StarletteJSON):
         return dumps(content)
 
 
-Id = Union[StrictInt, StrictStr]
+MAX_ID_CHARS = 512          # a string id longer than this is refused (400 naming the field)
+# ids: 64-bit integers or strings of at most MAX_ID_CHARS characters; a 5,000-digit integer is a
+# 400 naming the field, not a 500 from int-to-text limits or the JSON encoder
+Id = Union[Annotated[int, Field(strict=True, ge=-(2 ** 63), lt=2 ** 63)],
+           Annotated[str, Field(strict=True, max_length=MAX_ID_CHARS)]]
 Value = Union[StrictStr, StrictInt, StrictFloat]
 
 
@@ -249,6 +253,10 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
         if body.unknown == "error":
             for h in hists:
                 known_ids(h, rec.items, "history")
+        for n, h in enumerate(hists):         # nothing known: refused, never a list of zeros
+            if not any(x in rec.items for x in h):
+                raise ApiError(400, f"{'history' if len(hists) == 1 else f'history[{n}]'}: no item of the catalog "
+                               f"to rank from ({'every id in it is unknown' if h else 'it is empty'})", "history")
         opts = {"k": check_k(body.k), "exclude_given": body.exclude_given, "unknown": body.unknown,
                 "where": check_where(body.where, rec), "explain": body.explain,
                 "candidates": None if body.candidates is None else known_ids(body.candidates, rec.items, "candidates")}
@@ -371,9 +379,14 @@ def _route(model, handler):
 def invalid_body(errors: list) -> dict:
     """{"error", "field"} of pydantic's validation errors: the first one, its field named by
     its location without the "body" prefix and pydantic's union-branch labels."""
-    err = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    # a value of the right type that breaks a bound (an id too long, an integer past 64 bits)
+    # says more than the union's other branches' type mismatches
+    mismatch = ("int_type", "string_type", "list_type", "dict_type", "float_type", "bool_type")
+    err = next((e for e in errors if e.get("type") not in mismatch), errors[0] if errors else
+               {"loc": (), "msg": "invalid request"})
     loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-    fld = ".".join(x for x in loc if not x.startswith(("list[", "union[", "str", "int", "float", "dict["))) or "body"
+    fld = ".".join(x for x in loc if not x.startswith(("list[", "union[", "str", "int", "float", "dict[",
+                                                       "constrained-"))) or "body"
     if err.get("type") == "json_invalid":
         fld = "body"
     return {"error": f"{fld}: {err.get('msg', 'invalid')}", "field": fld}

@@ -200,7 +200,8 @@ class Recommender:
 
     @torch.no_grad()
     def recommend_for_history(self, items, k: int = 10, exclude_given: bool = True, unknown: str = "error", *,
-                              exclude=None, candidates=None, where=None, diversity=None, explain=False):
+                              exclude=None, candidates=None, where=None, diversity=None, explain=False,
+                              empty: str = "error"):
         """Top-k items for a user who is not in the model, from the items they interacted with
         (external ids), without retraining: one history (a list, tuple, set, array or Series of
         ids) -> ((k',) ids, (k',) scores); a list of histories -> ((B, w), (B, w)). The history's
@@ -228,20 +229,42 @@ class Recommender:
                 rows.append(idx[np.sort(last)])
             else:
                 rows.append(np.unique(idx))
+        if empty not in ("error", "popular"):
+            raise ValueError(f"empty={empty!r} must be 'error' or 'popular'")
+        has = np.array([len(r) > 0 for r in rows], dtype=bool)
+        if empty == "error" and not has.all():
+            r = int(np.flatnonzero(~has)[0])
+            why = "every id in it is unknown" if len(hists[r]) else "it is empty"
+            raise ValueError(f"{'history' if single else f'history[{r}]'}: no item of the catalog to rank from "
+                             f"({why}); pass empty='popular' to rank such a history by popularity")
         req = build_request(cat.items, len(rows), single, self.device, exclude, candidates, where, cat.attributes)
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in rows], out=indptr[1:])
-        given = (torch.from_numpy(indptr).to(self.device),      # rows in the order built above
-                 torch.from_numpy(np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)).to(self.device))
-        idx, sc = topk(cat.scorer, torch.arange(len(rows), device=self.device), min(k, len(cat.items)),
-                       given if exclude_given else None, histories=given, side=self._item_side(cat),
-                       request=self._diverse(cat, req, diversity, min(k, len(cat.items)), given))
-        parts = [(np.arange(len(rows)), idx, sc)]
+        kk = min(k, len(cat.items))
+        parts = []
+        H = None
+        if has.any():
+            pos = np.flatnonzero(has)
+            mine = [rows[r] for r in pos]
+            indptr = np.zeros(len(mine) + 1, dtype=np.int64)
+            np.cumsum([len(r) for r in mine], out=indptr[1:])
+            given = (torch.from_numpy(indptr).to(self.device),      # rows in the order built above
+                     torch.from_numpy(np.concatenate(mine).astype(np.int64)).to(self.device))
+            idx, sc = topk(cat.scorer, torch.arange(len(mine), device=self.device), kk,
+                           given if exclude_given else None, histories=given, side=self._item_side(cat),
+                           request=self._diverse(cat, sub_rows(req, pos), diversity, kk, given))
+            parts.append((pos, idx, sc))
+            H = torch.sparse_csr_tensor(given[0], given[1], torch.ones(len(given[1]), device=self.device),
+                                        (len(mine), len(cat.items)))
+        if not has.all():                 # empty='popular': nothing known, the most popular items
+            pos = np.flatnonzero(~has)
+            none = (torch.zeros(len(pos) + 1, dtype=torch.long, device=self.device),
+                    torch.zeros(0, dtype=torch.long, device=self.device))
+            idx, sc = topk(cat.scorer, torch.arange(len(pos), device=self.device), kk, None,
+                           side=self._counts(cat), request=self._diverse(cat, sub_rows(req, pos), diversity, kk, none),
+                           score=_constant_rows)
+            parts.append((pos, idx, sc))
         out = answer(cat.item_ids, parts, len(rows), single)
         if explain:
-            H = torch.sparse_csr_tensor(given[0], given[1], torch.ones(len(given[1]), device=self.device),
-                                        (len(rows), len(cat.items)))
-            out = out + (self._explain(cat, parts, len(rows), single, explain, H=H),)
+            out = out + (self._explain(cat, parts[:1] if has.any() else [], len(rows), single, explain, H=H),)
         return out
 
     def _explain(self, cat, parts, n_rows: int, single: bool, top, users=None, H=None) -> list:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -140,6 +141,8 @@ class Service:
             s = self.served
             records = []
             for n, (user, item, ts) in enumerate(events):
+                if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts)):
+                    raise ApiError(400, f"events[{n}].ts={ts!r} must be a finite number of seconds", f"events[{n}].ts")
                 item = conform(item, s.rec.items)
                 if item not in s.rec.items:
                     raise ApiError(404, f"unknown item id {item!r}: not in the catalog (add it through /items)",

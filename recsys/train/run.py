@@ -191,12 +191,7 @@ def log_run(loggers, model, prep, metrics: dict, model_config: dict, seed: int, 
 def _projector(log_dir: str, model, prep) -> None:
     """The learned model's item tables in TensorBoard's Projector (a memory model has none)."""
     from recsys.train.projector import item_columns, write_projector
-    tables = {}
-    if hasattr(model, "item_emb"):
-        tables["items/collaborative"] = model.item_emb.weight.detach()
-    if hasattr(model, "item_content") and getattr(model.config, "uses_content", False):
-        with torch.no_grad():
-            tables["items/content"] = model.item_content().detach()
+    tables = model.projector_tables()
     if tables:
         write_projector(log_dir, tables, item_columns(prep))
 
