@@ -146,6 +146,29 @@ def test_blend_part_missing_a_key(memory_exports):
 
 # --- 3. vocabularies ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["users.json", "items.json", "tokens.json", "config.json"])
+def test_reads_are_bounded_by_the_declared_sizes(learned, name):
+    """A vocabulary pointing at /dev/zero grew the loader to 23.7 GB: a device or FIFO is never
+    read, and a file larger than config.json's sizes allow is refused before it is read."""
+    p = os.path.join(learned, name)
+    keep = open(p, "rb").read()
+    try:
+        os.remove(p)
+        os.symlink("/dev/zero", p)
+        _refused(learned, name, "is not a regular file")
+        os.remove(p)
+        os.mkfifo(p)                                     # open() of a FIFO would block for ever
+        _refused(learned, name, "is not a regular file")
+        os.remove(p)
+        with open(p, "wb") as f:                         # sparse: 64 GB of nothing, never read
+            f.truncate(64 << 30)
+        _refused(learned, name, "more than the")
+    finally:
+        os.remove(p)
+        open(p, "wb").write(keep)
+    assert Recommender.from_pretrained(learned) is not None
+
+
 @pytest.mark.parametrize("name, size", [("users.json", "n_users is 8"), ("items.json", "n_items is 12"),
                                         ("tokens.json", "n_tokens is 18")])
 def test_short_vocabulary(learned, name, size):

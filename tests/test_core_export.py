@@ -242,6 +242,34 @@ def test_save_over_existing_export_and_save_pretrained(tmp_path):
     assert again.titles == rec.titles and again.meta == {"note": "x"}
 
 
+def test_resave_keeps_every_file_the_export_does_not_own(tmp_path):
+    """Re-saving over an export replaces only the export's own files: a README the user put
+    into it, a folder of notes, a symlink, and a thesis beside a config.json that merely claims
+    the format are all still there, byte for byte (they were deleted before)."""
+    prep = prepared(tmp_path, string_ids=True)
+    path, _ = export(tmp_path, prep, trained_like(prep, seed=0))
+    rec = Recommender.from_pretrained(path)
+    exp = tmp_path / "mine"
+    rec.save_pretrained(str(exp))
+    (exp / "README.md").write_text("# my model\n")
+    (exp / "notes").mkdir()
+    (exp / "notes" / "a.txt").write_text("a\n")
+    os.symlink("README.md", exp / "link")
+    rec.save_pretrained(str(exp))
+    assert (exp / "README.md").read_text() == "# my model\n" and (exp / "notes" / "a.txt").read_text() == "a\n"
+    assert os.readlink(exp / "link") == "README.md"
+    assert Recommender.from_pretrained(str(exp)).recommend(prep.users.ids[0], k=3)[0].tolist() == \
+        rec.recommend(prep.users.ids[0], k=3)[0].tolist()
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "config.json").write_text('{"format": "recsys-export"}')
+    (fake / "thesis.tex").write_text("\\section{One}\n")
+    rec.save_pretrained(str(fake))
+    assert (fake / "thesis.tex").read_text() == "\\section{One}\n"
+    assert Recommender.from_pretrained(str(fake)).items.ids == rec.items.ids
+    assert not [n for n in os.listdir(tmp_path) if n.startswith((".mine", ".fake"))]   # no temp dirs left
+
+
 class _Payload:
     """Unpickling this runs code: it creates the file named in its argument."""
 

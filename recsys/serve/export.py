@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 
 import torch
@@ -92,10 +93,39 @@ def atomic_dir(final: str):
     return tmp
 
 
+# every name an export may write: on re-save these are replaced (or dropped when the new export
+# has no such file); anything else in the folder is the user's and is carried over untouched
+OWN_FILES = frozenset({"config.json", "model.safetensors", "extras.safetensors", "users.json", "items.json",
+                       "tokens.json", "tokenizer.json"})
+
+
+def _carry(src: str, dst: str) -> None:
+    """dst: the same file or tree as src through hard links (symlinks as links): nothing is
+    copied, and src stays whole until its directory is dropped."""
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+    elif os.path.isdir(src):
+        os.mkdir(dst)
+        shutil.copystat(src, dst)
+        for name in os.listdir(src):
+            _carry(os.path.join(src, name), os.path.join(dst, name))
+    else:
+        try:
+            os.link(src, dst)
+        except OSError:            # no hard links here (another filesystem): a copy
+            shutil.copy2(src, dst)
+
+
 def commit_dir(tmp: str, final: str) -> None:
+    """Move the written export `tmp` into place at `final` in one rename. Files in an existing
+    export at `final` that an export does not own (OWN_FILES: a README, notes, a user's
+    anything) are carried into the new one first, so nothing the user put there is deleted."""
     check_target(final)      # again: something may have appeared there while we wrote
     old = None
     if os.path.exists(final):
+        for name in os.listdir(final):
+            if name not in OWN_FILES and not os.path.lexists(os.path.join(tmp, name)):
+                _carry(os.path.join(final, name), os.path.join(tmp, name))
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-", dir=os.path.dirname(os.path.abspath(final)))
         os.rmdir(old)
         os.replace(final, old)
@@ -233,12 +263,30 @@ def _check_device(device) -> torch.device:
     return torch.device("cpu") if dev.type == "cpu" else dev
 
 
-def _read_json(path: str):
+MAX_CONFIG_BYTES = 1 << 20         # config.json; the vocabularies: this plus PER_ENTRY_BYTES an entry
+PER_ENTRY_BYTES = 1 << 16          # (an id with its title and attributes in items.json)
+MAX_TOKENIZER_BYTES = 1 << 28
+
+
+def _read_json(path: str, max_bytes: int = MAX_CONFIG_BYTES):
+    """The JSON of a regular file of at most max_bytes (what config.json's sizes allow): a
+    device, a FIFO or a file past the bound is refused before anything is read."""
     if not os.path.exists(path):
         raise ExportError(f"export file missing: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ExportError(f"export file {path} is not a regular file (a device, FIFO or socket is never read)")
+        if st.st_size > max_bytes:
+            raise ExportError(f"export file {path} has {st.st_size:,} bytes, more than the {max_bytes:,} its "
+                              f"config.json's sizes allow")
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:            # grew while we read
+            raise ExportError(f"export file {path} has more than the {max_bytes:,} bytes its config.json's sizes allow")
+        return json.loads(data.decode("utf-8"))
+    except ExportError:
+        raise
     except RecursionError:
         raise ExportError(f"export file {path} is not valid JSON: nested too deeply") from None
     except ValueError as e:         # JSONDecodeError, UnicodeDecodeError, an integer too long to read
@@ -461,7 +509,7 @@ def _check_values(tensors: dict[str, torch.Tensor], spec: _Spec, file: str) -> N
 def _read_vocab(path: str, n: int, size_name: str, what: str, keys=("ids", "unk")) -> tuple[Vocab, dict]:
     """A vocabulary file: {"ids": [...], "unk": id or null} with n unique ids, all strings or all
     64-bit integers (what='tokens': strings only). Returns the Vocab and the JSON object."""
-    obj = _read_json(path)
+    obj = _read_json(path, MAX_CONFIG_BYTES + n * PER_ENTRY_BYTES)
     if not isinstance(obj, dict) or not isinstance(obj.get("ids"), list):
         raise ExportError(f"{path} must be a JSON object with a list 'ids', got {_show(obj)}")
     unknown = sorted(set(obj) - set(keys))
@@ -558,7 +606,7 @@ def _load_tokenizer(entry: dict, path: str, config_file: str, file: str):
         raise ExportError(f"{config_file}: the tokenizer entry cannot be used: {_line(e)}") from None
     if tokenizer.kind == "word":
         return tokenizer
-    if not isinstance(_read_json(file), dict):
+    if not isinstance(_read_json(file, MAX_TOKENIZER_BYTES), dict):
         raise ExportError(f"{file} is not a Hugging Face tokenizer file (not a JSON object)")
     try:
         tokenizer.load_files(path)

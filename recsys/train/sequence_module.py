@@ -1,6 +1,9 @@
 """Lightning around the sequence model (models/sequence.py): batches of users, each read as the
 window of its newest max_len + 1 training items; every position predicts the item after it.
 
+    auto     full up to FULL_MAX_ITEMS items, sampled above (the (N, I) logits of a batch of
+             long histories take N x I x 12 bytes with their gradient: 3 GB at 25,600
+             positions x 10,000 items)
     full     cross-entropy over the whole catalog: h (N, D) @ E^T (D, I), N = the batch's
              positions with a next item
     sampled  cross-entropy over the true next item and n_neg negatives shared by the batch,
@@ -19,12 +22,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from recsys.models.sequence import Sequence, windows
 from recsys.train.module import RankingModule, _EpochBatches
 
-SEQUENCE_LOSSES = ("full", "sampled")
+SEQUENCE_LOSSES = ("auto", "full", "sampled")
+FULL_MAX_ITEMS = 20_000
 
 
 class SequenceModule(RankingModule):
-    def __init__(self, scorer: Sequence, eval_sets: dict, loss: str = "full", n_neg: int = 1024,
-                 lr: float = 1e-3, weight_decay: float = 0.0, ks: tuple[int, ...] = (10, 20)):
+    def __init__(self, scorer: Sequence, eval_sets: dict, loss: str = "auto", n_neg: int = 1024,
+                 lr: float = 2e-3, weight_decay: float = 0.0, ks: tuple[int, ...] = (10, 20)):
         if loss not in SEQUENCE_LOSSES:
             raise ValueError(f"model.optim.loss={loss!r} is not one of {SEQUENCE_LOSSES}")
         if n_neg < 1:
@@ -33,6 +37,7 @@ class SequenceModule(RankingModule):
             raise ValueError(f"model.optim.lr={lr} must be > 0")
         super().__init__(scorer, eval_sets, ks)
         self.save_hyperparameters(ignore=["scorer", "eval_sets"])
+        self.loss = loss if loss != "auto" else ("full" if scorer.config.n_items <= FULL_MAX_ITEMS else "sampled")
         counts = torch.bincount(scorer.seq_indices, minlength=scorer.config.n_items).float()
         self.register_buffer("item_q", counts / counts.sum().clamp(min=1), persistent=False)   # (I,)
 
@@ -45,7 +50,7 @@ class SequenceModule(RankingModule):
         h = m.encode(inp, E)                                                          # (B, w-1, D)
         ok = (inp >= 0) & (tgt >= 0)
         h, y = h[ok], tgt[ok]                                                         # (N, D), (N,)
-        if self.hparams.loss == "full":
+        if self.loss == "full":
             loss = F.cross_entropy(h @ E.t(), y)                                      # (N, I) logits
         else:
             loss = self._sampled(h, y, E)
