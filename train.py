@@ -31,22 +31,54 @@ log = logging.getLogger("train")
 
 
 def run(cfg: DictConfig) -> dict:
+    """The run folder is a small state machine (recsys/train/run.py RunLock): a refused run
+    (folder busy or finished, a resume with another model or without a checkpoint, a bad model
+    config) writes nothing into it; a run that fails leaves it "failed", to rerun or resume."""
     out = cfg.paths.output_dir
-    lock = RunLock(out, resume=bool(cfg.ckpt_path)) if _is_rank_zero() else None
-    try:
-        return _run(cfg, out)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run(cfg: DictConfig, out: str) -> dict:
-    config = OmegaConf.to_container(cfg, resolve=True)
     spec = hydra.utils.instantiate(cfg.model)          # checks the model's parameters first
     if spec.trains and cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) < 1:
         raise ValueError(f"trainer.max_epochs={cfg.trainer.max_epochs} trains nothing: a learned model "
                          f"needs at least one epoch")
-    ckpt = checkpoint_path(cfg.ckpt_path, out)
+    if not _is_rank_zero():
+        return _run(cfg, out, spec, checkpoint_path(cfg.ckpt_path, out))
+    lock = RunLock(out, resume=bool(cfg.ckpt_path), model=OmegaConf.to_container(cfg.model, resolve=True))
+    handler = None
+    try:
+        ckpt = checkpoint_path(cfg.ckpt_path, out)
+        lock.accept()
+        handler = record_config(cfg, out)
+        metrics = _run(cfg, out, spec, ckpt)
+        lock.mark("finished")
+        return metrics
+    except BaseException as e:
+        if handler is not None:                        # accepted: the folder holds a failed run now
+            lock.mark("failed", error=" ".join(f"{type(e).__name__}: {e}".split())[:500])
+        raise
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        lock.release()
+
+
+def record_config(cfg: DictConfig, out: str) -> logging.Handler:
+    """What Hydra would have written into the run folder, written once the folder is this run's:
+    .hydra/config.yaml (+ hydra.yaml and overrides.yaml under Hydra) and train.log (appended to
+    when a run is resumed). Returns the log handler to remove at the end."""
+    from hydra.core.hydra_config import HydraConfig
+    os.makedirs(os.path.join(out, ".hydra"), exist_ok=True)
+    OmegaConf.save(cfg, os.path.join(out, ".hydra", "config.yaml"))
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        OmegaConf.save(OmegaConf.create(list(hc.overrides.task)), os.path.join(out, ".hydra", "overrides.yaml"))
+    handler = logging.FileHandler(os.path.join(out, "train.log"), mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _run(cfg: DictConfig, out: str, spec, ckpt: str | None) -> dict:
+    config = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(cfg.seed, workers=True)
     data = {k: v for k, v in config["data"].items() if k != "refit"}     # refit: select_and_fit's
     prep = hydra.utils.instantiate(data)

@@ -48,10 +48,75 @@ def test_second_run_into_a_finished_run_folder_fails(tiny_files, tmp_path, compo
     base = _tiny(tiny_files) + ["model=popularity"]
     train.run(compose(base, str(tmp_path)))
     before = open(tmp_path / "metrics.json").read()
-    with pytest.raises(RunFolderError, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a finished run"):
         train.run(compose(base, str(tmp_path)))
     assert open(tmp_path / "metrics.json").read() == before
     assert not (tmp_path / ".lock").exists()
+
+
+def _record(d) -> dict:
+    """Every file of a run folder (but checkpoints), path -> bytes."""
+    out = {}
+    for root, _, files in os.walk(d):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, d)] = open(p, "rb").read()
+    return out
+
+
+def test_a_finished_run_is_never_replaced_nor_its_record_rewritten(tiny_files, tmp_path, compose):
+    """A finished hybrid run: model=ease ckpt_path=last is refused naming what differs (it
+    replaced the export, metrics and run_info with EASE's and exited 0), a second plain run is
+    refused, and neither touches a byte of the folder (.hydra/, train.log included)."""
+    import train
+    from recsys.train.run import RunFolderError, folder_state
+    base = _tiny(tiny_files) + ["model=hybrid", "model.dim=8"]
+    train.run(compose(base, str(tmp_path)))
+    assert folder_state(str(tmp_path)) == "finished"
+    assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "train.log").exists()
+    before = _record(tmp_path)
+    with pytest.raises(RunFolderError, match=r"trained another model \(model.kind: 'learned' -> 'ease'"):
+        train.run(compose(_tiny(tiny_files) + ["model=ease", "ckpt_path=last"], str(tmp_path)))
+    with pytest.raises(RunFolderError, match=r"model.dim: 8 -> 16"):
+        train.run(compose(base[:-1] + ["model.dim=16", "ckpt_path=last"], str(tmp_path)))
+    with pytest.raises(RunFolderError, match="already holds a finished run"):
+        train.run(compose(base, str(tmp_path)))
+    assert _record(tmp_path) == before
+
+
+def test_a_refused_train_py_writes_nothing_into_the_folder(tiny_files, tmp_path):
+    """Through Hydra itself (which wrote .hydra/*.yaml and train.log before train.py could
+    refuse): the second run into a finished folder exits 1 with one line, and the folder's
+    record is byte for byte what the first run left."""
+    args = [sys.executable, "train.py", *_tiny(tiny_files), "model=popularity", f"hydra.run.dir={tmp_path}"]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert {".hydra", "train.log", "run_state.json", "metrics.json"} <= set(os.listdir(tmp_path))
+    assert "fitted popularity" in (tmp_path / "train.log").read_text()
+    before = _record(tmp_path)
+    again = subprocess.run(args + ["seed=7"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    text = again.stdout + again.stderr
+    assert again.returncode == 1 and "already holds a finished run" in text and "Traceback" not in text
+    assert _record(tmp_path) == before
+
+
+def test_a_failed_run_can_be_rerun_or_resumed(tiny_files, tmp_path, compose):
+    """A run that fails leaves the folder "failed" (it was a dead end: a rerun was refused as
+    'already holds a run' and a resume found no checkpoint): a rerun starts afresh, keeping
+    the failed run's checkpoints aside; a resume without a checkpoint says to rerun."""
+    import train
+    from recsys.train.run import RunFolderError, folder_state
+    base = _tiny(tiny_files) + ["model=popularity"]
+    with pytest.raises(Exception):
+        train.run(compose(base + ["data.items=/nonexistent/items.csv"], str(tmp_path)))
+    assert folder_state(str(tmp_path)) == "failed"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch000.ckpt").write_bytes(b"x")
+    with pytest.raises(RunFolderError, match="rerun without ckpt_path"):
+        train.run(compose(base + ["ckpt_path=last"], str(tmp_path)))
+    m = train.run(compose(base, str(tmp_path)))
+    assert 0 <= m["test/ndcg@10"] <= 1 and folder_state(str(tmp_path)) == "finished"
+    assert (tmp_path / "checkpoints.failed-1" / "epoch000.ckpt").read_bytes() == b"x"
 
 
 def test_run_folder_in_use_by_a_live_process_fails_at_once(tmp_path):

@@ -13,6 +13,7 @@ Plain arguments only: train.py (Hydra) calls these.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -28,13 +29,50 @@ class RunFolderError(ValueError):
     """A run folder that this run must not write into; the message says why and what to do."""
 
 
-class RunLock:
-    """Exclusive use of a run folder: a second run into a folder that is being written, or that
-    already holds a finished run, fails at once (resuming it with a checkpoint excepted)."""
+STATE_FILE = "run_state.json"
+_ARTIFACTS = ("run_info.json", "metrics.json", "export", "checkpoints", "per_user.csv", "split")
 
-    def __init__(self, out: str, resume: bool):
-        self.path = os.path.join(out, ".lock")
+
+def folder_state(out: str) -> str:
+    """new | running | finished | failed: running while a live process holds the lock; then
+    what run_state.json says (a "running" one whose process died: failed); folders of older
+    runs without it: finished with metrics.json, failed with anything else of a run."""
+    pid = _read_pid(os.path.join(out, ".lock"))
+    if pid is not None and pid != os.getpid() and _alive(pid):
+        return "running"
+    try:
+        with open(os.path.join(out, STATE_FILE)) as f:
+            state = json.load(f).get("state")
+        if state in ("finished", "failed"):
+            return state
+        if state == "running":
+            return "failed"
+    except (OSError, ValueError, AttributeError):
+        pass
+    if os.path.exists(os.path.join(out, "metrics.json")):
+        return "finished"
+    return "failed" if any(os.path.exists(os.path.join(out, n)) for n in _ARTIFACTS) else "new"
+
+
+class RunLock:
+    """Exclusive use of a run folder, and its state (new, running, finished, failed):
+
+    new       the run starts;
+    running   another live process writes it: refused at once;
+    finished  refused (choose another folder); resuming it (ckpt_path) only with the model it
+              trained, e.g. for more epochs;
+    failed    may be rerun (its checkpoints/ kept aside as checkpoints.failed-N) or resumed;
+    and a resume (ckpt_path) with another model than the folder's run_info.json records is
+    refused, naming the keys that differ. A refused run writes nothing into the folder (train.py
+    writes .hydra/ and train.log only once the lock is taken: `accept`)."""
+
+    def __init__(self, out: str, resume: bool, model: dict | None = None):
+        self.out, self.path = out, os.path.join(out, ".lock")
         os.makedirs(out, exist_ok=True)
+        state = folder_state(out)
+        if state == "running":
+            raise RunFolderError(f"run folder {out} is being written by another run (pid {_read_pid(self.path)}); "
+                                 f"choose another hydra.run.dir")
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -47,14 +85,68 @@ class RunLock:
                 os.remove(self.path)                     # left by a run that died: take it over
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
-        if not resume and any(os.path.exists(os.path.join(out, n)) for n in ("run_info.json", "metrics.json", "export")):
+        try:
+            self._check(state, resume, model)
+        except RunFolderError:
             self.release()
-            raise RunFolderError(f"run folder {out} already holds a run; choose another hydra.run.dir, or resume "
-                                 f"it with ckpt_path=last")
+            raise
+        self.state, self.resume = state, resume
+
+    def _check(self, state: str, resume: bool, model: dict | None) -> None:
+        out = self.out
+        if state == "finished" and not resume:
+            raise RunFolderError(f"run folder {out} already holds a finished run; choose another hydra.run.dir "
+                                 f"(ckpt_path=last resumes it with the same model only)")
+        if resume and model is not None:
+            before = _recorded_model(out)
+            diff = [] if before is None else _diff(_trained(before), _trained(model))
+            if diff:
+                raise RunFolderError(f"ckpt_path: run folder {out} trained another model ({', '.join(diff[:4])}); "
+                                     f"resume with the model it trained, or choose another hydra.run.dir")
+
+    def accept(self) -> None:
+        """The folder is this run's: a failed run's checkpoints are kept aside (a rerun starts
+        afresh), and the state says running."""
+        if self.state == "failed" and not self.resume:
+            ck = os.path.join(self.out, "checkpoints")
+            if os.path.isdir(ck) and os.listdir(ck):
+                n = 1
+                while os.path.exists(f"{ck}.failed-{n}"):
+                    n += 1
+                os.replace(ck, f"{ck}.failed-{n}")
+                log.info("run folder %s: the failed run's checkpoints kept in %s", self.out, f"{ck}.failed-{n}")
+        self.mark("running")
+
+    def mark(self, state: str, **extra) -> None:
+        write_json_atomic(os.path.join(self.out, STATE_FILE), {"state": state, "pid": os.getpid(), **extra})
 
     def release(self) -> None:
         if os.path.exists(self.path) and _read_pid(self.path) == os.getpid():
             os.remove(self.path)
+
+
+def _recorded_model(out: str) -> dict | None:
+    try:
+        with open(os.path.join(out, "run_info.json")) as f:
+            return json.load(f)["config"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _trained(model: dict) -> dict:
+    """A model config without what does not change the trained model (Hydra's keys, the
+    search space)."""
+    return {k: v for k, v in model.items() if not str(k).startswith("_") and k != "search_space"}
+
+
+def _diff(a, b, prefix: str = "model") -> list[str]:
+    """'model.dim: 64 -> 32'-style lines of where two config dicts differ (kind first)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=lambda k: (k != "kind", str(k))):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}")
+        return out
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
 def _read_pid(path: str) -> int | None:
@@ -83,7 +175,8 @@ def checkpoint_path(ckpt_path: str | None, out: str) -> str | None:
     path = os.path.join(out, "checkpoints", "last.ckpt") if ckpt_path == "last" else ckpt_path
     if not os.path.isfile(path):
         raise RunFolderError(f"ckpt_path={ckpt_path}: no checkpoint file at {path}"
-                             + (" (this run folder has no last checkpoint yet)" if ckpt_path == "last" else ""))
+                             + (" (this run folder has no last checkpoint yet; rerun without ckpt_path to start "
+                                "it afresh)" if ckpt_path == "last" else ""))
     try:      # read as Lightning will (weights_only: nothing in it runs), so a bad file fails here, in one line
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:      # noqa: BLE001 (whatever torch.load says, the file is not resumable)
