@@ -73,12 +73,18 @@ def test_valid_split_last_holds_out_each_users_newest_event(tmp_path):
 
 def _random_model(seed: int = 0, **kw) -> Sequence:
     torch.manual_seed(seed)
+    kw.setdefault("cold_k", 0)
     cfg = SequenceConfig(n_users=3, n_items=7, n_tokens=5, dim=8, blocks=2, heads=2, max_len=6, dropout=0.0, **kw)
     bufs = {"tok_indptr": torch.tensor([0, 1, 2, 3, 4, 5, 5, 7]), "tok_indices": torch.tensor([0, 1, 2, 3, 4, 0, 1]),
             "tok_weights": torch.rand(7), "seq_indptr": torch.tensor([0, 3, 3, 5]),
             "seq_indices": torch.tensor([4, 1, 2, 0, 3]), "hist_indptr": torch.tensor([0, 3, 3, 5]),
             "hist_indices": torch.tensor([1, 2, 4, 0, 3]),
-            "item_warm": torch.tensor([True, True, True, True, True, False, False])}
+            "item_warm": torch.tensor([True, True, True, True, True, False, False]),
+            "fill_indptr": torch.tensor([0, 0, 0, 0, 0, 0, 0, 2]), "fill_indices": torch.tensor([0, 3]),
+            "fill_weights": torch.tensor([0.75, 0.5])}       # item 6 borrows 0.75 V[0] + 0.5 V[3]
+    if not cfg.cold_k:
+        bufs.update(fill_indptr=torch.zeros(8, dtype=torch.long), fill_indices=torch.zeros(0, dtype=torch.long),
+                    fill_weights=torch.zeros(0))
     m = Sequence(cfg, bufs)
     with torch.no_grad():                               # larger weights: differences are visible
         for p in m.parameters():
@@ -118,6 +124,12 @@ def test_items_without_training_are_scored_from_their_content():
     torch.testing.assert_close(E[0], m.item_emb.weight[0] + C0)
     no_content = _random_model(content=False)
     assert torch.equal(no_content.item_table()[6], torch.zeros(8))
+    # cold_k: in eval mode a cold item borrows its fill row's id rows (coldstart.py), never in training
+    b = _random_model(cold_k=2)
+    V = b.item_emb.weight
+    torch.testing.assert_close(b.item_table()[6], C6 + 0.75 * V[0] + 0.5 * V[3])
+    torch.testing.assert_close(b.item_table()[:6], E[:6])
+    torch.testing.assert_close(b.train().item_table()[6], C6)
 
 
 def test_learns_the_next_item_that_a_bag_model_cannot_tell(cyc):

@@ -40,6 +40,29 @@ class MemoryConfig:
     cold_k: int = 0               # itemknn/userknn/ease: cold items borrow the scores of this many
     cold_scale: float = 1.0       # content neighbours, times cold_scale (coldstart.py)
 
+    def __post_init__(self):
+        """Values a fit cannot use are refused here, one line naming the field."""
+        import math
+
+        def bad(name, rule):
+            raise ValueError(f"model.{name}={getattr(self, name)!r} must be {rule}")
+        for name in ("k", "block_size", "max_products", "max_items"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 1:
+                bad(name, "a number >= 1")
+        for name in ("shrink", "side", "cold_k", "n_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
+                bad(name, "a finite number >= 0")
+        for name in ("lam", "dense_ratio", "cold_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
+                bad(name, "a finite number > 0")
+        if self.values not in ("binary", "rating"):
+            bad("values", "'binary' or 'rating'")
+        if self.direction not in ("candidate", "history"):
+            bad("direction", "'candidate' or 'history'")
+
     @property
     def variant(self) -> str:
         return self.kind

@@ -11,8 +11,10 @@ scores are one matmul of its last hidden state against the catalog's item table.
     s[u, i] = h_{n-1} . E[i]                (b, D) @ (D, I): next-item scores of the catalog
 
 Items with no training interaction ("cold": new in the catalog, or added later with grow())
-have no id row in E (warm[i] = 0, so their V rows never train) and are read and scored from
-their content tokens alone, so an item never seen in training is reachable.
+have no trained id row (warm[i] = 0, so their V rows never train) and are read and scored from
+their content tokens; with cold_k > 0, at ranking time (eval mode) their id row is borrowed from
+their cold_k most content-similar warm items (models/coldstart.py: V[c] = cold_scale x the
+cosine-weighted mean of the neighbours' rows), so an item never seen in training is reachable.
 
 A known user is ranked from the stored training sequence (seq_indptr, seq_indices: time order,
 ties in file order); a user outside the model, or a served user with live events, from the
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.models.base import Model, is_histories
+from recsys.models.coldstart import fill_table
 
 
 @dataclass
@@ -51,6 +54,8 @@ class SequenceConfig:
     dropout: float = 0.2
     content: bool = True        # item tokens carry their pooled content tokens (C above)
     init_std: float = 0.02
+    cold_k: int = 10            # cold items borrow id rows from this many content neighbours
+    cold_scale: float = 2.0     # ... times this factor (10 and 2: chosen on leave-last validation)
 
     def __post_init__(self):
         for name in ("dim", "blocks", "heads", "max_len"):
@@ -63,6 +68,10 @@ class SequenceConfig:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
         if not float(self.init_std) > 0:
             raise ValueError(f"model.init_std={self.init_std} must be > 0")
+        if isinstance(self.cold_k, bool) or not isinstance(self.cold_k, int) or self.cold_k < 0:
+            raise ValueError(f"model.cold_k={self.cold_k!r} must be an integer >= 0")
+        if not 0 < float(self.cold_scale) < float("inf"):
+            raise ValueError(f"model.cold_scale={self.cold_scale} must be a finite number > 0")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -71,7 +80,7 @@ class SequenceConfig:
 # data buffers (all in the state_dict, so an export is complete): token bags, the training
 # sequences in time order, the bag of training items (similar users/items), warm items
 BUFFERS = ("tok_indptr", "tok_indices", "tok_weights", "seq_indptr", "seq_indices", "hist_indptr",
-           "hist_indices", "item_warm")
+           "hist_indices", "item_warm", "fill_indptr", "fill_indices", "fill_weights")
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,11 @@ class Sequence(Model):
     # --- item side --------------------------------------------------------------------------
 
     def item_table(self) -> torch.Tensor:
-        """E (I, D): id rows of warm items plus pooled content tokens."""
+        """E (I, D): id rows of warm items (in eval mode cold items' borrowed ones, cold_k > 0)
+        plus pooled content tokens."""
         E = self.item_emb.weight * self.item_warm[:, None].to(self.item_emb.weight.dtype)
+        if not self.training and len(self.fill_indices):
+            E = fill_table(E, self.fill_indptr, self.fill_indices, self.fill_weights)
         if self.token_emb is not None and len(self.tok_indices):
             C = F.embedding_bag(self.tok_indices, self.token_emb.weight, self.tok_indptr[:-1],
                                 mode="sum", per_sample_weights=self.tok_weights,
@@ -204,6 +216,7 @@ class Sequence(Model):
         spec.add_csr(p + "seq", U, I, None)
         spec.add_csr(p + "hist", U, I, None)
         spec.add(p + "item_warm", "BOOL", I)
+        spec.add_csr(p + "fill", I, I, p + "fill_weights")
         spec.add(p + "item_emb.weight", "F32", I, D)
         if c.content:
             spec.add(p + "token_emb.weight", "F32", max(T, 1), D)
@@ -233,7 +246,7 @@ class Sequence(Model):
     def grow(self, bags) -> "Sequence":
         """The model with bags.n_items new items: cold (no id row), read and scored from their
         content tokens; no user's sequence changes."""
-        from recsys.models.extend import cat_bags
+        from recsys.models.extend import cat_bags, fill_rows
         c, m = self.config, bags.n_items
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         state["tok_indptr"], state["tok_indices"], state["tok_weights"] = cat_bags(
@@ -242,6 +255,9 @@ class Sequence(Model):
         state["item_warm"] = torch.cat([warm, torch.zeros(m, dtype=torch.bool, device=warm.device)])
         W = state["item_emb.weight"]
         state["item_emb.weight"] = torch.cat([W, torch.zeros(m, W.shape[1], dtype=W.dtype, device=W.device)])
+        state["fill_indptr"], state["fill_indices"], state["fill_weights"] = fill_rows(
+            state, (state["fill_indptr"], state["fill_indices"], state["fill_weights"]), c.n_items, m, c.n_tokens,
+            warm, c.cold_k, c.cold_scale)
         out = Sequence(replace(c, n_items=c.n_items + m), {k: state[k] for k in BUFFERS})
         out.load_state_dict(state, strict=True)
         return out.to(self.tok_indices.device).train(self.training)

@@ -222,7 +222,8 @@ _MEMORY = dict(kind="text", n_users="size", n_items="size", similarity="text", k
                direction="text", lam="number", max_items="number", n_tokens="size", cold_k="size",
                cold_scale="number", side="number")
 _SEQUENCE = dict(kind="text", n_users="size", n_items="size", n_tokens="size", dim="size", blocks="size",
-                 heads="size", max_len="size", dropout="number", content="flag", init_std="number")
+                 heads="size", max_len="size", dropout="number", content="flag", init_std="number",
+                 cold_k="size", cold_scale="number")
 _BLEND = dict(kind="text", n_users="size", n_items="size", alpha="number", first="object", second="object",
               norm="text")
 _TOKENIZER = {"word": dict(kind="text", lowercase="flag", min_len="size", prefix_fields="texts"),

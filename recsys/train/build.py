@@ -61,6 +61,7 @@ def build_sequence(prep: Prepared, **model):
         "seq_indptr": seq_indptr, "seq_indices": seq_indices,
         "hist_indptr": hist_indptr, "hist_indices": hist_indices,
         "item_warm": torch.from_numpy(prep.item_warm()),
+        **fill_buffers(prep, cfg.cold_k, cfg.cold_scale),
     })
 
 

@@ -52,6 +52,7 @@ class Memory:
         if unknown or not hasattr(cls, "tables"):
             raise ValueError(f"model kind {kind!r} takes no parameter(s) {unknown}" if unknown else
                              f"model kind {kind!r} is not a memory-based model")
+        MemoryConfig(kind=kind, n_users=1, n_items=1, **params)       # checks the values now
         self.kind, self.params = kind, dict(params)
 
     trains = False                  # fitted in one pass, no epochs
@@ -152,6 +153,7 @@ class SequenceSpec:
 
     trains = True                   # Lightning epochs
     valid_split = "last"            # recsys.fit validates it on each user's last event
+    batch_size = 128                # users per batch (optim.batch_size)
 
     def to_dict(self) -> dict:
         return {"kind": "sequence", **self.params, "optim": dict(self.optim)}
@@ -162,7 +164,7 @@ class SequenceSpec:
         from recsys.train.module import user_loader
         from recsys.train.sequence_module import SequenceModule, sequence_loader
         optim = dict(self.optim)
-        batch_size = optim.pop("batch_size", 128)
+        batch_size = optim.pop("batch_size", self.batch_size)
         model = build_sequence(prep, **self.params)
         module = SequenceModule(model, sets, ks=tuple(ctx.ks), **optim)
         trainer = (ctx.trainer or _default_trainer(ctx))(callbacks=ctx.callbacks, logger=ctx.loggers or False)
