@@ -5,6 +5,7 @@ its own run folder) and prints a Markdown table of the test metrics from each me
     python benchmarks/quality.py --learned                # ... and the learned ones (~2 min each)
     python benchmarks/quality.py --extra experiment=random80 data.valid_ratio=0
     python benchmarks/quality.py --learned --extra experiment=newusers     # new-user NDCG@10
+    python benchmarks/quality.py --learned --extra experiment=leave_last   # next-item (HR@10 = Recall@10)
 
 Extra arguments are Hydra overrides given to every run. Runs go under outputs/quality/.
 """
@@ -34,6 +35,7 @@ LEARNED = {
     "learned content": ["model=content"],
     "learned collaborative (MF)": ["model=collaborative"],
     "learned hybrid, alpha 0.5": ["model=hybrid"],
+    "sequence (causal transformer over item tokens)": ["model=sequence"],
 }
 
 

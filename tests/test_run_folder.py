@@ -100,6 +100,21 @@ def test_a_refused_train_py_writes_nothing_into_the_folder(tiny_files, tmp_path)
     assert _record(tmp_path) == before
 
 
+def test_last_checkpoint_follows_every_epoch(tiny_files, tmp_path, compose):
+    """last.ckpt holds the newest epoch even when validation did not improve (Lightning's
+    save_last wrote it only with a new best, so a resume repeated the epochs since)."""
+    import torch
+
+    import train
+    args = [a for a in _tiny(tiny_files) if a != "callbacks=none"] + [
+        "model=hybrid", "model.dim=8", "model.optim.lr=1e-12", "trainer.max_epochs=3", "trainer.min_epochs=3",
+        "callbacks.early_stopping.patience=10", "data.refit=false"]
+    train.run(compose(args, str(tmp_path)))
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 2                              # epochs 1 and 2 did not beat epoch 0
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch000.ckpt", "last.ckpt"]
+
+
 def test_a_failed_run_can_be_rerun_or_resumed(tiny_files, tmp_path, compose):
     """A run that fails leaves the folder "failed" (it was a dead end: a rerun was refused as
     'already holds a run' and a resume found no checkpoint): a rerun starts afresh, keeping

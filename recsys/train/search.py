@@ -279,7 +279,8 @@ def refit_data(prep):
 def refit_context(ctx, epochs: int | None):
     """The fit context of a refit: no callback that watches validation (there is none), the
     trainer fixed at the selected number of epochs for a learned model."""
-    callbacks = [c for c in ctx.callbacks if not getattr(c, "monitor", None)]
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    callbacks = [c for c in ctx.callbacks if not getattr(c, "monitor", None) and not isinstance(c, ModelCheckpoint)]
     trainer = ctx.trainer
     if trainer is not None:       # no checkpoint of the refit (it has no validation to pick one by)
         trainer = functools.partial(trainer, enable_checkpointing=False)

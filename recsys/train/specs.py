@@ -185,15 +185,16 @@ class SequenceSpec:
 def _load_best(module, ctx: FitContext) -> None:
     """The best checkpoint's weights (when a ModelCheckpoint callback kept one) into module."""
     import lightning as L
-    best_ckpt = next((c.best_model_path for c in ctx.callbacks
-                      if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.best_model_path), None)
+    best_ckpt = next((c.best_model_path for c in ctx.callbacks      # the monitored one (not last.ckpt's)
+                      if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
     if best_ckpt:  # weights only: checkpoints hold plain tensors and primitives
         state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=True)
 
 
 def _best_value(ctx: FitContext, trainer) -> float:
-    best = next((c.best_model_score for c in ctx.callbacks if getattr(c, "best_model_score", None) is not None), None)
+    best = next((c.best_model_score for c in ctx.callbacks
+                 if getattr(c, "monitor", None) and getattr(c, "best_model_score", None) is not None), None)
     return float(best) if best is not None else float(trainer.callback_metrics.get(ctx.optimized_metric, float("nan")))
 
 
