@@ -15,6 +15,7 @@ def main(cfg: DictConfig) -> None:
     from recsys.serve.export import ExportError
     from recsys.serve.http import create_app
     from recsys.serve.scorer import ScorerGone, error_line
+    port = _port(cfg.port)
     try:
         app = create_app(cfg.export, event_log=cfg.event_log, unknown=cfg.unknown, device=cfg.device,
                          threads=cfg.threads, workers=cfg.workers, max_batch_wait_ms=cfg.max_batch_wait_ms,
@@ -24,7 +25,13 @@ def main(cfg: DictConfig) -> None:
                          scoring_threads=_threads(cfg.scoring_threads))
     except (ExportError, LogError, ScorerGone, ValueError, OSError) as e:
         raise SystemExit(f"serve: {error_line(e)}") from None
-    uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=False)
+    uvicorn.run(app, host=cfg.host, port=port, log_level=cfg.log_level, access_log=False)
+
+
+def _port(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise SystemExit(f"serve: port={value!r} must be an integer in 0..65535")
+    return value
 
 
 def _threads(value) -> int:

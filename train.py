@@ -35,6 +35,8 @@ def run(cfg: DictConfig) -> dict:
     (folder busy or finished, a resume with another model or without a checkpoint, a bad model
     config) writes nothing into it; a run that fails leaves it "failed", to rerun or resume."""
     out = cfg.paths.output_dir
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed={cfg.seed!r} must be an integer")
     spec = hydra.utils.instantiate(cfg.model)          # checks the model's parameters first
     if spec.trains and cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) < 1:
         raise ValueError(f"trainer.max_epochs={cfg.trainer.max_epochs} trains nothing: a learned model "

@@ -163,14 +163,25 @@ def test_zero_epochs_is_refused_before_training(tiny_files, tmp_path, compose):
 
 
 @pytest.mark.parametrize("override, words", [("model.alpha=1.5", "model.alpha=1.5 is outside [0, 1]"),
-                                             ("model.dim=0", "model.dim=0 must be >= 1")])
+                                             ("model.dim=0", "model.dim=0 must be >= 1"),
+                                             ("model=ease model.lam=-1", "model.lam=-1 must be a finite number > 0"),
+                                             ("model=itemknn model.k=0", "model.k=0 must be a number >= 1"),
+                                             ("model=sequence model.heads=3", "model.dim=64 must be a multiple of model.heads=3"),
+                                             ("seed=abc", "seed='abc' must be an integer")])
 def test_bad_model_values_end_train_py_with_one_line(override, words, tiny_files, tmp_path):
     """No traceback: exit 1 and the package's message on one logged line."""
-    res = subprocess.run([sys.executable, "train.py", *_tiny(tiny_files), override, f"hydra.run.dir={tmp_path}"],
+    res = subprocess.run([sys.executable, "train.py", *_tiny(tiny_files), *override.split(), f"hydra.run.dir={tmp_path}"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 1
     text = res.stdout + res.stderr
     assert words in text and "Traceback" not in text
+
+
+def test_serve_py_bad_port_is_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "serve.py", f"export={tmp_path}", "port=abc", f"hydra.run.dir={tmp_path / 'h'}"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    text = res.stdout + res.stderr
+    assert res.returncode == 1 and "serve: port='abc' must be an integer in 0..65535" in text and "Traceback" not in text
 
 
 def test_evaluate_py_ends_bad_input_with_one_line(tmp_path):

@@ -104,8 +104,8 @@ class RecsysModule(RankingModule):
     """The token-embedding Scorer's training: (user, item) pair batches, shared negatives, the
     scorer's own losses (Scorer.batch_loss), Adam or lazy Adam for its large tables."""
 
-    def __init__(self, scorer: Scorer, eval_sets: dict, loss: str = "bpr", n_neg: int = 8,
-                 lr: float = 5e-3, weight_decay: float = 0.0, l2: float = 0.0,
+    def __init__(self, scorer: Scorer, eval_sets: dict, loss: str = "softmax", n_neg: int = 1024,
+                 lr: float = 5e-3, weight_decay: float = 1e-4, l2: float = 0.0,
                  ks: tuple[int, ...] = (10, 20), sparse: bool = False, max_history: int = 0):
         if loss not in LOSSES:
             raise ValueError(f"model.optim.loss={loss!r} is not one of {sorted(LOSSES)}")

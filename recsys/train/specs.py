@@ -43,11 +43,16 @@ class Memory:
     """A memory-based or closed-form model: kind (itemknn, userknn, content_knn, ease,
     popularity) and its MemoryConfig fields (models/memory.py)."""
 
+    # where a kind's configs/model/<kind>.yaml differs from MemoryConfig's shared defaults:
+    # recsys.fit(model=kind) fits what python train.py model=kind fits (tests/test_fit_defaults.py)
+    KIND_DEFAULTS = {"userknn": {"k": 50}, "ease": {"block_size": 1024}}
+
     def __init__(self, kind: str, search_space: dict | None = None, **params):
         from recsys.models.memory import MemoryConfig
         from recsys.models.registry import model_class
         cls = model_class(kind)
         self.search_space = search_space
+        params = {**self.KIND_DEFAULTS.get(kind, {}), **params}
         unknown = sorted(set(params) - set(MemoryConfig.__dataclass_fields__))
         if unknown or not hasattr(cls, "tables"):
             raise ValueError(f"model kind {kind!r} takes no parameter(s) {unknown}" if unknown else
