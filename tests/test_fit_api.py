@@ -120,3 +120,19 @@ def test_learned_fit_is_refit_on_every_interaction(tmp_path, monkeypatch):
     kept = recsys.fit(df, items=items, model="collaborative", dim=8, max_epochs=2, user_col="who", item_col="what",
                       refit=False)
     assert "refit" not in kept.meta
+
+
+def test_the_refit_chooses_its_own_fold_in_lambda(tmp_path, monkeypatch):
+    """The MF fold-in weight was chosen on the first fit and kept for the refit, whose embeddings
+    are others (top-1 agreement with the stored user fell from 50/50 to 30/50): the refit model's
+    lambda is the one that reproduces its own learned users best."""
+    import copy
+
+    from recsys.train.tune import FOLD_IN_GRID, choose_fold_in_by_agreement
+    monkeypatch.chdir(tmp_path)
+    X, df, items = _frame(6, U=40, I=24)
+    rec = recsys.fit(df, items=items, model="collaborative", dim=8, max_epochs=3, user_col="who", item_col="what")
+    m = rec.scorer
+    best, curve = choose_fold_in_by_agreement(copy.deepcopy(m), rec.seen)
+    assert set(curve) == set(FOLD_IN_GRID) and m.config.fold_in_lambda == best
+    assert curve[best] == max(curve.values()) and rec.meta["model"]["fold_in_lambda"] == "auto"

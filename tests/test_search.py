@@ -161,7 +161,8 @@ def test_learned_search_records_epochs_and_refits_for_them(prep):
     assert all(1 <= t["epochs"] <= 3 for t in res.trials)
     assert res.best_epochs == next(t["epochs"] for t in res.trials if t["value"] == res.best_value)
     assert refit_context(ctx, res.best_epochs).max_epochs == res.best_epochs
-    assert res.spec.to_dict()["fold_in_lambda"] == res.extra["fold_in_lambda"]    # chosen on validation
+    assert res.model.config.fold_in_lambda == res.extra["fold_in_lambda"]          # chosen on validation
+    assert res.spec.to_dict()["fold_in_lambda"] == "auto"                # a refit chooses its own
     curve = EpochCurve("val/ndcg@10")
     curve.values = [0.1, 0.3, 0.2]
     assert curve.best == 0.3 and curve.best_epoch == 2

@@ -229,9 +229,9 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     if best_cfg.get("kind") == "learned" and base.get("fold_in_lambda") == "auto" and result.model is not None \
             and result.model.config.uses_cf:
         from recsys.train.tune import choose_fold_in_lambda
+        # the winner's own model gets its lambda on validation; the spec keeps "auto", so a
+        # refit chooses the refit model's own (train/tune.py choose_fold_in_by_agreement)
         lam, _ = choose_fold_in_lambda(result.model, val_sets["val_seen"], val_sets["val_target"])
-        best_cfg["fold_in_lambda"] = float(lam)
-        result.spec = as_spec(best_cfg)
         result.extra["fold_in_lambda"] = float(lam)
     log.info("search: %d trials in %.1f s, best %s %.4f with %s%s", len(rows), result.seconds, metric,
              result.best_value, result.best_params,
@@ -365,7 +365,6 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
     train + validation (refit; a learned model for the epochs of its best validation value).
     Returns a Choice. test=False: no test loop (a model fitted for use, recsys.fit)."""
     from recsys.train.build import eval_sets
-    from recsys.train.specs import as_spec
     search_cfg = dict(search_cfg or {})
     result = None
     info: dict = {}
@@ -395,13 +394,11 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
         best = result.best_value if result is not None else float("nan")
         if result is None:                              # a plain run: validate first, then refit
             curve = EpochCurve(ctx.optimized_metric)
-            first, _, best = spec.fit(prep, sets, dataclasses.replace(ctx, callbacks=ctx.callbacks + [curve]),
-                                      test=False)
+            _, _, best = spec.fit(prep, sets, dataclasses.replace(ctx, callbacks=ctx.callbacks + [curve]),
+                                  test=False)
             epochs = curve.best_epoch if curve.values else None
-            cfg = spec.to_dict()
-            if cfg.get("fold_in_lambda") == "auto" and hasattr(first.config, "fold_in_lambda"):
-                cfg["fold_in_lambda"] = float(first.config.fold_in_lambda)   # chosen on validation
-                spec = as_spec(cfg)
+            # fold_in_lambda "auto" stays: the refit chooses its own (train/tune.py), the first
+            # fit's value belongs to the first fit's embeddings
         final = refit_data(prep)
         final_sets = eval_sets(final)
         model, metrics, _ = spec.fit(final, final_sets, refit_context(ctx, epochs), test=test)

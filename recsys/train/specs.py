@@ -103,7 +103,7 @@ class Learned:
         test=False skips Lightning's test loop (a blend part: the blend is tested, not the part)."""
         from recsys.train.build import build_scorer
         from recsys.train.module import RecsysModule, train_loader, user_loader
-        from recsys.train.tune import choose_fold_in_lambda
+        from recsys.train.tune import choose_fold_in_by_agreement, choose_fold_in_lambda
         optim = dict(self.optim)
         batch_size = optim.pop("batch_size", 1024)
         batching = optim.pop("batching", "interactions")
@@ -119,7 +119,10 @@ class Learned:
                     user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
         _load_best(module, ctx)
         if self.fold_in_lambda == "auto" and scorer.config.uses_cf:   # MF fold-in of users outside the model
-            choose_fold_in_lambda(scorer, sets["val_seen"], sets["val_target"])
+            if int(sets["val_target"][1].numel()):
+                choose_fold_in_lambda(scorer, sets["val_seen"], sets["val_target"])
+            else:              # a refit (no validation part): the lambda that reproduces the learned users
+                choose_fold_in_by_agreement(scorer, sets["val_seen"], seed=ctx.seed)
         # Lightning's test loop only under DDP, where it is the sharded check of the final
         # report's figures (loop/*); in one process the report's own pass is the only one (at
         # 1M users each pass over the test users takes minutes)
