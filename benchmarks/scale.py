@@ -25,8 +25,9 @@ its peak RSS (ru_maxrss) is its own:
     sequence the sequence model (dim 64, 2 blocks, max_len 200, sampled softmax with --n-neg
              popularity negatives, batches of --seq-batch users) through Lightning for
              --train-batches batches: training events (predicted next items) per second, then
-             top-10 with seen items masked for --rank-users users next to the bare mm + topk
-             floor over the same shapes (the floor leaves out the transformer's encoding)
+             top-10 with seen items masked for --rank-users users through the transformer, the
+             time to cache every user's last state (cache_users, once per model), then top-10
+             from the cached states next to the bare mm + topk floor over the same shapes
     export   a learned hybrid export (dim 64, initial weights: serving costs do not depend on
              them) written with save_pretrained to --export-dir (default DIR/export_hybrid), for
              `python benchmarks/serve_load.py --export DIR/export_hybrid`: seconds, size, RSS
@@ -173,6 +174,12 @@ def phase(name: str, a) -> dict:
                    epoch_s_estimate=int(starts.clamp(min=0).sum()) * sum(steps) / max(sum(events), 1))
         model.eval()
         seen = model.seq_indptr, model.seq_indices
+        t0 = time.perf_counter()
+        topk(model, users, 10, seen, chunk_size=1024)              # through the transformer
+        out["rank_encoding_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.cache_users()                                          # every user's last state, once
+        out["cache_users_s"] = time.perf_counter() - t0
         ts, floor = [], []
         H = torch.randn(len(users), 64)
         for _ in range(a.repeats):

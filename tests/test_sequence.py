@@ -113,6 +113,24 @@ def test_order_changes_the_scores_and_known_users_read_their_sequence():
     torch.testing.assert_close(m.score(torch.tensor([0]), side), s1)   # user 0's sequence is 4, 1, 2
 
 
+def test_cached_user_states_give_the_same_scores_and_training_drops_them():
+    """cache_users(): known users ranked from stored last states (one matmul, as MF) score as
+    the transformer does; train() drops the cache (the weights may change)."""
+    m = _random_model()
+    side = m.item_side()
+    users = torch.tensor([0, 1, 2])
+    live = m.score(users, side)
+    m.cache_users()
+    assert bool(m.user_state_ok)
+    torch.testing.assert_close(m.score(users, m.item_side()), live, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        m.blocks[0].proj.weight.mul_(0)                 # a cached state no longer follows the weights ...
+    assert torch.allclose(m.score(users, m.item_side()), live, rtol=1e-5, atol=1e-5)
+    m.train()
+    assert not bool(m.user_state_ok)                    # ... until training drops it
+    assert not torch.allclose(m.eval().score(users, m.item_side()), live)
+
+
 def test_items_without_training_are_scored_from_their_content():
     m = _random_model()
     E = m.item_table()

@@ -20,6 +20,9 @@ A known user is ranked from the stored training sequence (seq_indptr, seq_indice
 ties in file order); a user outside the model, or a served user with live events, from the
 given history, whose CSR row must list the items in the order they happened
 (reads_order = True: the Recommender keeps the order it is given). Nothing is refit.
+cache_users() stores every known user's last hidden state (user_state (U, D), in the state_dict
+and the export), so ranking known users is one matmul and a top-k, like matrix factorisation;
+the cache is dropped whenever the module is put in training mode.
 
 Training (train/sequence_module.py) predicts every next item of each window: full softmax
 over the catalog, or sampled softmax with logQ correction (sampled_logits) for large catalogs.
@@ -129,6 +132,29 @@ class Sequence(Model):
         for emb in (self.item_emb, self.token_emb, self.pos_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=c.init_std)
+        # the known users' last hidden states (cache_users), valid while user_state_ok is true
+        self.register_buffer("user_state", buffers.get("user_state", torch.zeros(c.n_users, c.dim)))
+        self.register_buffer("user_state_ok", buffers.get("user_state_ok", torch.zeros((), dtype=torch.bool)))
+
+    def train(self, mode: bool = True) -> "Sequence":
+        if mode:                     # weights may change from here on: the cached states go stale
+            self.user_state_ok.fill_(False)
+        return super().train(mode)
+
+    @torch.no_grad()
+    def cache_users(self, chunk: int = 1024) -> "Sequence":
+        """Compute user_state (U, D) for every known user (eval mode), users of similar length
+        together; ranking known users then reads it instead of running the transformer."""
+        self.eval()
+        E = self.item_table()
+        n = torch.diff(self.seq_indptr)
+        order = torch.argsort(n, descending=True)
+        for a in range(0, len(order), chunk):
+            users = order[a:a + chunk]
+            seqs, m = windows(self.seq_indptr, self.seq_indices, users, self.config.max_len)
+            self.user_state[users] = self.last_hidden(seqs, m, E)
+        self.user_state_ok.fill_(True)
+        return self
 
     # --- item side --------------------------------------------------------------------------
 
@@ -183,9 +209,11 @@ class Sequence(Model):
         if is_histories(who):
             rows = torch.arange(who.shape[0], device=who.device)
             seqs, n = windows(who.crow_indices(), who.col_indices(), rows, self.config.max_len)
+        elif not self.training and bool(self.user_state_ok):
+            seqs = None
         else:
             seqs, n = windows(self.seq_indptr, self.seq_indices, who, self.config.max_len)
-        h = self.last_hidden(seqs, n, side.E)                                         # (b, D)
+        h = self.user_state[who] if seqs is None else self.last_hidden(seqs, n, side.E)   # (b, D)
         E = side.E if cols is None else side.E[cols]                                  # (n, D)
         if out is not None and not torch.is_grad_enabled():
             return torch.mm(h, E.t(), out=out)
@@ -236,10 +264,12 @@ class Sequence(Model):
             spec.add(q + "mlp.2.bias", "F32", D)
         spec.add(p + "ln.weight", "F32", D)
         spec.add(p + "ln.bias", "F32", D)
+        spec.add(p + "user_state", "F32", U, D)
+        spec.add(p + "user_state_ok", "BOOL")
 
     @classmethod
     def from_state(cls, config: dict, state: dict[str, torch.Tensor], rebuild=None) -> "Sequence":
-        model = cls(SequenceConfig(**config), {k: state[k] for k in BUFFERS})
+        model = cls(SequenceConfig(**config), {k: state[k] for k in BUFFERS + ("user_state", "user_state_ok")})
         model.load_state_dict(state, strict=True)
         return model
 
@@ -259,8 +289,9 @@ class Sequence(Model):
             state, (state["fill_indptr"], state["fill_indices"], state["fill_weights"]), c.n_items, m, c.n_tokens,
             warm, c.cold_k, c.cold_scale)
         out = Sequence(replace(c, n_items=c.n_items + m), {k: state[k] for k in BUFFERS})
-        out.load_state_dict(state, strict=True)
-        return out.to(self.tok_indices.device).train(self.training)
+        out.load_state_dict(state, strict=True)      # the users' states too: new items are in no sequence
+        out = out.to(self.tok_indices.device)
+        return out.train(True) if self.training else out
 
 
 def windows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, length: int

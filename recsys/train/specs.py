@@ -187,7 +187,7 @@ class SequenceSpec:
         metrics["trainer/world_size"] = trainer.world_size
         trainer.strategy.optimizers = []      # as Learned.fit: the Adam moments are of no further use
         metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
-        return model.cpu().eval(), metrics, best
+        return model.cache_users().cpu(), metrics, best      # known users ranked from cached states
 
 
 def _load_best(module, ctx: FitContext) -> None:
