@@ -15,7 +15,7 @@ from recsys.models.memory import MemoryConfig
 from recsys.models.sequence import SequenceConfig
 from recsys.train.module import RecsysModule
 from recsys.train.sequence_module import SequenceModule
-from recsys.train.specs import Learned, Memory, SequenceSpec, as_spec
+from recsys.train.specs import Memory, SequenceSpec, as_spec
 
 KINDS = ["itemknn", "userknn", "content_knn", "ease", "popularity", "hybrid", "collaborative", "content", "sequence"]
 SIZES = {"n_users": 1, "n_items": 1, "n_tokens": 1}

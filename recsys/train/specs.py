@@ -123,21 +123,7 @@ class Learned:
                 choose_fold_in_lambda(scorer, sets["val_seen"], sets["val_target"])
             else:              # a refit (no validation part): the lambda that reproduces the learned users
                 choose_fold_in_by_agreement(scorer, sets["val_seen"], seed=ctx.seed)
-        # Lightning's test loop only under DDP, where it is the sharded check of the final
-        # report's figures (loop/*); in one process the report's own pass is the only one (at
-        # 1M users each pass over the test users takes minutes)
-        test = test and trainer.world_size > 1
-        if test:
-            trainer.test(module, user_loader(sets["test_target"][0], ctx.eval_chunk), verbose=False)
-        best = _best_value(ctx, trainer)
-        metrics = dict(module.last_test_metrics) if test else {}
-        metrics["trainer/world_size"] = trainer.world_size
-        # the optimizer state (two moments per parameter) is of no use after the fit, and
-        # Lightning's objects keep the trainer reachable after this returns: drop it here
-        trainer.strategy.optimizers = []
-        # the test loop's own figures (sharded over processes, then summed): the final report
-        # recomputes test/* in one pass; the two must agree (tests/test_ddp.py)
-        metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
+        metrics, best = _after_fit(trainer, module, sets, ctx, test)
         if scorer.config.uses_cf:
             metrics["fold_in/lambda"] = scorer.config.fold_in_lambda
         return scorer.cpu().eval(), metrics, best      # eval mode: Lightning leaves it training
@@ -179,15 +165,29 @@ class SequenceSpec:
         trainer.fit(module, sequence_loader(model.seq_indptr, batch_size, ctx.seed, model.config.max_len),
                     user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
         _load_best(module, ctx)
-        test = test and trainer.world_size > 1
-        if test:
-            trainer.test(module, user_loader(sets["test_target"][0], ctx.eval_chunk), verbose=False)
-        best = _best_value(ctx, trainer)
-        metrics = dict(module.last_test_metrics) if test else {}
-        metrics["trainer/world_size"] = trainer.world_size
-        trainer.strategy.optimizers = []      # as Learned.fit: the Adam moments are of no further use
-        metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
+        metrics, best = _after_fit(trainer, module, sets, ctx, test)
         return model.cache_users().cpu(), metrics, best      # known users ranked from cached states
+
+
+def _after_fit(trainer, module, sets, ctx: FitContext, test: bool) -> tuple[dict, float]:
+    """What every Lightning fit ends with: (metrics, best validation value)."""
+    from recsys.train.module import user_loader
+    # Lightning's test loop only under DDP, where it is the sharded check of the final
+    # report's figures (loop/*); in one process the report's own pass is the only one (at
+    # 1M users each pass over the test users takes minutes)
+    test = test and trainer.world_size > 1
+    if test:
+        trainer.test(module, user_loader(sets["test_target"][0], ctx.eval_chunk), verbose=False)
+    best = _best_value(ctx, trainer)
+    metrics = dict(module.last_test_metrics) if test else {}
+    metrics["trainer/world_size"] = trainer.world_size
+    # the optimizer state (two moments per parameter) is of no use after the fit, and
+    # Lightning's objects keep the trainer reachable after this returns: drop it here
+    trainer.strategy.optimizers = []
+    # the test loop's own figures (sharded over processes, then summed): the final report
+    # recomputes test/* in one pass; the two must agree (tests/test_ddp.py)
+    metrics.update({f"loop/{k}": v for k, v in metrics.items() if k.endswith(("ndcg@10", "recall@20"))})
+    return metrics, best
 
 
 def _load_best(module, ctx: FitContext) -> None:
