@@ -15,8 +15,10 @@ def main(cfg: DictConfig) -> None:
     from recsys.serve.export import ExportError
     from recsys.serve.http import create_app
     from recsys.serve.scorer import ScorerGone, error_line
+    from recsys.serve.timeouts import read_timeout_protocol
     port = _port(cfg.port)
     try:
+        protocol = read_timeout_protocol(cfg.read_timeout_s)
         app = create_app(cfg.export, event_log=cfg.event_log, unknown=cfg.unknown, device=cfg.device,
                          threads=cfg.threads, workers=cfg.workers, max_batch_wait_ms=cfg.max_batch_wait_ms,
                          max_batch_users=cfg.max_batch_users, max_users=cfg.max_users, max_k=cfg.max_k,
@@ -25,7 +27,8 @@ def main(cfg: DictConfig) -> None:
                          scoring_threads=_threads(cfg.scoring_threads))
     except (ExportError, LogError, ScorerGone, ValueError, OSError) as e:
         raise SystemExit(f"serve: {error_line(e)}") from None
-    uvicorn.run(app, host=cfg.host, port=port, log_level=cfg.log_level, access_log=False)
+    uvicorn.run(app, host=cfg.host, port=port, log_level=cfg.log_level, access_log=False, http=protocol,
+                timeout_keep_alive=cfg.keep_alive_s)
 
 
 def _port(value) -> int:
