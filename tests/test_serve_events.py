@@ -150,6 +150,34 @@ def test_a_bad_request_in_a_batch_fails_alone(export):
     assert res[2][0]["items"] == svc.served.rec.recommend("u3", k=2)[0].tolist()
 
 
+def test_ids_keep_their_type_through_events_and_retraining(tmp_path):
+    """One id type per catalog: an integer-id model refuses an event of user "newbie" (400
+    naming the field; before, a retraining on the log turned every id into a string and a later
+    event for 5 made a second user beside "5"), maps "5" to 5, and a log that already holds a
+    string id is refused by the retraining, naming the line."""
+    import pandas as pd
+    df = pd.DataFrame({"user": [1, 1, 2, 2, 3, 3, 5, 5], "item": [10, 11, 10, 12, 11, 12, 10, 13],
+                       "timestamp": range(8)})
+    path = recsys.fit(df, model="popularity").save_pretrained(str(tmp_path / "exp"))
+    log = str(tmp_path / "events.jsonl")
+    svc = Service(path, event_log=log)
+    with pytest.raises(ApiError) as e:
+        svc.add_events([(5, 11, None), ("newbie", 11, None)])
+    assert e.value.status == 400 and e.value.field == "events[1].user" and "not an integer id" in e.value.message
+    svc.add_events([("5", 11, None), (7, 12, None)])
+    assert [r["user"] for r in read_records(log)] == [5, 7]              # 5 is the known user 5
+    df.to_csv(tmp_path / "train.csv", index=False)
+    df.iloc[:2].to_csv(tmp_path / "test.csv", index=False)
+    prep = prepare_files(train=str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"), events=log,
+                         valid_ratio=0, require_held_out=False)
+    assert prep.users.ids == [1, 2, 3, 5, 7]                             # integers still, one user 5
+    with open(log, "a") as f:
+        f.write('{"op":"event","user":"newbie","item":10,"ts":9}\n')
+    with pytest.raises(DataError, match=r"events.jsonl, line 3: user 'newbie' is not an integer id"):
+        prepare_files(train=str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"), events=log,
+                      valid_ratio=0, require_held_out=False)
+
+
 def test_train_data_events_appends_the_logged_interactions(tmp_path):
     """Known answer: the log's event pairs are in train (a new user and a new item included),
     the number of log lines is events_through, items records are not interactions."""

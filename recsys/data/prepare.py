@@ -194,9 +194,21 @@ def read_events(path: str, ratings: pd.DataFrame | None = None) -> tuple[pd.Data
         records = read_records(path)
     except LogError as e:
         raise DataError(f"data.events: {e}") from None
+    lines = [n + 1 for n, r in enumerate(records) if r["op"] == "event"]
     ev = [r for r in records if r["op"] == "event"]
     out = pd.DataFrame({"user": [str(r["user"]) for r in ev], "item": [str(r["item"]) for r in ev],
                         "timestamp": np.asarray([r.get("ts") or 0.0 for r in ev], dtype=np.float64)})
+    if ratings is not None and len(ratings) and len(out):
+        # one id type per catalog: integer training ids stay integers (an event of user
+        # "newbie" turned every id into a string, and user 5 into "5", a second user)
+        from recsys.data.ids import _plain_int, id_texts
+        for role in ("user", "item"):
+            if role in ratings and _plain_int(id_texts(ratings[role], f"{role} ids")).all():
+                bad = np.flatnonzero(~_plain_int(out[role]))
+                if len(bad):
+                    raise DataError(f"data.events={path}, line {lines[bad[0]]}: {role} {out[role].iloc[bad[0]]!r} is "
+                                    f"not an integer id, but the training data's {role} ids are integers "
+                                    f"(one id type per catalog)")
     if ratings is not None and "rating" in ratings and len(ratings):
         out["rating"] = float(ratings["rating"].max())
     return out, len(records)

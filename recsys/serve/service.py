@@ -141,13 +141,13 @@ class Service:
             s = self.served
             records = []
             for n, (user, item, ts) in enumerate(events):
+                user = same_kind(user, s.rec.users, f"events[{n}].user")
                 if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts)):
                     raise ApiError(400, f"events[{n}].ts={ts!r} must be a finite number of seconds", f"events[{n}].ts")
                 item = conform(item, s.rec.items)
                 if item not in s.rec.items:
                     raise ApiError(404, f"unknown item id {item!r}: not in the catalog (add it through /items)",
                                    f"events[{n}].item")
-                user = conform(user, s.rec.users)
                 records.append({"op": "event", "user": user, "item": item,
                                 "ts": time.time() if ts is None else ts})
             lines = log_.append(records)
@@ -276,6 +276,23 @@ def _settle() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def same_kind(x, vocab, field: str):
+    """An id of a new event in the kind of the catalog's ids (one id type per catalog, for the
+    life of the catalog: the export, the log and a retraining on it): in an integer vocabulary a
+    plain-integer text is that integer and any other string is refused; in a string vocabulary
+    an integer is its text. ApiError 400 naming the field."""
+    x = conform(x, vocab)
+    if not vocab.ids:
+        return x
+    ints = isinstance(vocab.ids[0], (int, np.integer))
+    if ints and isinstance(x, str):
+        raise ApiError(400, f"{field}={x!r} is not an integer id; this model's ids are integers "
+                       f"(one id type per catalog)", field)
+    if not ints and isinstance(x, (int, np.integer)):
+        return str(x)
+    return x
 
 
 def conform(x, vocab):
