@@ -1,5 +1,6 @@
 """Full-ranking speed of the learned scorer against the bare floor, side by side in one process:
-top-10 for every user (seen items masked) through recsys.eval.ranking.topk, versus a bare loop of
+top-10 for every user (seen items masked) through recsys.eval.ranking.topk and through the public
+Recommender.recommend (user ids in, item ids out), versus a bare loop of
 torch.mm(user chunk, item table^T) + torch.topk over the same shapes (no masking, no
 standardisation, nothing else). Reports medians of --repeats runs and the ratio.
 
@@ -63,9 +64,19 @@ def main():
         with torch.no_grad():
             topk(scorer, users, 10, seen, chunk_size=a.chunk)
 
-    times = {"bare mm + topk": [], f"recsys {a.variant} (masked)": []}
+    from recsys.data.tokenize import WordTokenizer
+    from recsys.data.vocab import Vocab
+    from recsys.serve.recommender import Recommender
+    rec = Recommender(scorer, Vocab(list(range(U))), Vocab(list(range(I))), Vocab([f"t{n}" for n in range(n_tok)]),
+                      WordTokenizer(), seen, torch.ones(n_tok))
+    ids = list(range(U))
+
+    def api():                        # the public call, ids in and out
+        rec.recommend(ids, k=10, chunk_size=a.chunk)
+
+    times = {"bare mm + topk": [], f"recsys {a.variant} (masked)": [], "Recommender.recommend (ids in and out)": []}
     for _ in range(a.repeats):
-        for name, f in zip(times, (bare, ours)):
+        for name, f in zip(times, (bare, ours, api)):
             sync()
             t0 = time.perf_counter()
             f()
