@@ -230,3 +230,41 @@ def test_sampled_softmax_trains_and_bad_settings_name_themselves():
         recsys.fit(inter, model="sequence", time_col="timestamp", max_epochs=1, optim={"loss": "bpr"})
     with pytest.raises(ValueError, match=r"takes no parameter\(s\) \['alpha'\]"):
         recsys.fit(inter, model="sequence", alpha=0.5)
+
+
+def test_sampled_loss_reads_only_the_rows_it_needs_and_equals_the_whole_table():
+    """item_rows(items) equals item_table()[items] (training mode), and the sampled loss built
+    from the batch's rows only equals the same loss over the whole table, gradients included."""
+    import torch.nn.functional as F
+
+    from recsys.train.sequence_module import SequenceModule
+    m = _random_model().train()
+    m.drop.p = 0.0
+    for b in m.blocks:
+        b.dropout, b.drop.p = 0.0, 0.0
+    items = torch.tensor([6, 0, 3, 5])
+    torch.testing.assert_close(m.item_rows(items), m.item_table()[items])
+    mod = SequenceModule(m, {}, loss="sampled", n_neg=4)
+    torch.manual_seed(3)
+    loss = mod.training_step((torch.tensor([0, 2]),), 0)
+    loss.backward()
+    g = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    # the same negatives, the whole table
+    torch.manual_seed(3)
+    neg = torch.multinomial(mod.item_q, 4, replacement=True)
+    from recsys.models.sequence import windows
+    seqs, _ = windows(m.seq_indptr, m.seq_indices, torch.tensor([0, 2]), m.config.max_len + 1)
+    inp, tgt = seqs[:, :-1], seqs[:, 1:]
+    ok = (inp >= 0) & (tgt >= 0)
+    E = m.item_table()
+    h, y = m.encode(inp, E)[ok], tgt[ok]
+    log_nq = torch.log(mod.item_q * 4)
+    logits = torch.cat([((h * E[y]).sum(1) - log_nq[y])[:, None],
+                        (h @ E[neg].t() - log_nq[neg]).masked_fill(neg[None, :] == y[:, None], float("-inf"))], 1)
+    want = F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+    torch.testing.assert_close(loss, want)
+    want.backward()
+    for n, p in m.named_parameters():
+        if n in g:
+            torch.testing.assert_close(g[n], p.grad, rtol=1e-4, atol=1e-6)

@@ -42,6 +42,7 @@ from torch import nn
 
 from recsys.models.base import Model, is_histories
 from recsys.models.coldstart import fill_table
+from recsys.sparse.csr import gather_rows
 
 
 @dataclass
@@ -169,6 +170,20 @@ class Sequence(Model):
                                 mode="sum", per_sample_weights=self.tok_weights,
                                 include_last_offset=False)                            # (I, D)
             E = E + C
+        return E
+
+    def item_rows(self, items: torch.Tensor) -> torch.Tensor:
+        """(n,) item indices -> their rows of item_table() (n, D), built from those items'
+        rows and tokens only (training with sampled negatives reads a few of a large catalog)."""
+        E = self.item_emb(items) * self.item_warm[items, None].to(self.item_emb.weight.dtype)
+        if not self.training and len(self.fill_indices):
+            return self.item_table()[items]
+        if self.token_emb is not None and len(self.tok_indices):
+            pos, row_of = gather_rows(self.tok_indptr, items)
+            offsets = self.tok_indptr[items + 1] - self.tok_indptr[items]
+            offsets = torch.cumsum(offsets, 0) - offsets                              # (n,) starts
+            E = E + F.embedding_bag(self.tok_indices[pos], self.token_emb.weight, offsets, mode="sum",
+                                    per_sample_weights=self.tok_weights[pos])
         return E
 
     def item_side(self) -> SequenceItems:
