@@ -44,39 +44,29 @@ def run(cfg: DictConfig) -> dict:
     if not _is_rank_zero():
         return _run(cfg, out, spec, checkpoint_path(cfg.ckpt_path, out))
     lock = RunLock(out, resume=bool(cfg.ckpt_path), model=OmegaConf.to_container(cfg.model, resolve=True))
-    handler = None
     try:
         ckpt = checkpoint_path(cfg.ckpt_path, out)
-        lock.accept()
-        handler = record_config(cfg, out)
+        lock.accept()                                  # from here the folder is this run's (and train.log)
+        record_config(cfg, out)
         metrics = _run(cfg, out, spec, ckpt)
         lock.mark("finished")
         return metrics
     except BaseException as e:
-        if handler is not None:                        # accepted: the folder holds a failed run now
-            lock.mark("failed", error=" ".join(f"{type(e).__name__}: {e}".split())[:500])
+        lock.fail(e)                                   # an accepted folder holds a failed run now
         raise
     finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
         lock.release()
 
 
-def record_config(cfg: DictConfig, out: str) -> logging.Handler:
-    """What Hydra would have written into the run folder, written once the folder is this run's:
-    .hydra/config.yaml (+ hydra.yaml and overrides.yaml under Hydra) and train.log (appended to
-    when a run is resumed). Returns the log handler to remove at the end."""
+def record_config(cfg: DictConfig, out: str) -> None:
+    """What Hydra would have written into the run folder (.hydra/config.yaml, overrides.yaml),
+    written once the folder is this run's."""
     from hydra.core.hydra_config import HydraConfig
     os.makedirs(os.path.join(out, ".hydra"), exist_ok=True)
     OmegaConf.save(cfg, os.path.join(out, ".hydra", "config.yaml"))
     if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        OmegaConf.save(OmegaConf.create(list(hc.overrides.task)), os.path.join(out, ".hydra", "overrides.yaml"))
-    handler = logging.FileHandler(os.path.join(out, "train.log"), mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    logging.getLogger().addHandler(handler)
-    return handler
+        OmegaConf.save(OmegaConf.create(list(HydraConfig.get().overrides.task)),
+                       os.path.join(out, ".hydra", "overrides.yaml"))
 
 
 def _run(cfg: DictConfig, out: str, spec, ckpt: str | None) -> dict:

@@ -90,7 +90,7 @@ class RunLock:
         except RunFolderError:
             self.release()
             raise
-        self.state, self.resume = state, resume
+        self.state, self.resume, self.handler = state, resume, None
 
     def _check(self, state: str, resume: bool, model: dict | None) -> None:
         out = self.out
@@ -106,7 +106,8 @@ class RunLock:
 
     def accept(self) -> None:
         """The folder is this run's: a failed run's checkpoints are kept aside (a rerun starts
-        afresh), and the state says running."""
+        afresh), the state says running, and the log also goes to <folder>/train.log (appended
+        to when a run is resumed) until release()."""
         if self.state == "failed" and not self.resume:
             ck = os.path.join(self.out, "checkpoints")
             if os.path.isdir(ck) and os.listdir(ck):
@@ -116,11 +117,23 @@ class RunLock:
                 os.replace(ck, f"{ck}.failed-{n}")
                 log.info("run folder %s: the failed run's checkpoints kept in %s", self.out, f"{ck}.failed-{n}")
         self.mark("running")
+        self.handler = logging.FileHandler(os.path.join(self.out, "train.log"), mode="a", encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(self.handler)
+
+    def fail(self, e: BaseException) -> None:
+        """An accepted run that raised: the folder holds a failed run (to rerun or resume)."""
+        if self.handler is not None:
+            self.mark("failed", error=" ".join(f"{type(e).__name__}: {e}".split())[:500])
 
     def mark(self, state: str, **extra) -> None:
         write_json_atomic(os.path.join(self.out, STATE_FILE), {"state": state, "pid": os.getpid(), **extra})
 
     def release(self) -> None:
+        if getattr(self, "handler", None) is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
         if os.path.exists(self.path) and _read_pid(self.path) == os.getpid():
             os.remove(self.path)
 
