@@ -1,0 +1,64 @@
+"""Validation NDCG@10 of one sequence-model setting on the shared leave-last split, every few
+epochs (the loop that chose configs/model/sequence.yaml's defaults; never reads test):
+
+    python benchmarks/sequence_tuning.py epochs=40 every=5 loss=full lr=0.002
+    python benchmarks/sequence_tuning.py epochs=25 loss=full lr=0.002 content=false
+    python benchmarks/sequence_tuning.py epochs=60 loss=sampled n_neg=4096 lr=0.002
+
+key=value pairs: epochs, every, bs (users a batch), loss (full | sampled), lr, n_neg, wd, seed,
+split (the leave_last folder), and any SequenceConfig field (dim=128, dropout=0.1, ...).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main():
+    from recsys.data.prepare import prepare_files
+    from recsys.eval.evaluation import evaluate
+    from recsys.train.build import build_sequence, eval_sets
+    from recsys.train.sequence_module import SequenceModule, sequence_loader
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    epochs, every = int(args.pop("epochs", 40)), int(args.pop("every", 5))
+    bs, loss, lr = int(args.pop("bs", 128)), args.pop("loss", "full"), float(args.pop("lr", 2e-3))
+    n_neg, wd, seed = int(args.pop("n_neg", 1024)), float(args.pop("wd", 0)), int(args.pop("seed", 0))
+    split = args.pop("split", os.path.join(ROOT, "..", "shared", "data", "ml-latest-small-splits", "leave_last"))
+    params = {k: (v == "true" if v in ("true", "false") else float(v) if "." in v else int(v)) for k, v in args.items()}
+    torch.manual_seed(seed)
+    prep = prepare_files(train=os.path.join(split, "train.csv"), test=os.path.join(split, "test.csv"),
+                         items=os.path.join(split, "items.csv"), valid_split="last", tokens={"min_count": 2})
+    sets = {k: v for k, v in eval_sets(prep).items() if k.startswith("val_")}
+    model = build_sequence(prep, **params)
+    module = SequenceModule(model, sets, loss=loss, n_neg=n_neg, lr=lr, weight_decay=wd)
+    opt = module.configure_optimizers()
+    t0, best = time.perf_counter(), (0.0, 0)
+    for ep in range(1, epochs + 1):
+        model.train()
+        loader = sequence_loader(model.seq_indptr, bs, seed, model.config.max_len)
+        loader.sampler.set_epoch(ep - 1)
+        for batch in loader:
+            step_loss = module.training_step(batch, 0)
+            opt.zero_grad()
+            step_loss.backward()
+            opt.step()
+        if ep % every == 0:
+            model.eval()
+            with torch.no_grad():
+                v, _ = evaluate(model, sets["val_target"], sets["val_seen"], [10], 1024, "val/")
+            best = max(best, (v["val/ndcg@10"], ep))
+            print(f"epoch {ep}: val ndcg@10 {v['val/ndcg@10']:.4f} hr@10 {v['val/recall@10']:.4f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"best val ndcg@10 {best[0]:.4f} at epoch {best[1]}: loss={loss} lr={lr} bs={bs} {params}")
+
+
+if __name__ == "__main__":
+    import warnings
+    warnings.filterwarnings("ignore")
+    main()
