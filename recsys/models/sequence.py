@@ -175,9 +175,9 @@ class Sequence(Model):
     def item_rows(self, items: torch.Tensor) -> torch.Tensor:
         """(n,) item indices -> their rows of item_table() (n, D), built from those items'
         rows and tokens only (training with sampled negatives reads a few of a large catalog)."""
-        E = self.item_emb(items) * self.item_warm[items, None].to(self.item_emb.weight.dtype)
-        if not self.training and len(self.fill_indices):
+        if not self.training and len(self.fill_indices):      # borrowed rows need their neighbours'
             return self.item_table()[items]
+        E = self.item_emb(items) * self.item_warm[items, None].to(self.item_emb.weight.dtype)
         if self.token_emb is not None and len(self.tok_indices):
             pos, row_of = gather_rows(self.tok_indptr, items)
             offsets = self.tok_indptr[items + 1] - self.tok_indptr[items]
