@@ -136,3 +136,18 @@ def test_the_refit_chooses_its_own_fold_in_lambda(tmp_path, monkeypatch):
     best, curve = choose_fold_in_by_agreement(copy.deepcopy(m), rec.seen)
     assert set(curve) == set(FOLD_IN_GRID) and m.config.fold_in_lambda == best
     assert curve[best] == max(curve.values()) and rec.meta["model"]["fold_in_lambda"] == "auto"
+
+
+def test_a_matrix_keeps_its_shape():
+    """Empty rows and columns of a given matrix are users and items (recsys.fit dropped them:
+    an item with no interaction could never be recommended, though it is in the shape)."""
+    import scipy.sparse as sp
+    X = np.array([[1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 0, 1, 0, 0], [0, 1, 1, 0, 0],
+                  [1, 1, 0, 0, 0]], dtype=np.float32)                      # user 2 and items 3, 4: empty
+    rec = recsys.fit(sp.csr_matrix(X), model="popularity")
+    assert rec.users.ids == list(range(6)) and rec.items.ids == list(range(5))
+    ids, _ = rec.recommend(0, k=5, exclude_seen=False)
+    assert sorted(ids.tolist()) == [0, 1, 2, 3, 4]                        # the empty items are there
+    assert rec.recommend(2, k=2)[0].shape == (2,)                          # and so is the empty user
+    ease = recsys.fit(sp.csr_matrix(X), model="ease", lam=1.0)
+    assert ease.scores([0]).shape == (1, 5)

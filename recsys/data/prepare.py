@@ -302,14 +302,15 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
            items: pd.DataFrame | None, text_cols: list[str], tags: pd.DataFrame | None,
            tokenizer: WordTokenizer, min_count: int, max_tokens: int | None,
            report: dict, untagged: set | None = None, new_parts: dict | None = None,
-           expect: dict[str, str] | None = None) -> Prepared:
+           expect: dict[str, str] | None = None, shape: tuple[int, int] | None = None) -> Prepared:
     """expect: the held-out parts ("valid", "test") that were asked for -> where from (a file,
     or "data.split.test=0.1 of FILE"); one left empty after the drops below is a DataError."""
-    # users: everybody with a training interaction, sorted for a deterministic order
-    users = Vocab(sorted(pd.unique(train["user"])))
+    # users: everybody with a training interaction, sorted for a deterministic order (a given
+    # matrix's shape: every row is a user, every column an item, interactions or not)
+    users = Vocab(sorted(set(pd.unique(train["user"])) | set(range(shape[0] if shape else 0))))
     # catalog: the item table plus every training item
     known = [] if items is None else list(items["item"])
-    extra = sorted(set(pd.unique(train["item"])) - set(known))
+    extra = sorted((set(pd.unique(train["item"])) | set(range(shape[1] if shape else 0))) - set(known))
     item_vocab = Vocab(sorted(known) + extra if items is not None else extra)
     if items is not None and extra:
         report["train_items_without_text"] = len(extra)
@@ -626,11 +627,13 @@ def prepare_frames(interactions: pd.DataFrame, items: pd.DataFrame | None = None
                    time_col: str | None = "timestamp", items_item_col: str | None = None,
                    text_cols: list[str] | None = None, min_rating: float | None = None,
                    valid_ratio: float = 0.0, seed: int = 2026, tokens: dict | None = None,
-                   valid_split: str = "random") -> Prepared:
+                   valid_split: str = "random", shape: tuple[int, int] | None = None) -> Prepared:
     """Frames in memory, for a model fitted for use (recsys.fit): every interaction is training
     data except a per-user `valid_ratio` carved out for validation; there is no test part. The
     same id rule, cleaning and token bags as prepare_files (the frames are read as files are:
-    their id columns under the id rule, ratings and timestamps numeric)."""
+    their id columns under the id rule, ratings and timestamps numeric). shape (rows, columns):
+    the frame's ids are a matrix's row and column indices, and every index up to it is a user /
+    an item, with interactions or not."""
     report: dict = {}
     where = "interactions frame"
     raw = {"train": interactions_from_frame(interactions, where, user_col, item_col, rating_col, time_col,
@@ -642,6 +645,7 @@ def prepare_frames(interactions: pd.DataFrame, items: pd.DataFrame | None = None
     tr, va = _carve_valid(load["train"], valid_ratio, seed, valid_split)
     te = tr.iloc[:0]
     tok, mc, ms = _tokenizer(tokens)
-    prep = _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report, new_parts=None, expect=None)
+    prep = _build(tr, va, te, item_df, text_cols or [], None, tok, mc, ms, report, new_parts=None, expect=None,
+                  shape=shape)
     prep.valid_carved = valid_ratio > 0
     return prep

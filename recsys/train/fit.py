@@ -29,11 +29,12 @@ import torch
 
 
 def _frame(interactions, user_col: str, item_col: str, rating_col: str | None):
-    """(frame, user_col, item_col, rating_col) from a DataFrame, or from a scipy sparse matrix
-    (users x items: ids are the row and column indices, the values ratings)."""
+    """(frame, user_col, item_col, rating_col, shape) from a DataFrame (shape None), or from a
+    scipy sparse matrix (users x items: ids are the row and column indices, the values ratings;
+    every row and column is a user and an item, empty or not)."""
     import pandas as pd
     if isinstance(interactions, pd.DataFrame):
-        return interactions, user_col, item_col, rating_col
+        return interactions, user_col, item_col, rating_col, None
     try:
         import scipy.sparse as sp
     except ImportError:      # scipy is optional
@@ -41,8 +42,8 @@ def _frame(interactions, user_col: str, item_col: str, rating_col: str | None):
     if sp is not None and sp.issparse(interactions):
         m = sp.coo_matrix(interactions)
         keep = m.data != 0
-        return pd.DataFrame({"user": m.row[keep].astype(np.int64), "item": m.col[keep].astype(np.int64),
-                             "rating": m.data[keep]}), "user", "item", "rating"
+        return (pd.DataFrame({"user": m.row[keep].astype(np.int64), "item": m.col[keep].astype(np.int64),
+                              "rating": m.data[keep]}), "user", "item", "rating", tuple(int(x) for x in m.shape))
     raise TypeError(f"interactions must be a pandas DataFrame or a scipy sparse matrix, got "
                     f"{type(interactions).__name__}")
 
@@ -77,13 +78,14 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
         raise ValueError(f"device={device!r} must be 'cpu' or 'cuda'")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch sees no CUDA device on this machine")
-    frame, ucol, icol, rcol = _frame(interactions, user_col, item_col, rating_col)
+    frame, ucol, icol, rcol, shape = _frame(interactions, user_col, item_col, rating_col)
     prep = prepare_frames(frame, items, user_col=ucol, item_col=icol, rating_col=rcol, time_col=time_col,
                           items_item_col=items_item_col, text_cols=text_cols, min_rating=min_rating,
                           valid_ratio=(0.1 if spec.trains or search else 0.0) if valid_ratio is None else valid_ratio,
                           seed=seed, tokens=tokens,
                           # a next-item model validates on each user's last event (with times)
-                          valid_split=getattr(spec, "valid_split", "random") if time_col else "random")
+                          valid_split=getattr(spec, "valid_split", "random") if time_col else "random",
+                          shape=shape)
     sets = eval_sets(prep, val_users, seed)
     L.seed_everything(seed, workers=True, verbose=False)
     callbacks = []
