@@ -81,6 +81,40 @@ def _prep(d: str):
                          tokens={"kind": "word", "min_count": 2})
 
 
+def _timed_fit(module, loader, batches: int, on_batch=None) -> tuple[float, list[float]]:
+    """One epoch of at most `batches` batches through Lightning on the CPU: (seconds, each
+    batch's step seconds); on_batch(batch) is called at every batch's start."""
+    import lightning as L
+    steps = []
+
+    class StepTimes(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if on_batch is not None:
+                on_batch(batch)
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, *args):
+            steps.append(time.perf_counter() - self.t)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+                        callbacks=[StepTimes()])
+    t0 = time.perf_counter()
+    trainer.fit(module, loader)
+    return time.perf_counter() - t0, steps
+
+
+def _floor(U, V, chunk: int = 1024) -> float:
+    """Seconds of the bare floor: torch.mm of (chunk, D) user rows against V^T, then top-10."""
+    import torch
+    buf = torch.empty(chunk, V.shape[0])
+    t0 = time.perf_counter()
+    for s0 in range(0, len(U), chunk):
+        e = min(len(U), s0 + chunk)
+        torch.topk(torch.mm(U[s0:e], V.T, out=buf[:e - s0]), 10, dim=1)
+    return time.perf_counter() - t0
+
+
 def phase(name: str, a) -> dict:
     import torch
     import warnings
@@ -100,22 +134,8 @@ def phase(name: str, a) -> dict:
         scorer = build_scorer(prep, variant="hybrid", dim=64)
         kw = {"max_history": a.max_history} if a.max_history else {}
         module = RecsysModule(scorer, eval_sets(prep), loss="softmax", n_neg=a.n_neg, lr=0.005, sparse=a.sparse, **kw)
-        steps = []
-
-        class StepTimes(L.Callback):
-            def on_train_batch_start(self, *args):
-                self.t = time.perf_counter()
-
-            def on_train_batch_end(self, *args):
-                steps.append(time.perf_counter() - self.t)
-        trainer = L.Trainer(max_epochs=1, limit_train_batches=a.train_batches, limit_val_batches=0,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-                            callbacks=[StepTimes()])
         loader = train_loader(prep.train, a.batch_size, 0, a.batching, a.user_run)
-        t0 = time.perf_counter()
-        trainer.fit(module, loader)
-        s = time.perf_counter() - t0
+        s, steps = _timed_fit(module, loader, a.train_batches)
         med = statistics.median(steps[3:] or steps)
         B = a.batch_size
         out.update(train_s=s, batches=a.train_batches, sparse=a.sparse, max_history=a.max_history,
@@ -132,12 +152,7 @@ def phase(name: str, a) -> dict:
             ts, floor = [], []
             Uemb, V = sc.user_emb.weight.detach(), sc.item_emb.weight.detach()
             for _ in range(a.repeats):
-                t0 = time.perf_counter()
-                buf = torch.empty(1024, prep.n_items)
-                for s0 in range(0, len(users), 1024):
-                    e = min(len(users), s0 + 1024)
-                    torch.topk(torch.mm(Uemb[s0:e], V.T, out=buf[:e - s0]), 10, dim=1)
-                floor.append(time.perf_counter() - t0)
+                floor.append(_floor(Uemb[:len(users)], V))
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     topk(sc, users, 10, seen, chunk_size=1024)
@@ -152,23 +167,11 @@ def phase(name: str, a) -> dict:
         L.seed_everything(0)
         model = build_sequence(prep)
         module = SequenceModule(model, eval_sets(prep), loss="sampled", n_neg=a.n_neg)
-        events, steps = [], []
+        events = []
         starts = torch.diff(model.seq_indptr).clamp(max=model.config.max_len + 1) - 1     # (U,) positions
-
-        class Count(L.Callback):
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                events.append(int(starts[batch[0]].clamp(min=0).sum()))
-                self.t = time.perf_counter()
-
-            def on_train_batch_end(self, *args):
-                steps.append(time.perf_counter() - self.t)
-        trainer = L.Trainer(max_epochs=1, limit_train_batches=a.train_batches, limit_val_batches=0,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-                            callbacks=[Count()])
-        t0 = time.perf_counter()
-        trainer.fit(module, sequence_loader(model.seq_indptr, a.seq_batch, 0, model.config.max_len))
-        s = time.perf_counter() - t0
+        loader = sequence_loader(model.seq_indptr, a.seq_batch, 0, model.config.max_len)
+        s, steps = _timed_fit(module, loader, a.train_batches,
+                              lambda batch: events.append(int(starts[batch[0]].clamp(min=0).sum())))
         out.update(train_s=s, batches=len(steps), events=sum(events), events_per_s=sum(events) / s,
                    step_events_per_s=sum(events) / sum(steps), n_neg=a.n_neg, seq_batch=a.seq_batch,
                    epoch_s_estimate=int(starts.clamp(min=0).sum()) * sum(steps) / max(sum(events), 1))
@@ -184,13 +187,7 @@ def phase(name: str, a) -> dict:
         H = torch.randn(len(users), 64)
         for _ in range(a.repeats):
             with torch.no_grad():
-                E = model.item_table()
-                t0 = time.perf_counter()
-                buf = torch.empty(1024, prep.n_items)
-                for s0 in range(0, len(users), 1024):
-                    e = min(len(users), s0 + 1024)
-                    torch.topk(torch.mm(H[s0:e], E.T, out=buf[:e - s0]), 10, dim=1)
-                floor.append(time.perf_counter() - t0)
+                floor.append(_floor(H, model.item_table()))
                 t0 = time.perf_counter()
                 topk(model, users, 10, seen, chunk_size=1024)
                 ts.append(time.perf_counter() - t0)

@@ -8,6 +8,7 @@ popularity.py. All state is plain tensors (CSR arrays), so exports stay safetens
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
@@ -42,8 +43,6 @@ class MemoryConfig:
 
     def __post_init__(self):
         """Values a fit cannot use are refused here, one line naming the field."""
-        import math
-
         def bad(name, rule):
             raise ValueError(f"model.{name}={getattr(self, name)!r} must be {rule}")
         for name in ("k", "block_size", "max_products", "max_items"):

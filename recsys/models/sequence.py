@@ -165,12 +165,7 @@ class Sequence(Model):
         E = self.item_emb.weight * self.item_warm[:, None].to(self.item_emb.weight.dtype)
         if not self.training and len(self.fill_indices):
             E = fill_table(E, self.fill_indptr, self.fill_indices, self.fill_weights)
-        if self.token_emb is not None and len(self.tok_indices):
-            C = F.embedding_bag(self.tok_indices, self.token_emb.weight, self.tok_indptr[:-1],
-                                mode="sum", per_sample_weights=self.tok_weights,
-                                include_last_offset=False)                            # (I, D)
-            E = E + C
-        return E
+        return E + self._content(self.tok_indices, self.tok_indptr[:-1], self.tok_weights, E)
 
     def item_rows(self, items: torch.Tensor) -> torch.Tensor:
         """(n,) item indices -> their rows of item_table() (n, D), built from those items'
@@ -178,13 +173,15 @@ class Sequence(Model):
         if not self.training and len(self.fill_indices):      # borrowed rows need their neighbours'
             return self.item_table()[items]
         E = self.item_emb(items) * self.item_warm[items, None].to(self.item_emb.weight.dtype)
-        if self.token_emb is not None and len(self.tok_indices):
-            pos, row_of = gather_rows(self.tok_indptr, items)
-            offsets = self.tok_indptr[items + 1] - self.tok_indptr[items]
-            offsets = torch.cumsum(offsets, 0) - offsets                              # (n,) starts
-            E = E + F.embedding_bag(self.tok_indices[pos], self.token_emb.weight, offsets, mode="sum",
-                                    per_sample_weights=self.tok_weights[pos])
-        return E
+        pos, _ = gather_rows(self.tok_indptr, items)                                  # their tokens
+        n = self.tok_indptr[items + 1] - self.tok_indptr[items]
+        return E + self._content(self.tok_indices[pos], torch.cumsum(n, 0) - n, self.tok_weights[pos], E)
+
+    def _content(self, tokens, offsets, weights, like: torch.Tensor) -> torch.Tensor:
+        """The TF-IDF weighted pools of token rows, one bag per offset (0 without content)."""
+        if self.token_emb is None or not len(tokens):
+            return torch.zeros_like(like)
+        return F.embedding_bag(tokens, self.token_emb.weight, offsets, mode="sum", per_sample_weights=weights)
 
     def item_side(self) -> SequenceItems:
         return SequenceItems(self.item_table())

@@ -84,7 +84,7 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
                           valid_ratio=(0.1 if spec.trains or search else 0.0) if valid_ratio is None else valid_ratio,
                           seed=seed, tokens=tokens,
                           # a next-item model validates on each user's last event (with times)
-                          valid_split=getattr(spec, "valid_split", "random") if time_col else "random",
+                          valid_split=spec.valid_split if time_col else "random",
                           shape=shape)
     sets = eval_sets(prep, val_users, seed)
     L.seed_everything(seed, workers=True, verbose=False)

@@ -67,7 +67,7 @@ class RunLock:
     writes .hydra/ and train.log only once the lock is taken: `accept`)."""
 
     def __init__(self, out: str, resume: bool, model: dict | None = None):
-        self.out, self.path = out, os.path.join(out, ".lock")
+        self.out, self.path, self.handler = out, os.path.join(out, ".lock"), None
         os.makedirs(out, exist_ok=True)
         state = folder_state(out)
         if state == "running":
@@ -90,7 +90,7 @@ class RunLock:
         except RunFolderError:
             self.release()
             raise
-        self.state, self.resume, self.handler = state, resume, None
+        self.state, self.resume = state, resume
 
     def _check(self, state: str, resume: bool, model: dict | None) -> None:
         out = self.out
@@ -130,7 +130,7 @@ class RunLock:
         write_json_atomic(os.path.join(self.out, STATE_FILE), {"state": state, "pid": os.getpid(), **extra})
 
     def release(self) -> None:
-        if getattr(self, "handler", None) is not None:
+        if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)
             self.handler.close()
             self.handler = None

@@ -61,6 +61,7 @@ class Memory:
         self.kind, self.params = kind, dict(params)
 
     trains = False                  # fitted in one pass, no epochs
+    valid_split = "random"          # recsys.fit's validation carve-out (data.valid_split)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, **self.params}
@@ -93,6 +94,7 @@ class Learned:
         self.optim = dict(optim or {})
 
     trains = True                   # Lightning epochs
+    valid_split = "random"
 
     def to_dict(self) -> dict:
         return {"kind": "learned", "variant": self.variant, **self.params, "fold_in_lambda": self.fold_in_lambda,
@@ -214,6 +216,8 @@ class Blend:
         self.first, self.second = as_spec(first), as_spec(second)
         self.alpha, self.norm = float(alpha), norm
         self.search_space = search_space
+
+    valid_split = "random"
 
     @property
     def trains(self) -> bool:

@@ -21,6 +21,7 @@ import logging
 import torch
 
 from recsys.eval.evaluation import evaluate, users_with_targets
+from recsys.eval.ranking import topk
 from recsys.sparse.csr import keep_entries, row_ids
 
 log = logging.getLogger(__name__)
@@ -55,19 +56,26 @@ def choose_fold_in_lambda(scorer, train: tuple[torch.Tensor, torch.Tensor], val_
     if int(val_target[1].numel()) == 0:
         return scorer.config.fold_in_lambda, {}
     val_target = sample_users(val_target, max_users, seed)
+    k = int(metric.split("@")[1])
+
+    def value(_):
+        return evaluate(scorer, val_target, train, ks=(k,), prefix="", histories=train)[0][metric]
+    return _best_lambda(scorer, grid, value, f"on validation ({metric} of known users folded in)")
+
+
+def _best_lambda(scorer, grid, value, how: str) -> tuple[float, dict[float, float]]:
+    """Set each lambda of `grid` in turn, measure value(lambda) in eval mode, keep the best
+    (ties: the smaller lambda); returns (it, {lambda: value})."""
     was = scorer.training
     scorer.eval()
     curve = {}
-    k = int(metric.split("@")[1])
     for lam in grid:
         scorer.config.fold_in_lambda = float(lam)
-        m, _ = evaluate(scorer, val_target, train, ks=(k,), prefix="", histories=train)
-        curve[float(lam)] = m[metric]
+        curve[float(lam)] = float(value(lam))
     best = max(curve, key=lambda lam: (curve[lam], -lam))
     scorer.config.fold_in_lambda = best
     scorer.train(was)
-    log.info("fold-in lambda %s chosen on validation (%s of known users folded in: %s)", best, metric,
-             {k_: round(v, 4) for k_, v in curve.items()})
+    log.info("fold-in lambda %s chosen %s: %s", best, how, {k_: round(v, 4) for k_, v in curve.items()})
     return best, curve
 
 
@@ -77,24 +85,16 @@ def choose_fold_in_by_agreement(scorer, seen: tuple[torch.Tensor, torch.Tensor],
     """Sets scorer.config.fold_in_lambda to the value of `grid` whose fold-in of known users
     (from their histories `seen`, CSR over the known users) agrees best with their own top-k;
     returns (it, {lambda: mean top-k overlap}). Keeps the current value without histories."""
-    from recsys.eval.ranking import topk
     if int(seen[1].numel()) == 0:
         return scorer.config.fold_in_lambda, {}
     sample = sample_users(seen, max_users, seed)
     users = users_with_targets(sample[0])
-    was = scorer.training
-    scorer.eval()
     kk = min(k, scorer.config.n_items)
-    own, _ = topk(scorer, users, kk, seen)                                        # (U, k) from U[u]
-    curve = {}
-    for lam in grid:
-        scorer.config.fold_in_lambda = float(lam)
-        fold, _ = topk(scorer, users, kk, seen, histories=seen)                   # (U, k) folded in
-        hits = (own[:, :, None] == fold[:, None, :]).any(2).float().mean()
-        curve[float(lam)] = float(hits)
-    best = max(curve, key=lambda lam: (curve[lam], -lam))
-    scorer.config.fold_in_lambda = best
+    was = scorer.training
+    own, _ = topk(scorer.eval(), users, kk, seen)                                 # (U, k) from U[u]
     scorer.train(was)
-    log.info("fold-in lambda %s chosen by agreement with the learned users (top-%d overlap: %s)", best, kk,
-             {k_: round(v, 4) for k_, v in curve.items()})
-    return best, curve
+
+    def value(_):
+        fold, _ = topk(scorer, users, kk, seen, histories=seen)                   # (U, k) folded in
+        return (own[:, :, None] == fold[:, None, :]).any(2).float().mean()
+    return _best_lambda(scorer, grid, value, f"by agreement with the learned users (top-{kk} overlap)")
