@@ -174,6 +174,8 @@ def test_truncated_weights_raise_export_error(tmp_path, keep):
         fh.write(data[:n])
     with pytest.raises(ExportError, match="model.safetensors"):
         Recommender.from_pretrained(path)
+    with pytest.raises(ExportError, match="model.safetensors"):        # past the checksums too
+        Recommender.from_pretrained(path, verify=False)
 
 
 def test_wrong_format_version_and_format_raise_export_error(tmp_path):
@@ -186,12 +188,12 @@ def test_wrong_format_version_and_format_raise_export_error(tmp_path):
     for change in ({"format_version": 2}, {"format_version": "1"}, {"format": "other"}):
         with open(f, "w") as fh:
             json.dump({**cfg, **change}, fh)
-        with pytest.raises(ExportError):
-            Recommender.from_pretrained(path)
+        with pytest.raises(ExportError, match="format"):
+            Recommender.from_pretrained(path, verify=False)
     with open(f, "w") as fh:
         fh.write("{not json")
-    with pytest.raises(ExportError, match="config.json"):
-        Recommender.from_pretrained(path)
+    with pytest.raises(ExportError, match="config.json is not valid JSON"):
+        Recommender.from_pretrained(path, verify=False)
 
 
 def test_mismatched_or_missing_files_raise_export_error(tmp_path):
@@ -202,14 +204,16 @@ def test_mismatched_or_missing_files_raise_export_error(tmp_path):
     cfg = json.load(open(f))
     with open(f, "w") as fh:
         json.dump({**cfg, "scorer": {**cfg["scorer"], "dim": 9}}, fh)
-    with pytest.raises(ExportError, match="does not match"):
-        Recommender.from_pretrained(path)
+    with pytest.raises(ExportError, match="model.safetensors does not match config.json"):
+        Recommender.from_pretrained(path, verify=False)
     with open(f, "w") as fh:
         json.dump(cfg, fh)
-    Recommender.from_pretrained(path)                  # restored: loads again
+    Recommender.from_pretrained(path, verify=False)                  # restored: loads again
     os.remove(os.path.join(path, "extras.safetensors"))
     with pytest.raises(ExportError, match="missing"):
         Recommender.from_pretrained(path)
+    with pytest.raises(ExportError, match="missing"):
+        Recommender.from_pretrained(path, verify=False)
     with pytest.raises(ExportError):
         Recommender.from_pretrained(str(tmp_path / "nowhere"))
 
@@ -219,7 +223,7 @@ def test_export_has_no_pickle_and_only_expected_files(tmp_path):
     prep = prepared(tmp_path, string_ids=True)
     path, _ = export(tmp_path, prep, trained_like(prep))
     names = sorted(os.listdir(path))
-    assert names == ["config.json", "extras.safetensors", "items.json", "model.safetensors",
+    assert names == ["checksums.json", "config.json", "extras.safetensors", "items.json", "model.safetensors",
                      "tokens.json", "users.json"]
     for name in names:
         with open(os.path.join(path, name), "rb") as fh:

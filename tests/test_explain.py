@@ -256,3 +256,21 @@ def test_missing_items_are_explained_as_nothing():
     assert (e.item_idx[0, 0] >= 0).any()
     with pytest.raises(ValueError, match="top"):
         explain(model, None, torch.tensor([[2]]), top=0, users=torch.tensor([0]))
+
+
+def test_explain_takes_a_bounded_number_of_contributors():
+    """explain=303051820 allocated (b, k, top) tensors until the HTTP request timed out (found by
+    tests/test_fuzz_http.py): a count past MAX_EXPLAIN, a negative one or a string is refused."""
+    import pandas as pd
+    import recsys
+    from recsys.serve.request import MAX_EXPLAIN
+    df = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [10, 11, 10, 12, 11]})
+    rec = recsys.fit(df, model="itemknn", k=2)
+    ids, scores, why = rec.recommend(1, k=1, explain=MAX_EXPLAIN)
+    assert ids.tolist() == [12] and {i for i, _ in why[0]["items"]} <= {10, 11} and why[0]["items"]
+    for bad in (MAX_EXPLAIN + 1, 303051820, -1, "3"):
+        with pytest.raises(ValueError, match=r"explain=.* must be True, False or a number of contributors 0\.\.100"):
+            rec.recommend(1, k=1, explain=bad)
+        with pytest.raises(ValueError, match="explain="):
+            rec.recommend_for_history([10], k=1, explain=bad)
+    assert len(rec.recommend(1, k=1, explain=0)) == 2

@@ -83,9 +83,10 @@ def pristine(tmp_path_factory):
 
 
 def _load_or_refuse(path):
-    """The property: the loaded model recommends for a user it knows, or ExportError in one line."""
+    """The property: the loaded model recommends for a user it knows, or ExportError in one line.
+    Without the checksums (they would refuse every edit: the structural checks are what is fuzzed)."""
     try:
-        rec = Recommender.from_pretrained(path)
+        rec = Recommender.from_pretrained(path, verify=False)
     except ExportError as e:
         msg = str(e)
         assert msg and "\n" not in msg and path in msg, msg

@@ -36,8 +36,8 @@ def read_records(path: str, start: int = 0) -> list[dict]:
                 raise LogError(f"event log {path}, line {n + 1}: not JSON: {line[:80]!r}") from None
             if not isinstance(rec, dict) or rec.get("op") not in ("event", "items"):
                 raise LogError(f"event log {path}, line {n + 1}: not an event or items record: {line[:80]!r}")
-            if rec["op"] == "event":
-                _check_event(rec, f"event log {path}, line {n + 1}")
+            where = f"event log {path}, line {n + 1}"
+            _check_event(rec, where) if rec["op"] == "event" else _check_items(rec, where)
             out.append(rec)
     return out
 
@@ -52,3 +52,34 @@ def _check_event(rec: dict, where: str) -> None:
     ts = rec.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts)):
         raise LogError(f"{where}: field 'ts' must be a finite number, got {ts!r}"[:300])
+
+
+def item_row_fault(row) -> str | None:
+    """The field at fault in one added item (an object with an `item` id, a JSON string or
+    integer, and text fields: strings, finite numbers or null), or None when it is sound. The
+    service checks a POST /items row with it before logging, the log reader each logged row."""
+    if not isinstance(row, dict):
+        return ""
+    v = row.get("item")
+    if not (isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))):
+        return "item"
+    for name, v in row.items():
+        if not (v is None or isinstance(v, str) or (
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))):
+            return name
+    return None
+
+
+def _check_items(rec: dict, where: str) -> None:
+    """An items record holds a list of sound item rows (item_row_fault); else a LogError naming
+    the line and the field."""
+    rows = rec.get("items")
+    if not isinstance(rows, list):
+        raise LogError(f"{where}: field 'items' must be a list of item objects, got {rows!r}"[:300])
+    for k, row in enumerate(rows):
+        fault = item_row_fault(row)
+        if fault is not None:
+            what = f"items[{k}]" + (f".{fault}" if fault else "")
+            rule = "a string or integer id" if fault == "item" else "an object" if not fault else \
+                "a string, a finite number or null"
+            raise LogError(f"{where}: {what} must be {rule}, got {(row.get(fault) if fault else row)!r}"[:300])

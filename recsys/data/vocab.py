@@ -20,9 +20,10 @@ class Vocab:
     ([1, 0], 'b')
     """
 
-    def __init__(self, ids: Sequence[Hashable], unk: str | None = None):
+    def __init__(self, ids: Sequence[Hashable], unk: str | None = None, id_type: str | None = None):
         self.ids: list = [_plain(i) for i in ids]
         self.unk = unk
+        self.id_type = _id_type(self.ids, id_type)
         self._index = {i: n for n, i in enumerate(self.ids)}
         if len(self._index) != len(self.ids):
             raise ValueError("vocabulary ids must be unique")
@@ -68,11 +69,15 @@ class Vocab:
         return self._pd
 
     def to_json(self) -> dict:
-        return {"ids": self.ids, "unk": self.unk}
+        return {"ids": self.ids, "unk": self.unk, "id_type": self.id_type}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Vocab":
-        return cls(obj["ids"], unk=obj.get("unk"))
+        return cls(obj["ids"], unk=obj.get("unk"), id_type=obj.get("id_type"))
+
+    def grown(self, more: Sequence[Hashable]) -> "Vocab":
+        """This vocabulary with `more` ids appended, of the same id type."""
+        return Vocab(self.ids + list(more), unk=self.unk, id_type=self.id_type)
 
     @classmethod
     def build_tokens(cls, docs: Iterable[Iterable[str]], min_count: int = 1,
@@ -87,6 +92,25 @@ class Vocab:
                 raise ValueError(f"max_size must be >= 1, got {max_size}")
             kept = kept[: max_size - 1]
         return cls([unk] + kept, unk=unk)
+
+
+ID_TYPES = ("int", "str")
+
+
+def _id_type(ids: list, given: str | None) -> str | None:
+    """The one id type of a catalog, decided when it is made and kept for its life (exports,
+    event logs, retraining): 'int' when every id is an integer, 'str' when every id is a string,
+    None for a vocabulary holding both (an export made before the id rule). An empty
+    vocabulary keeps the type it is given; a given type must agree with the ids."""
+    if given is not None and given not in ID_TYPES:
+        raise ValueError(f"id_type must be one of {ID_TYPES} or None, got {given!r}")
+    if not ids:
+        return given
+    ints = all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    found = "int" if ints else "str" if all(isinstance(i, str) for i in ids) else None
+    if given is not None and found != given:
+        raise ValueError(f"id_type {given!r} does not match the ids (found {found or 'both kinds'})")
+    return found
 
 
 def _plain(x):

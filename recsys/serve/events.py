@@ -103,15 +103,19 @@ class Live:
         return [i for i in train if i not in again] + list(events)
 
 
-def replay(rec, live: Live, records: list[dict], events_from: int = 0, first_line: int = 0) -> None:
+def replay(rec, live: Live, records: list[dict], events_from: int = 0, first_line: int = 0,
+           source: str = "event log") -> None:
     """Apply log records (lines first_line, first_line + 1, ...) to a Recommender and its overlay:
     every items record whose ids the catalog lacks (an export does not hold API items unless its
     item table did), and the event records of lines >= events_from (earlier ones are in the
-    export's training data). Events on items outside the catalog are dropped and counted."""
-    new_items = []
-    for rec_ in records:
+    export's training data). Events on items outside the catalog are dropped and counted.
+    Items the catalog cannot take are a LogError naming `source` and their lines."""
+    new_items, at = [], []
+    for n, rec_ in enumerate(records, start=first_line):
         if rec_["op"] == "items":
-            new_items += [row for row in rec_["items"] if row.get("item") not in rec.items]
+            fresh = [row for row in rec_["items"] if row.get("item") not in rec.items]
+            new_items += fresh
+            at += [n + 1] if fresh else []
     if new_items:
         import pandas as pd
         seen, rows = set(), []
@@ -119,7 +123,11 @@ def replay(rec, live: Live, records: list[dict], events_from: int = 0, first_lin
             if row["item"] not in seen:
                 seen.add(row["item"])
                 rows.append(row)
-        rec.add_items(pd.DataFrame(rows))
+        try:
+            rec.add_items(pd.DataFrame(rows))
+        except (KeyError, ValueError, TypeError) as e:
+            why = str(e.args[0] if isinstance(e, KeyError) and e.args else e).splitlines()[0]
+            raise LogError(f"{source}, items of line(s) {at[:5]}: the catalog cannot take them: {why}"[:400]) from None
     for n, rec_ in enumerate(records, start=first_line):
         if rec_["op"] == "event" and n >= events_from:
             if rec_["item"] in rec.items:

@@ -34,8 +34,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from recsys.models.registry import model_from_state
+from recsys.serve.checksums import NAME as CHECKSUMS, ChecksumError, verify_checksums, write_checksums
 from recsys.data.tokenize import WordTokenizer, tokenizer_from_json
-from recsys.data.vocab import Vocab
+from recsys.data.vocab import ID_TYPES, Vocab
 
 FORMAT = "recsys-export"
 FORMAT_VERSION = 1
@@ -96,7 +97,7 @@ def atomic_dir(final: str):
 # every name an export may write: on re-save these are replaced (or dropped when the new export
 # has no such file); anything else in the folder is the user's and is carried over untouched
 OWN_FILES = frozenset({"config.json", "model.safetensors", "extras.safetensors", "users.json", "items.json",
-                       "tokens.json", "tokenizer.json"})
+                       "tokens.json", "tokenizer.json", CHECKSUMS})
 
 
 def _carry(src: str, dst: str) -> None:
@@ -170,6 +171,7 @@ def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, 
         _write_json(os.path.join(tmp, "items.json"), {**items.to_json(), "titles": item_titles,
                                                       "attributes": item_attributes or {}})
         _write_json(os.path.join(tmp, "tokens.json"), tokens.to_json())
+        write_checksums(tmp, os.listdir(tmp))
         for name in os.listdir(tmp):           # safetensors writes 0600, like mkstemp
             _normal_mode(os.path.join(tmp, name), 0o666)
         commit_dir(tmp, path)
@@ -507,7 +509,7 @@ def _check_values(tensors: dict[str, torch.Tensor], spec: _Spec, file: str) -> N
             raise ExportError(f"{file}: tensor {name} holds NaN or infinite values")
 
 
-def _read_vocab(path: str, n: int, size_name: str, what: str, keys=("ids", "unk")) -> tuple[Vocab, dict]:
+def _read_vocab(path: str, n: int, size_name: str, what: str, keys=("ids", "unk", "id_type")) -> tuple[Vocab, dict]:
     """A vocabulary file: {"ids": [...], "unk": id or null} with n unique ids, all strings or all
     64-bit integers (what='tokens': strings only). Returns the Vocab and the JSON object."""
     obj = _read_json(path, MAX_CONFIG_BYTES + n * PER_ENTRY_BYTES)
@@ -533,18 +535,28 @@ def _read_vocab(path: str, n: int, size_name: str, what: str, keys=("ids", "unk"
     unk = obj.get("unk")
     if unk is not None and not (isinstance(unk, (str, int)) and not isinstance(unk, bool) and unk in unique):
         raise ExportError(f"{path}: unk={_show(unk)} is not one of its ids")
-    return Vocab(ids, unk=unk), obj
+    id_type = obj.get("id_type")        # absent in exports made before it was recorded: from the ids
+    if id_type is not None and (id_type not in ID_TYPES or (ids and id_type != ("str" if strings else "int"))):
+        raise ExportError(f"{path}: id_type={_show(id_type)} must be one of {list(ID_TYPES)} "
+                          f"and match the ids ({'strings' if strings else 'integers'})")
+    return Vocab(ids, unk=unk, id_type=id_type), obj
 
 
-def load_export(path: str, device: str = "cpu") -> dict:
+def load_export(path: str, device: str = "cpu", verify: bool = True) -> dict:
     """{'scorer', 'users', 'items', 'tokens', 'tokenizer', 'seen', 'token_idf', 'titles', 'attributes',
     'config'}.
 
     Raises ValueError for a `device` this machine does not have, and ExportError (one line, naming
-    the file) for anything wrong in the export: nothing is built before every size is checked."""
+    the file) for anything wrong in the export: nothing is built before every size is checked.
+    verify: check the files against the export's checksums.json (when it has one)."""
     dev = _check_device(device)
     if not os.path.isdir(path):
         raise ExportError(f"export directory not found: {path}")
+    if verify:
+        try:
+            verify_checksums(path, OWN_FILES)
+        except ChecksumError as e:
+            raise ExportError(str(e)) from None
     f = {name: os.path.join(path, name) for name in ("config.json", "model.safetensors", "extras.safetensors",
                                                      "users.json", "items.json", "tokens.json", "tokenizer.json")}
     cfg = _read_json(f["config.json"])
@@ -561,7 +573,7 @@ def load_export(path: str, device: str = "cpu") -> dict:
     extras = _read_tensors(f["extras.safetensors"], extras_spec, dev)
     # the vocabularies against the same sizes
     users, _ = _read_vocab(f["users.json"], n_users, "n_users", "user")
-    items, items_obj = _read_vocab(f["items.json"], n_items, "n_items", "item", ("ids", "unk", "titles", "attributes"))
+    items, items_obj = _read_vocab(f["items.json"], n_items, "n_items", "item", ("ids", "unk", "id_type", "titles", "attributes"))
     titles = items_obj.get("titles")
     if titles is not None and not (_TYPES["texts"][0](titles) and len(titles) == n_items):
         raise ExportError(f"{f['items.json']}: titles must be null or a list of {n_items} strings, got {_show(titles)}")

@@ -29,8 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.serve.batcher import Batcher
 from recsys.serve.metrics import Metrics
+from recsys.serve.request import check_explain
 from recsys.serve.scorer import error_line
-from recsys.serve.service import ApiError, Service, conform
+from recsys.serve.service import MAX_ID_CHARS, ApiError, Service, conform
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ class JSONResponse(_StarletteJSON):
         return dumps(content)
 
 
-MAX_ID_CHARS = 512          # a string id longer than this is refused (400 naming the field)
 # ids: 64-bit integers or strings of at most MAX_ID_CHARS characters; a 5,000-digit integer is a
 # 400 naming the field, not a 500 from int-to-text limits or the JSON encoder
 Id = Union[Annotated[int, Field(strict=True, ge=-(2 ** 63), lt=2 ** 63)],
@@ -184,6 +184,12 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
             raise ApiError(400, f"k={k} must be between 1 and {max_k}", "k")
         return k
 
+    def explain_arg(explain) -> int:
+        try:
+            return check_explain(explain)
+        except ValueError as e:
+            raise ApiError(400, str(e), "explain") from None
+
     def check_count(n: int, what: str) -> None:
         if n < 1 or n > max_users:
             raise ApiError(400, f"{what}: {n} given, between 1 and {max_users} allowed per request", what)
@@ -236,7 +242,7 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
                 raise ApiError(404, f"unknown user id(s) {bad}: not in the model and no events", "users")
         opts = {"k": check_k(body.k), "exclude_seen": body.exclude_seen, "where": check_where(body.where, rec),
                 "items": None if body.items is None else known_ids(body.items, rec.items, "items"),
-                "diversity": body.diversity, "explain": body.explain}
+                "diversity": body.diversity, "explain": explain_arg(body.explain)}
         rows = await run("recommend", s, opts, users, exclude_rows(body.exclude, len(users), rec.items))
         return {"results": rows}
 
@@ -258,7 +264,7 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
                 raise ApiError(400, f"{'history' if len(hists) == 1 else f'history[{n}]'}: no item of the catalog "
                                f"to rank from ({'every id in it is unknown' if h else 'it is empty'})", "history")
         opts = {"k": check_k(body.k), "exclude_given": body.exclude_given, "unknown": body.unknown,
-                "where": check_where(body.where, rec), "explain": body.explain,
+                "where": check_where(body.where, rec), "explain": explain_arg(body.explain),
                 "candidates": None if body.candidates is None else known_ids(body.candidates, rec.items, "candidates")}
         rows = await run("history", s, opts, hists, exclude_rows(body.exclude, len(hists), rec.items))
         return {"results": rows}

@@ -20,7 +20,7 @@ from recsys.eval.evaluation import evaluate
 from recsys.models.popularity import popularity_counts
 from recsys.serve.export import load_export, save_export
 from recsys.eval.ranking import topk
-from recsys.serve.request import AttributeIndex, answer, build_request, check_k, indices, sub_rows
+from recsys.serve.request import AttributeIndex, answer, build_request, check_explain, check_k, indices, sub_rows
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,10 @@ class Recommender:
         return self.scorer.device
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu") -> "Recommender":
-        e = load_export(path, device)
+    def from_pretrained(cls, path: str, device: str = "cpu", verify: bool = True) -> "Recommender":
+        """The export at `path` (recsys/serve/export.py checks every file before anything is built).
+        verify: check the files against the export's checksums.json (a flipped byte is an error)."""
+        e = load_export(path, device, verify)
         return cls(e["scorer"], e["users"], e["items"], e["tokens"], e["tokenizer"], e["seen"],
                    e["token_idf"], e["titles"], e["config"].get("meta"), e["attributes"])
 
@@ -119,7 +121,7 @@ class Recommender:
         docs = [self.tokenizer.tokenize_fields(dict(zip(text_cols, row))) for row in texts.itertuples(index=False)]
         bags = tfidf_bags(docs, self.tokens, idf=self.token_idf.cpu().numpy())
         old = self._cat
-        grown = Vocab(old.items.ids + ids, unk=old.items.unk)
+        grown = old.items.grown(ids)
         titles = None if old.titles is None else list(old.titles) + texts[text_cols[0]].tolist()
         attrs = {a: list(v) + (items[a].fillna("").astype(str).tolist() if a in items.columns else [""] * len(ids))
                  for a, v in old.attributes.attributes.items()}
@@ -165,7 +167,7 @@ class Recommender:
         in a batch such a row is padded (score NaN, id -1 or None; serve/request.py)."""
         single, batch = _ids_arg(users, "users")
         cat = self._cat                               # one catalog for the whole call
-        k = check_k(k)
+        k, explain = check_k(k), check_explain(explain)
         if unknown not in ("error", "popular"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'popular'")
         req = build_request(cat.items, len(batch), single, self.device, exclude, items, where, cat.attributes)
@@ -213,7 +215,7 @@ class Recommender:
         at its last place); the other models read it as a set."""
         single, hists = _histories_arg(items)
         cat = self._cat
-        k = check_k(k)
+        k, explain = check_k(k), check_explain(explain)
         if unknown not in ("error", "ignore"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'ignore'")
         rows = []
@@ -272,7 +274,6 @@ class Recommender:
         "users": [(user id, weight)]} (models/explain.py); rows ranked by popularity (unknown
         users) get empty explanations."""
         from recsys.models.explain import explain
-        top = 3 if top is True else int(top)
         out: list = [[] for _ in range(n_rows)]
         for pos, idx, sc in parts:
             idx = idx.masked_fill(torch.isinf(sc) & (sc < 0), -1)

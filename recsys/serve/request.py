@@ -28,6 +28,20 @@ from recsys.sparse.csr import csr, gather_rows
 _SPLIT = re.compile(r"[\s|]+")
 
 
+MAX_EXPLAIN = 100            # contributors per recommended item at most
+
+
+def check_explain(explain) -> int:
+    """explain= as the number of contributors per item: False or 0 none, True 3, or 1..MAX_EXPLAIN."""
+    if explain is True:
+        return 3
+    if explain is False or explain is None:
+        return 0
+    if isinstance(explain, bool) or not isinstance(explain, (int, np.integer)) or not 0 <= explain <= MAX_EXPLAIN:
+        raise ValueError(f"explain={explain!r} must be True, False or a number of contributors 0..{MAX_EXPLAIN}")
+    return int(explain)
+
+
 def check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an integer, got {k!r}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recsys.data.eventlog import item_row_fault
 from recsys.serve.events import EventLog, Live, replay
 from recsys.serve.recommender import Recommender
 from recsys.serve.rows import plain_value, score_rows, warm
@@ -85,13 +86,16 @@ class Service:
 
     # -- loading -------------------------------------------------------------------------------
 
+    def _log_name(self) -> str:
+        return f"event log {self.log.path}" if self.log is not None else "event log"
+
     def _load(self, export_dir: str) -> Served:
         records = self.log.read() if self.log is not None else []
         scorer = self._start_scorer(export_dir, records) if self.scoring_process else None   # loads meanwhile
         try:
             rec = Recommender.from_pretrained(export_dir, device=self.device)
             s = Served(rec, Live(), export_dir, scorer=scorer)
-            replay(rec, s.live, records, events_from=s.events_through)
+            replay(rec, s.live, records, events_from=s.events_through, source=self._log_name())
             s.lines = len(records)
             warm(rec)
             if scorer is not None:
@@ -112,7 +116,8 @@ class Service:
             with self._write:                           # catch up with what was logged meanwhile
                 if self.log is not None:
                     more = self.log.read(new.lines)
-                    replay(new.rec, new.live, more, events_from=new.events_through, first_line=new.lines)
+                    replay(new.rec, new.live, more, events_from=new.events_through, first_line=new.lines,
+                           source=self._log_name())
                     _send_items(new.scorer, more)
                     new.lines += len(more)
                 old, self.served = self.served, new
@@ -166,7 +171,13 @@ class Service:
             for n, row in enumerate(rows):
                 if "item" not in row:
                     raise ApiError(400, "each item needs an 'item' id", f"items[{n}].item")
-                row["item"] = conform(row["item"], s.rec.items)
+                fault = item_row_fault(row)
+                if fault is not None:
+                    rule = "a string or integer id" if fault == "item" else "a string, a finite number or null"
+                    raise ApiError(400, f"items[{n}].{fault}={row[fault]!r}"[:200] + f" must be {rule}",
+                                   f"items[{n}].{fault}")
+                bounded_id(row["item"], f"items[{n}].item")
+                row["item"] = same_kind(row["item"], s.rec.items, f"items[{n}].item")
                 if row["item"] in s.rec.items:
                     raise ApiError(409, f"item id {row['item']!r} is already in the catalog", f"items[{n}].item")
             try:
@@ -278,15 +289,26 @@ def _settle() -> None:
     gc.freeze()
 
 
+MAX_ID_CHARS = 512          # a string id longer than this is refused (400 naming the field)
+
+
+def bounded_id(x, field: str) -> None:
+    """A JSON id the service takes: a 64-bit integer or a string of at most MAX_ID_CHARS."""
+    if isinstance(x, str) and len(x) > MAX_ID_CHARS:
+        raise ApiError(400, f"{field}: a string id of {len(x):,} characters; at most {MAX_ID_CHARS} allowed", field)
+    if isinstance(x, int) and not -(2 ** 63) <= x < 2 ** 63:
+        raise ApiError(400, f"{field}: an integer id outside 64 bits", field)
+
+
 def same_kind(x, vocab, field: str):
     """An id of a new event in the kind of the catalog's ids (one id type per catalog, for the
     life of the catalog: the export, the log and a retraining on it): in an integer vocabulary a
     plain-integer text is that integer and any other string is refused; in a string vocabulary
     an integer is its text. ApiError 400 naming the field."""
     x = conform(x, vocab)
-    if not vocab.ids:
+    if vocab.id_type is None:           # an old export holding both kinds: as given
         return x
-    ints = isinstance(vocab.ids[0], (int, np.integer))
+    ints = vocab.id_type == "int"
     if ints and isinstance(x, str):
         raise ApiError(400, f"{field}={x!r} is not an integer id; this model's ids are integers "
                        f"(one id type per catalog)", field)
@@ -297,7 +319,8 @@ def same_kind(x, vocab, field: str):
 
 def conform(x, vocab):
     """A JSON id in the vocabulary's kind: "7" is 7 in an integer vocabulary (recsys/data/ids.py)."""
-    if isinstance(x, str) and vocab.ids and isinstance(vocab.ids[0], (int, np.integer)) and x not in vocab:
+    if isinstance(x, str) and vocab.id_type != "str" and x not in vocab and (
+            vocab.id_type == "int" or any(isinstance(i, int) for i in vocab.ids[:1])):
         t = x.strip()
         if t == "0" or (t.lstrip("-")[:1] in "123456789" and t.lstrip("-").isdigit() and t[:1] != "+"):
             return int(t)
