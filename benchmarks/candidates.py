@@ -84,7 +84,7 @@ def main() -> None:
         line = {"batch": b, "full": full}
         for c in (100, 1000):
             cand = rng.choice(a.items, c, replace=False).tolist()
-            line[f"items={c}"] = median_seconds(lambda: rec.recommend(users, k=10, items=cand), a.repeats)
+            line[f"items={c}"] = median_seconds(lambda: rec.recommend(users, k=10, candidates=cand), a.repeats)
         rows.append(line)
     print("| users per call | full catalog (ms) | items=100 (ms) | items=1,000 (ms) | full / items=100 | full / items=1,000 |")
     print("|---|---|---|---|---|---|")

@@ -81,7 +81,7 @@ def _prep(d: str):
                          tokens={"kind": "word", "min_count": 2})
 
 
-def _timed_fit(module, loader, batches: int, on_batch=None) -> tuple[float, list[float]]:
+def _timed_fit(module, loader, batches: int, on_batch=None, precision: str = "32-true") -> tuple[float, list[float]]:
     """One epoch of at most `batches` batches through Lightning on the CPU: (seconds, each
     batch's step seconds); on_batch(batch) is called at every batch's start."""
     import lightning as L
@@ -98,7 +98,7 @@ def _timed_fit(module, loader, batches: int, on_batch=None) -> tuple[float, list
     trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-                        callbacks=[StepTimes()])
+                        callbacks=[StepTimes()], precision=precision)
     t0 = time.perf_counter()
     trainer.fit(module, loader)
     return time.perf_counter() - t0, steps
@@ -169,11 +169,12 @@ def phase(name: str, a) -> dict:
         module = SequenceModule(model, eval_sets(prep), loss="sampled", n_neg=a.n_neg)
         events = []
         starts = torch.diff(model.seq_indptr).clamp(max=model.config.max_len + 1) - 1     # (U,) positions
-        loader = sequence_loader(model.seq_indptr, a.seq_batch, 0, model.config.max_len)
+        loader = sequence_loader(model.seq_indptr, a.seq_batch, 0, model.config.max_len, a.seq_events)
         s, steps = _timed_fit(module, loader, a.train_batches,
-                              lambda batch: events.append(int(starts[batch[0]].clamp(min=0).sum())))
+                              lambda batch: events.append(int(starts[batch[0]].clamp(min=0).sum())), a.precision)
         out.update(train_s=s, batches=len(steps), events=sum(events), events_per_s=sum(events) / s,
-                   step_events_per_s=sum(events) / sum(steps), n_neg=a.n_neg, seq_batch=a.seq_batch,
+                   step_events_per_s=sum(events) / sum(steps), n_neg=a.n_neg, seq_batch=a.seq_batch, seq_events=a.seq_events,
+                   precision=a.precision,
                    epoch_s_estimate=int(starts.clamp(min=0).sum()) * sum(steps) / max(sum(events), 1))
         model.eval()
         seen = model.seq_indptr, model.seq_indices
@@ -262,6 +263,10 @@ def main():
     ap.add_argument("--user-run", type=int, default=0, help="train: model.optim.user_run (batching users: runs of at most this many pairs)")
     ap.add_argument("--n-neg", type=int, default=1024, help="train, sequence: shared negatives per batch")
     ap.add_argument("--seq-batch", type=int, default=128, help="sequence: users per batch")
+    ap.add_argument("--precision", default="32-true",
+                    help="sequence: Lightning's trainer.precision (bf16-mixed: bfloat16 matmuls where the CPU has them)")
+    ap.add_argument("--seq-events", type=int, default=0,
+                    help="sequence: padded positions per batch (model.optim.batch_events; 0: --seq-batch users)")
     ap.add_argument("--export-dir", default=None, help="export phase: where to write (default DIR/export_hybrid)")
     ap.add_argument("--phase-timeout", type=int, default=1200, help="seconds per phase before it is reported as timed out")
     ap.add_argument("--phase", help=argparse.SUPPRESS)

@@ -4,9 +4,12 @@ epochs (the loop that chose configs/model/sequence.yaml's defaults; never reads 
     python benchmarks/sequence_tuning.py epochs=40 every=5 loss=full lr=0.002
     python benchmarks/sequence_tuning.py epochs=25 loss=full lr=0.002 content=false
     python benchmarks/sequence_tuning.py epochs=60 loss=sampled n_neg=4096 lr=0.002
+    python benchmarks/sequence_tuning.py epochs=30 blend=ease       # then blends with EASE (lam 200)
 
-key=value pairs: epochs, every, bs (users a batch), loss (full | sampled), lr, n_neg, wd, seed,
-split (the leave_last folder), and any SequenceConfig field (dim=128, dropout=0.1, ...).
+key=value pairs: epochs, every, bs (users a batch), events (padded positions a batch, instead of
+bs), loss (full | sampled), lr, n_neg, wd, seed, split (the leave_last folder), blend (a bag
+model of configs/model/: after training, validation of alpha * n_u(sequence) + (1 - alpha) *
+n_u(that model) for alpha 0.5..1), and any SequenceConfig field (dim=128, dropout=0.1, ...).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def main():
     epochs, every = int(args.pop("epochs", 40)), int(args.pop("every", 5))
     bs, loss, lr = int(args.pop("bs", 128)), args.pop("loss", "full"), float(args.pop("lr", 2e-3))
     n_neg, wd, seed = int(args.pop("n_neg", 1024)), float(args.pop("wd", 0)), int(args.pop("seed", 0))
+    events, blend = int(args.pop("events", 0)), args.pop("blend", None)
     split = args.pop("split", os.path.join(ROOT, "..", "shared", "data", "ml-latest-small-splits", "leave_last"))
     params = {k: (v == "true" if v in ("true", "false") else float(v) if "." in v else int(v)) for k, v in args.items()}
     torch.manual_seed(seed)
@@ -41,7 +45,7 @@ def main():
     t0, best = time.perf_counter(), (0.0, 0)
     for ep in range(1, epochs + 1):
         model.train()
-        loader = sequence_loader(model.seq_indptr, bs, seed, model.config.max_len)
+        loader = sequence_loader(model.seq_indptr, bs, seed, model.config.max_len, events)
         loader.sampler.set_epoch(ep - 1)
         for batch in loader:
             step_loss = module.training_step(batch, 0)
@@ -56,6 +60,25 @@ def main():
             print(f"epoch {ep}: val ndcg@10 {v['val/ndcg@10']:.4f} hr@10 {v['val/recall@10']:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"best val ndcg@10 {best[0]:.4f} at epoch {best[1]}: loss={loss} lr={lr} bs={bs} {params}")
+    if blend:
+        _blends(model.eval(), blend, prep, sets)
+
+
+def _blends(model, kind: str, prep, sets) -> None:
+    """Validation NDCG@10 of the blend of the trained sequence model (its last epoch) with the
+    bag model of configs/model/KIND.yaml, over alpha."""
+    import yaml
+
+    from recsys.eval.evaluation import evaluate
+    from recsys.models.blend import Blend
+    from recsys.train.build import build_memory
+    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "model", f"{kind}.yaml")))
+    cfg = {k: v for k, v in cfg.items() if k not in ("_target_", "_convert_", "search_space", "defaults")}
+    bag = build_memory(prep, cfg).eval()
+    for alpha in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.0):
+        with torch.no_grad():
+            v, _ = evaluate(Blend(model, bag, alpha), sets["val_target"], sets["val_seen"], [10], 1024, "val/")
+        print(f"blend with {kind}, alpha {alpha}: val ndcg@10 {v['val/ndcg@10']:.4f}", flush=True)
 
 
 if __name__ == "__main__":

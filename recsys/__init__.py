@@ -4,6 +4,7 @@ hybrid scores from one torch module. See README.md.
     import recsys
     rec = recsys.fit(ratings, items=movies, model="ease")            # in-process, no files
     rec = recsys.Recommender.from_pretrained("outputs/run/export")   # or a train.py export
+    model = recsys.EASE(lam=200).fit(ratings)                        # estimators: unfitted until fit
     ids, scores = rec.recommend(["u1", "u2"], k=10)
 
 `import recsys` loads the serving path only (torch, numpy, safetensors); `recsys.fit` brings in
@@ -28,4 +29,17 @@ def fit(interactions, items=None, model="ease", **kwargs) -> Recommender:
     return _fit(interactions, items, model, **kwargs)
 
 
-__all__ = ["Recommender", "Scorer", "ScorerConfig", "fit", "__version__"]
+_ESTIMATORS = ("EASE", "ItemKNN", "UserKNN", "ContentKNN", "Popularity", "Hybrid", "Collaborative", "Content",
+               "Sequence", "Blend", "NotFittedError")
+
+
+def __getattr__(name: str):
+    """The estimators (recsys/train/estimators.py), imported on first use: `import recsys`
+    stays the serving path only."""
+    if name in _ESTIMATORS:
+        from recsys.train import estimators
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'recsys' has no attribute {name!r}")
+
+
+__all__ = ["Recommender", "Scorer", "ScorerConfig", "fit", "__version__", *_ESTIMATORS]

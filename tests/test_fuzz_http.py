@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from recsys.data.eventlog import read_records
 
-from test_serve_http import AUTH, Server, exports, httpx  # noqa: F401  (exports: a fixture)
+from test_serve_http import AUTH, Server, exports  # noqa: F401  (exports: a fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -43,7 +43,7 @@ opt = {"k": k, "exclude": mostly(st.lists(item, max_size=3), st.lists(st.lists(i
        "where": where, "explain": mostly(st.one_of(st.booleans(), st.integers(0, 3)), st.integers(-2, 2 ** 40))}
 BODIES = {
     "/recommend": st.fixed_dictionaries({"users": st.one_of(user, st.lists(user, max_size=4))},
-                                        optional={**opt, "items": st.lists(item, max_size=4),
+                                        optional={**opt, "candidates": st.lists(item, max_size=4), "items": st.lists(item, max_size=4),
                                                   "exclude_seen": mostly(st.booleans()),
                                                   "diversity": st.one_of(st.none(), st.fixed_dictionaries(
                                                       {"method": st.sampled_from(["mmr", "x"]),
@@ -57,7 +57,8 @@ BODIES = {
                                             optional={"k": k, "space": mostly(st.none(), st.text(max_size=8)),
                                                       "candidates": st.lists(item, max_size=3), "where": where}),
     "/similar/users": st.fixed_dictionaries({"users": st.one_of(user, st.lists(user, max_size=3))},
-                                            optional={"k": k, "exclude": st.lists(user, max_size=3)}),
+                                            optional={"k": k, "exclude": st.lists(user, max_size=3),
+                                                      "candidates": st.lists(user, max_size=3)}),
     "/events": st.fixed_dictionaries({"events": st.lists(st.fixed_dictionaries(
         {"user": user, "item": item}, optional={"ts": mostly(st.floats(0, 2e9), st.one_of(st.floats(allow_nan=False), json_any))}), max_size=3)}),
     "/items": st.fixed_dictionaries({"items": st.lists(st.one_of(st.fixed_dictionaries(

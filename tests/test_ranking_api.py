@@ -88,10 +88,16 @@ def test_same_ranking_catches_a_real_difference():
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_candidates_score_as_the_full_ranking(recs, name):
-    """items=: only candidates come back, with the full ranking's scores, in its order."""
+    """candidates=: only they come back, with the full ranking's scores, in its order (items=,
+    their old name, gives the same with a DeprecationWarning)."""
     rec = recs[name]
     cand = [1, 4, 5, 9, 12, 13, 20, 25]
-    ids, sc = rec.recommend([0, 3], k=4, items=cand)
+    ids, sc = rec.recommend([0, 3], k=4, candidates=cand)
+    with pytest.warns(DeprecationWarning, match="items= is now candidates="):
+        old = rec.recommend([0, 3], k=4, items=cand)
+    assert np.array_equal(old[0], ids)
+    with pytest.raises(TypeError, match="pass candidates= only"):
+        rec.recommend(0, k=4, items=cand, candidates=cand)
     full = rec.scores([0, 3]).numpy()
     seen = rec.seen
     for r, u in enumerate([0, 3]):
@@ -138,8 +144,8 @@ def test_bad_arguments_name_themselves(recs):
         rec.recommend([0, 1], k=3, exclude=[[1], [999]])
     with pytest.raises(ValueError, match="exclude: 3 lists for 2 row"):
         rec.recommend([0, 1], k=3, exclude=[[1], [2], [3]])
-    with pytest.raises(KeyError, match="items: unknown id"):
-        rec.recommend(0, k=3, items=[1, "x"])
+    with pytest.raises(KeyError, match="candidates: unknown id"):
+        rec.recommend(0, k=3, candidates=[1, "x"])
     with pytest.raises(KeyError, match="where: no item attribute 'color'"):
         rec.recommend(0, k=3, where={"color": "red"})
     with pytest.raises(ValueError, match="k=-1 must be >= 1"):
@@ -202,6 +208,10 @@ def test_similar_users_known_answers(recs):
             assert np.allclose(sc[r], np.sort(c)[::-1][:4], atol=1e-6)
     one, _ = recs["ease"].similar_users(3, k=4, exclude=[int(ids[0][0])])
     assert ids[0][0] not in one
+    pool = [1, 2, 5, 7, 9]                            # candidates: only these, in the cosine order
+    some, sc = recs["ease"].similar_users(3, k=3, candidates=pool)
+    want = sorted(pool, key=lambda v: (-cos[3, v], v))[:3]
+    assert some.tolist() == want and np.allclose(sc, cos[3, want], atol=1e-6)
 
 
 def test_explain_through_the_recommender(recs):

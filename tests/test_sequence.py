@@ -268,3 +268,52 @@ def test_sampled_loss_reads_only_the_rows_it_needs_and_equals_the_whole_table():
     for n, p in m.named_parameters():
         if n in g:
             torch.testing.assert_close(g[n], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_budget_batches_hold_every_user_once_within_the_budget():
+    """optim.batch_events: each epoch every user once, no batch past the budget of padded
+    positions (unless one row alone is longer), the same number of batches every epoch, a
+    different shuffle each epoch and the same one again for a resumed epoch."""
+    from recsys.train.sequence_module import _BudgetBatches, sequence_loader
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(2, 60, (500,), generator=g)
+    lengths[:3] = 300                                                # longer than the budget alone
+    s = _BudgetBatches(lengths, 200, seed=1)
+    epochs = []
+    for e in range(3):
+        s.set_epoch(e)
+        batches = list(s)
+        assert len(batches) == len(s)
+        assert sorted(u for b in batches for u in b) == list(range(500))
+        for b in batches:
+            assert len(b) == 1 or len(b) * int(lengths[b].max()) <= 200, b
+        epochs.append(batches)
+    assert epochs[0] != epochs[1]
+    s.set_epoch(1)
+    assert list(s) == epochs[1]
+    # through the loader: users with >= 2 items, batch_events counted in padded positions
+    indptr = torch.tensor([0, 1, 4, 9, 19])                          # lengths 1, 3, 5, 10
+    got = [b[0].tolist() for b in sequence_loader(indptr, 1, 0, max_len=None, batch_events=10)]
+    assert sorted(map(sorted, got)) == [[1, 2], [3]]
+    with pytest.raises(ValueError, match=r"model.optim.batch_events=-1 must be an integer >= 0"):
+        sequence_loader(indptr, 1, 0, batch_events=-1)
+
+
+def test_a_blend_with_a_bag_model_keeps_the_sequence_order():
+    """A blend whose part is the sequence model validates on each user's last event, reads a
+    history in order (the bag part as a set), and with alpha 1 ranks as the sequence alone."""
+    from recsys.train.specs import as_spec
+    inter, items = _cycle_data(n_users=40)
+    spec = {"kind": "blend", "alpha": 1.0, "norm": "zscore", "second": {"kind": "itemknn", "k": 5},
+            "first": {"kind": "sequence", "dim": 16, "blocks": 1, "max_len": 8, "dropout": 0.0,
+                      "optim": {"lr": 0.02, "batch_size": 8}}}
+    assert as_spec(spec).valid_split == "last" and as_spec({**spec, "first": {"kind": "ease"}}).valid_split == "random"
+    torch.manual_seed(0)
+    rec = recsys.fit(inter, items, model=spec, time_col="timestamp", max_epochs=30)
+    assert rec.scorer.reads_order
+    a, _ = rec.recommend_for_history([3, 4, 5], k=1)
+    b, _ = rec.recommend_for_history([5, 4, 3], k=1)
+    assert a.tolist() == [6] and b.tolist() != [6]              # the order decides the next item
+    alone = recsys.Recommender(rec.scorer.first, rec.users, rec.items, rec.tokens, rec.tokenizer, rec.seen,
+                               rec.token_idf)
+    assert alone.recommend_for_history([3, 4, 5], k=3)[0].tolist() == rec.recommend_for_history([3, 4, 5], k=3)[0].tolist()

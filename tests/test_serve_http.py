@@ -114,6 +114,10 @@ def test_answers_equal_direct_calls(server, exports):
     assert si["item"] == "m1" and si["items"] == rec.similar_items("m1", k=3)[0].tolist()
     su = server.post("/similar/users", {"users": "u1", "k": 2}).json()["results"][0]
     assert su["users"] == rec.similar_users("u1", k=2)[0].tolist()
+    su = server.post("/similar/users", {"users": "u1", "k": 2, "candidates": ["u3", "u5", "u7"]}).json()["results"][0]
+    assert su["users"] == rec.similar_users("u1", k=2, candidates=["u3", "u5", "u7"])[0].tolist()
+    r = server.post("/recommend", {"users": ["u1"], "k": 2, "candidates": ["m4", "m5", "m6"]}).json()["results"][0]
+    assert r["items"] == rec.recommend("u1", k=2, candidates=["m4", "m5", "m6"])[0].tolist()
     it = server.client.get("/items/m3").json()
     assert it["title"] == "film 3 red" and it["attributes"] == {"title": "film 3 red"}
 
@@ -126,6 +130,9 @@ def test_answers_equal_direct_calls(server, exports):
     ("/recommend", {"users": ["u1"], "colour": 1}, 400, "colour"),
     ("/recommend", {"users": []}, 400, "users"),
     ("/recommend", {"users": ["u1"], "items": ["zzz"]}, 404, "items"),
+    ("/recommend", {"users": ["u1"], "candidates": ["zzz"]}, 404, "candidates"),
+    ("/recommend", {"users": ["u1"], "candidates": ["m1"], "items": ["m1"]}, 400, "items"),
+    ("/similar/users", {"users": ["u1"], "candidates": ["nobody"]}, 404, "candidates"),
     ("/recommend", {"users": ["u1"], "where": {"genre": "x"}}, 400, "where"),
     ("/recommend", {"users": ["u1", "u2"], "exclude": [["m1"]]}, 400, "exclude"),
     ("/recommend/history", {"history": ["m1", "zzz"]}, 404, "history"),

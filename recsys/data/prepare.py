@@ -5,7 +5,7 @@ Two entry points, both returning `Prepared`:
 - `prepare_files(...)`: a user's own CSV/Parquet files, one interactions file to split, or
   pre-split train/test[/valid] files, plus an optional item table with text columns.
 
-Protocol decisions made here (README "Protocol"):
+Protocol decisions made here (docs/results.md, "Default protocol"):
 - implicit feedback: every interaction is a positive, or only rating >= `min_rating`;
 - duplicate (user, item) rows: the last one (by timestamp, else file order) is kept, counted;
 - the catalog is every item of the item table plus every item of the training interactions; an

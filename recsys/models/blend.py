@@ -68,6 +68,12 @@ class Blend(Model):
         return cls(rebuild(config["first"], sub("first")), rebuild(config["second"], sub("second")),
                    config["alpha"], config.get("norm", "zscore"))
 
+    @property
+    def reads_order(self) -> bool:
+        """A history's order matters when it matters to a part (a sequence model); the other
+        part reads the same history as a set."""
+        return self.first.reads_order or self.second.reads_order
+
     def item_side(self) -> BlendSide:
         return BlendSide(self.first.item_side(), self.second.item_side())
 

@@ -25,6 +25,7 @@ from recsys.sparse.spgemm import RightOperand, Workspace, column_counts, heavy_c
 
 class EASE(MemoryModel):
     kind = "ease"
+    fields = ("lam", "side", "max_items", "block_size", "cold_k", "cold_scale")
     tables = ("ease_B",)
     fills_cold = True
 

@@ -70,6 +70,8 @@ def _votes(c: MemoryConfig, op: RightOperand, op_den: RightOperand | None, A: to
 
 class ItemKNN(MemoryModel):
     kind = "itemknn"
+    fields = ("similarity", "k", "shrink", "values", "normalize", "block_size", "max_products", "dense_ratio",
+              "direction", "cold_k", "cold_scale")
     writes_out = True
     tables = ("w_indptr", "w_indices", "w_values")
     fills_cold = True
@@ -116,6 +118,7 @@ class ItemKNN(MemoryModel):
 
 class ContentKNN(ItemKNN):
     kind = "content_knn"
+    fields = ("similarity", "k", "shrink", "normalize", "block_size", "max_products", "dense_ratio", "direction")
     fills_cold = False          # cold items have content neighbours of their own
 
     @classmethod
@@ -133,6 +136,8 @@ class ContentKNN(ItemKNN):
 
 class UserKNN(MemoryModel):
     kind = "userknn"
+    fields = ("similarity", "k", "shrink", "values", "normalize", "block_size", "max_products", "dense_ratio",
+              "cold_k", "cold_scale")
     writes_out = True
     tables = ("w_indptr", "w_indices", "w_values")
     fills_cold = True

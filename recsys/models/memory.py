@@ -82,6 +82,8 @@ class MemoryModel(Model):
 
     parallel_chunks = True     # ranking may score chunks on several threads (per-thread ws)
     tables: ClassVar[tuple[str, ...]] = ()
+    fields: ClassVar[tuple[str, ...]] = ()  # the MemoryConfig fields this kind reads (its parameters;
+    # configs/model/<kind>.yaml sets exactly these: tests/test_estimators.py)
     fills_cold: ClassVar[bool] = False      # a collaborative kind: cold items can borrow scores
 
     def __init__(self, config: MemoryConfig, buffers: dict[str, torch.Tensor]):

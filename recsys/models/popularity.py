@@ -14,6 +14,7 @@ def popularity_counts(item_indices: torch.Tensor, n_items: int) -> torch.Tensor:
 
 class Popularity(MemoryModel):
     kind = "popularity"
+    fields = ()
     tables = ("pop",)
     parallel_chunks = False
 

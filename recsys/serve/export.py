@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 
 from recsys.models.registry import model_from_state
 from recsys.serve.checksums import NAME as CHECKSUMS, ChecksumError, verify_checksums, write_checksums
+from recsys.data.files import normal_mode
 from recsys.data.tokenize import WordTokenizer, tokenizer_from_json
 from recsys.data.vocab import ID_TYPES, Vocab
 
@@ -49,17 +50,6 @@ class ExportError(ValueError):
 def _write_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _normal_mode(path: str, mode: int) -> None:
-    """mkdtemp / mkstemp create 0700 / 0600; give what plain open / mkdir would (umask)."""
-    os.chmod(path, mode & ~_umask())
 
 
 def check_target(final: str) -> None:
@@ -90,7 +80,7 @@ def atomic_dir(final: str):
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
-    _normal_mode(tmp, 0o777)
+    normal_mode(tmp, 0o777)
     return tmp
 
 
@@ -135,20 +125,6 @@ def commit_dir(tmp: str, final: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-        _normal_mode(tmp, 0o666)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, tokens: Vocab,
                 tokenizer: WordTokenizer, seen: tuple[torch.Tensor, torch.Tensor],
                 token_idf: torch.Tensor, item_titles: list[str] | None = None,
@@ -173,7 +149,7 @@ def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, 
         _write_json(os.path.join(tmp, "tokens.json"), tokens.to_json())
         write_checksums(tmp, os.listdir(tmp))
         for name in os.listdir(tmp):           # safetensors writes 0600, like mkstemp
-            _normal_mode(os.path.join(tmp, name), 0o666)
+            normal_mode(os.path.join(tmp, name), 0o666)
         commit_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -67,7 +67,8 @@ class RecommendBody(_Body):
     k: StrictInt = 10
     exclude_seen: bool = True
     exclude: Optional[Union[list[Id], list[list[Id]]]] = Field(None, description="ids for every user, or one list per user")
-    items: Optional[list[Id]] = Field(None, description="candidate item ids: rank only these")
+    candidates: Optional[list[Id]] = Field(None, description="item ids: rank only these")
+    items: Optional[list[Id]] = Field(None, description="the old name of candidates")
     where: Optional[dict[str, Union[Value, list[Value]]]] = Field(None, description='{"genres": "Comedy"}')
     diversity: Optional[dict[str, Any]] = Field(None, description='{"method": "mmr", "strength": 0.3}')
     explain: Union[bool, StrictInt] = False
@@ -98,6 +99,7 @@ class SimilarUsersBody(_Body):
     k: StrictInt = 10
     space: Optional[str] = None
     exclude: Optional[list[Id]] = None
+    candidates: Optional[list[Id]] = None
 
 
 class Event(_Body):
@@ -190,6 +192,13 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
         except ValueError as e:
             raise ApiError(400, str(e), "explain") from None
 
+    def candidate_ids(candidates, items, vocab) -> list | None:
+        """/recommend's candidates (or `items`, their old name; not both)."""
+        if candidates is not None and items is not None:
+            raise ApiError(400, "pass candidates only (items is its old name)", "items")
+        which, ids = ("items", items) if items is not None else ("candidates", candidates)
+        return None if ids is None else known_ids(ids, vocab, which)
+
     def check_count(n: int, what: str) -> None:
         if n < 1 or n > max_users:
             raise ApiError(400, f"{what}: {n} given, between 1 and {max_users} allowed per request", what)
@@ -241,7 +250,7 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
             if bad:
                 raise ApiError(404, f"unknown user id(s) {bad}: not in the model and no events", "users")
         opts = {"k": check_k(body.k), "exclude_seen": body.exclude_seen, "where": check_where(body.where, rec),
-                "items": None if body.items is None else known_ids(body.items, rec.items, "items"),
+                "candidates": candidate_ids(body.candidates, body.items, rec.items),
                 "diversity": body.diversity, "explain": explain_arg(body.explain)}
         rows = await run("recommend", s, opts, users, exclude_rows(body.exclude, len(users), rec.items))
         return {"results": rows}
@@ -290,7 +299,9 @@ def create_app(export_dir: str, event_log: str | None = None, token: str | None 
 
     async def similar_users(body: SimilarUsersBody) -> dict:
         """Users most similar to each query user (the query user left out)."""
-        return await similar("users", body, lambda r: r.users, {})
+        users = svc.served.rec.users
+        return await similar("users", body, lambda r: r.users, {
+            "candidates": None if body.candidates is None else known_ids(body.candidates, users, "candidates")})
 
     # The scoring reads: FastAPI declares them (validation, OpenAPI docs); the front (_Front)
     # answers them directly, the same handler behind the same pydantic model, without

@@ -95,7 +95,6 @@ class Recommender:
         from recsys.data.content import tfidf_bags
         from recsys.data.ids import conform_ids
         from recsys.models.extend import add_items
-        from recsys.data.vocab import Vocab
         if not isinstance(items, pd.DataFrame):
             raise TypeError(f"add_items takes a pandas DataFrame, got {type(items).__name__}")
         if item_col not in items.columns:
@@ -144,13 +143,13 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(self, users, k: int = 10, exclude_seen: bool = True, chunk_size: int = 1024,
-                  unknown: str = "error", *, exclude=None, items=None, where=None, diversity=None,
-                  explain=False):
+                  unknown: str = "error", *, exclude=None, candidates=None, where=None, diversity=None,
+                  explain=False, items=None):
         """Top-k items for one user id (-> (k',) ids, (k',) scores) or a list of ids (-> (B, w)).
 
         exclude_seen   leave out the items each user interacted with in training;
         exclude        ids to leave out for every user, or one list per user (a batch);
-        items          rank only these candidate ids (only they are scored: the cost follows
+        candidates     rank only these item ids (only they are scored: the cost follows
                        the candidates, not the catalog);
         where          {attribute: value(s)}: only items whose kept attribute matches
                        (serve/request.py), e.g. where={"genres": "Comedy"};
@@ -170,7 +169,8 @@ class Recommender:
         k, explain = check_k(k), check_explain(explain)
         if unknown not in ("error", "popular"):
             raise ValueError(f"unknown={unknown!r} must be 'error' or 'popular'")
-        req = build_request(cat.items, len(batch), single, self.device, exclude, items, where, cat.attributes)
+        candidates = _renamed(candidates, items, "items", "candidates")
+        req = build_request(cat.items, len(batch), single, self.device, exclude, candidates, where, cat.attributes)
         if unknown == "error":
             u = self.user_index(batch)
         else:
@@ -298,7 +298,7 @@ class Recommender:
         (ItemKNN/ContentKNN: the neighbour lists, EASE: its weight columns, learned: cosine of
         the item vectors, collaborative / content / hybrid); "history": cosine of the items'
         user columns, "tokens": cosine of their TF-IDF token bags (any model; models/similar.py).
-        exclude / candidates / where: as `recommend`'s exclude / items / where."""
+        exclude / candidates / where: as `recommend`'s."""
         single, batch = _ids_arg(items, "items")
         cat = self._cat
         k = check_k(k)
@@ -311,17 +311,19 @@ class Recommender:
         return answer(cat.item_ids, [(np.arange(len(q)), idx, sc)], len(q), single)
 
     @torch.no_grad()
-    def similar_users(self, users, k: int = 10, *, space: str | None = None, exclude=None, chunk_size: int = 1024):
+    def similar_users(self, users, k: int = 10, *, space: str | None = None, exclude=None, candidates=None,
+                      chunk_size: int = 1024):
         """The k known users most similar to each given user (itself left out): one id -> ((k',)
         ids, (k',) similarities), a list -> ((B, w), (B, w)). space: the model's own by default
         (UserKNN: its neighbour lists, learned: cosine of the user vectors / content profiles),
-        else "history": cosine of the users' training items. exclude: user ids to leave out."""
+        else "history": cosine of the users' training items. exclude: user ids to leave out;
+        candidates: rank only these user ids."""
         single, batch = _ids_arg(users, "users")
         cat = self._cat
         k = check_k(k)
         q = indices(self.users, batch, "users")
         side = self._similarity_side(cat, "users", space)
-        req = build_request(self.users, len(q), single, self.device, exclude, self_rows=q)
+        req = build_request(self.users, len(q), single, self.device, exclude, candidates, self_rows=q)
         idx, sc = topk(cat.scorer, torch.as_tensor(q, device=self.device), min(k, len(self.users)), None,
                        chunk_size, side=side, request=req, score=_similarity, n_cols=len(self.users))
         return answer(self._user_ids, [(np.arange(len(q)), idx, sc)], len(q), single)
@@ -455,3 +457,16 @@ def _similarity(who, side, cols, out, ws):
 def _id_array(vocab) -> np.ndarray:
     """The vocabulary's external ids as an array (object dtype for string ids)."""
     return np.asarray(vocab.ids, dtype=object if any(isinstance(i, str) for i in vocab.ids) else None)
+
+
+def _renamed(new, old, old_name: str, new_name: str):
+    """A keyword's value under its new name, or under the old name it replaces (with a
+    DeprecationWarning); both at once is a TypeError."""
+    if old is None:
+        return new
+    if new is not None:
+        raise TypeError(f"pass {new_name}= only ({old_name}= is its old name)")
+    import warnings
+    warnings.warn(f"{old_name}= is now {new_name}= (one keyword name across recommend, recommend_for_history, "
+                  f"similar_items, similar_users and HTTP)", DeprecationWarning, stacklevel=3)
+    return old

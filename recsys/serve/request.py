@@ -109,17 +109,18 @@ class AttributeIndex:
         return keep
 
 
-def build_request(vocab, n_rows: int, single: bool, device, exclude=None, items=None, where=None,
+def build_request(vocab, n_rows: int, single: bool, device, exclude=None, candidates=None, where=None,
                   attributes: AttributeIndex | None = None, self_rows: np.ndarray | None = None) -> Request:
     """The Request of one call over n_rows rows whose columns are the ids of `vocab` (the items;
-    the users for similar_users); self_rows: (n_rows,) a column to mask per row (similar items
-    and users leave the query out)."""
+    the users for similar_users); candidates: the only columns ranked; self_rows: (n_rows,) a
+    column to mask per row (similar items and users leave the query out)."""
     n = len(vocab)
     cols = None
-    if items is not None:
-        if _listlike(items) and any(_listlike(x) for x in (items.tolist() if hasattr(items, "tolist") else items)):
-            raise TypeError("items must be one list of candidate ids (the same for every row)")
-        cols = np.unique(indices(vocab, items, "items"))
+    if candidates is not None:
+        c = candidates.tolist() if hasattr(candidates, "tolist") else candidates
+        if _listlike(candidates) and any(_listlike(x) for x in c):
+            raise TypeError("candidates must be one list of ids (the same for every row)")
+        cols = np.unique(indices(vocab, candidates, "candidates"))
     if where is not None:
         keep = (attributes or AttributeIndex(None)).select(where, n)
         cols = np.flatnonzero(keep) if cols is None else cols[keep[cols]]

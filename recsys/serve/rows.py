@@ -28,14 +28,14 @@ def score_rows(rec, unknown: str, kind: str, o: dict, queries: list, exclude, hi
                       explain=o.get("explain", False))
         if plain:
             res = rec.recommend([queries[n] for n in plain], k, exclude_seen=o.get("exclude_seen", True),
-                                unknown=unknown, items=o.get("items"), **common)
+                                unknown=unknown, candidates=o.get("candidates"), **common)
             for n, row in zip(plain, result_rows(res)):
                 out[n] = {"user": queries[n], **row}
         if live:
             common["exclude"] = _pick(exclude, live)
             res = rec.recommend_for_history([histories[n] for n in live], k,
                                             exclude_given=o.get("exclude_seen", True), unknown="ignore",
-                                            candidates=o.get("items"), **common)
+                                            candidates=o.get("candidates"), **common)
             for n, row in zip(live, result_rows(res)):
                 out[n] = {"user": queries[n], **row}
         return out
@@ -50,7 +50,7 @@ def score_rows(rec, unknown: str, kind: str, o: dict, queries: list, exclude, hi
                                 candidates=o.get("candidates"), where=o.get("where"))
         return [{"item": q, **r} for q, r in zip(queries, result_rows(res))]
     if kind == "similar_users":
-        res = rec.similar_users(queries, k, space=o.get("space"), exclude=exclude)
+        res = rec.similar_users(queries, k, space=o.get("space"), exclude=exclude, candidates=o.get("candidates"))
         return [{"user": q, "users": r.pop("items"), **r} for q, r in zip(queries, result_rows(res))]
     raise ValueError(f"unknown kind {kind!r}")
 

@@ -60,12 +60,9 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     items added later. Ids follow the package's id rule (recsys/data/ids.py). val_users:
     validation (early stopping, search) ranks a seeded sample of at most this many users
     (None: all), as train.py's val_users."""
-    import lightning as L
-
     from recsys.data.prepare import prepare_frames
     from recsys.serve.recommender import Recommender
     from recsys.train.build import eval_sets
-    from recsys.train.search import select_and_fit
     from recsys.train.specs import FitContext, as_spec
     if params:
         if not isinstance(model, str):
@@ -87,11 +84,16 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
                           valid_split=spec.valid_split if time_col else "random",
                           shape=shape)
     sets = eval_sets(prep, val_users, seed)
-    L.seed_everything(seed, workers=True, verbose=False)
     callbacks = []
-    if spec.trains and len(prep.valid):
-        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor=f"val/ndcg@{min(10, prep.n_items)}", mode="max",
-                                                           patience=3))
+    if spec.trains or search:        # Lightning only for what trains or searches: a memory model fits without it
+        import lightning as L
+        L.seed_everything(seed, workers=True, verbose=False)
+        if spec.trains and len(prep.valid):
+            callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor=f"val/ndcg@{min(10, prep.n_items)}",
+                                                               mode="max", patience=3))
+    else:
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2 ** 32)
     k = min(10, prep.n_items)          # validation ranks the top 10 (the whole catalog if smaller)
     ctx = FitContext(callbacks=callbacks, seed=seed, device=device, max_epochs=max_epochs, ks=(k,),
                      optimized_metric=f"val/ndcg@{k}")
@@ -102,6 +104,7 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     if not search and not spec.trains:
         m, info = spec.build(prep, device), {"model": spec.to_dict()}
     else:                        # no test part: fitted for use
+        from recsys.train.search import select_and_fit
         choice = select_and_fit(spec, prep, sets, ctx, search, refit=bool(refit), test=False)
         m, info = choice.model, choice.info
     seen = prep.sequences(("train", "valid"))            # in time order: a live history continues it

@@ -20,7 +20,8 @@ import platform
 
 import torch
 
-from recsys.serve.export import save_export, write_json_atomic
+from recsys.data.files import write_json_atomic
+from recsys.serve.export import save_export
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from recsys.models.sequence import Sequence, windows
-from recsys.train.module import RankingModule, _EpochBatches
+from recsys.train.module import RankingModule, _EpochBatches, _rank_world
 
 SEQUENCE_LOSSES = ("auto", "full", "sampled")
 FULL_MAX_ITEMS = 20_000
@@ -74,10 +74,10 @@ class SequenceModule(RankingModule):
         h = m.encode(local, E)[ok]                                                    # (N, D)
         log_nq = torch.log(q * self.hparams.n_neg)                                    # (I,)
         pos = (h * E[y_l]).sum(1) - log_nq[y]                                         # (N,)
-        negs = h @ E[neg_l].t() - log_nq[neg]                                         # (N, S)
-        negs = negs.masked_fill(neg[None, :] == y[:, None], float("-inf"))
-        logits = torch.cat([pos[:, None], negs], 1)                                   # (N, 1 + S)
-        return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=y.device))
+        negs = h @ E[neg_l].t()                                                       # (N, S)
+        negs.sub_(log_nq[neg]).masked_fill_(neg[None, :] == y[:, None], float("-inf"))   # (in place:
+        # mm keeps its inputs, not its output, for the gradient; no (N, 1 + S) copy either)
+        return (torch.logaddexp(pos, torch.logsumexp(negs, 1)) - pos).mean()          # cross-entropy, target 0
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, betas=(0.9, 0.98),
@@ -105,13 +105,51 @@ class _LengthBatches(_EpochBatches):
         return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
-def sequence_loader(seq_indptr: torch.Tensor, batch_size: int, seed: int, max_len: int | None = None) -> DataLoader:
+class _BudgetBatches(_EpochBatches):
+    """Batches of at most `budget` padded positions (rows x the longest row) instead of a fixed
+    number of users: thousands of short histories in one batch, a few long ones in another, so
+    that a step's cost no longer follows the lengths of its users. Each epoch sorts the users by
+    length, breaking ties by a seeded shuffle, cuts the order into batches and shuffles the
+    batches; the cut depends only on the lengths, so every epoch has the same number of batches."""
+
+    def __init__(self, lengths: torch.Tensor, budget: int, seed: int):
+        super().__init__(len(lengths), 1, seed)
+        self.lengths, self.budget = lengths, int(budget)
+        self._n_batches = len(self._cut(torch.sort(lengths, descending=True).values))
+
+    def _cut(self, sorted_lengths: torch.Tensor) -> list[tuple[int, int]]:
+        """(start, end) of each batch over lengths sorted longest first."""
+        spans, i, n = [], 0, len(sorted_lengths)
+        while i < n:
+            rows = max(1, self.budget // max(int(sorted_lengths[i]), 1))
+            spans.append((i, min(i + rows, n)))
+            i += rows
+        return spans
+
+    def _batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch)
+        tie = torch.randperm(self.n, generator=g)                                     # (U,) seeded tie-break
+        order = torch.argsort(self.lengths * self.n + tie, descending=True)           # longest first
+        spans = self._cut(self.lengths[order])
+        batches = [order[a:b].tolist() for a, b in spans]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+    def __len__(self) -> int:
+        return -(-self._n_batches // _rank_world()[1])
+
+
+def sequence_loader(seq_indptr: torch.Tensor, batch_size: int, seed: int, max_len: int | None = None,
+                    batch_events: int = 0) -> DataLoader:
     """Shuffled batches of the users with at least two training items (a next item to
-    predict), (B,), users of similar length together (_LengthBatches); resumable and sharded
-    under DDP as train_loader's."""
+    predict), (B,): `batch_size` users of similar length together (_LengthBatches), or, with
+    batch_events > 0, as many users as fit that many padded positions (_BudgetBatches);
+    resumable and sharded under DDP as train_loader's."""
     if batch_size < 1:
         raise ValueError(f"model.optim.batch_size={batch_size} must be >= 1")
+    if isinstance(batch_events, bool) or not isinstance(batch_events, int) or batch_events < 0:
+        raise ValueError(f"model.optim.batch_events={batch_events!r} must be an integer >= 0 (0: batch_size users)")
     lengths = torch.diff(seq_indptr)
     users = torch.nonzero(lengths >= 2).flatten()
     n = lengths[users] if max_len is None else lengths[users].clamp(max=max_len + 1)
-    return DataLoader(TensorDataset(users), sampler=_LengthBatches(n, batch_size, seed), batch_size=None)
+    sampler = _BudgetBatches(n, batch_events, seed) if batch_events else _LengthBatches(n, batch_size, seed)
+    return DataLoader(TensorDataset(users), sampler=sampler, batch_size=None)

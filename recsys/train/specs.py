@@ -53,7 +53,7 @@ class Memory:
         cls = model_class(kind)
         self.search_space = search_space
         params = {**self.KIND_DEFAULTS.get(kind, {}), **params}
-        unknown = sorted(set(params) - set(MemoryConfig.__dataclass_fields__))
+        unknown = sorted(set(params) - set(getattr(cls, "fields", MemoryConfig.__dataclass_fields__)))
         if unknown or not hasattr(cls, "tables"):
             raise ValueError(f"model kind {kind!r} takes no parameter(s) {unknown}" if unknown else
                              f"model kind {kind!r} is not a memory-based model")
@@ -149,7 +149,8 @@ class SequenceSpec:
 
     trains = True                   # Lightning epochs
     valid_split = "last"            # recsys.fit validates it on each user's last event
-    batch_size = 128                # users per batch (optim.batch_size)
+    batch_size = 128                # users per batch (optim.batch_size) ...
+    batch_events = 0                # ... unless > 0: padded positions per batch (optim.batch_events)
 
     def to_dict(self) -> dict:
         return {"kind": "sequence", **self.params, "optim": dict(self.optim)}
@@ -161,10 +162,12 @@ class SequenceSpec:
         from recsys.train.sequence_module import SequenceModule, sequence_loader
         optim = dict(self.optim)
         batch_size = optim.pop("batch_size", self.batch_size)
+        batch_events = optim.pop("batch_events", self.batch_events)
         model = build_sequence(prep, **self.params)
         module = SequenceModule(model, sets, ks=tuple(ctx.ks), **optim)
+        loader = sequence_loader(model.seq_indptr, batch_size, ctx.seed, model.config.max_len, batch_events)
         trainer = (ctx.trainer or _default_trainer(ctx))(callbacks=ctx.callbacks, logger=ctx.loggers or False)
-        trainer.fit(module, sequence_loader(model.seq_indptr, batch_size, ctx.seed, model.config.max_len),
+        trainer.fit(module, loader,
                     user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
         _load_best(module, ctx)
         metrics, best = _after_fit(trainer, module, sets, ctx, test)
@@ -217,7 +220,10 @@ class Blend:
         self.alpha, self.norm = float(alpha), norm
         self.search_space = search_space
 
-    valid_split = "random"
+    @property
+    def valid_split(self) -> str:
+        """'last' when a part predicts the next item (a sequence model), else 'random'."""
+        return "last" if "last" in (self.first.valid_split, self.second.valid_split) else "random"
 
     @property
     def trains(self) -> bool:
@@ -265,6 +271,37 @@ def _fit_once(spec, prep, sets, ctx: FitContext):
 
 
 LEARNED_VARIANTS = ("collaborative", "content", "hybrid")
+_SIZES = {"n_users": 1, "n_items": 1, "n_tokens": 1}
+
+
+def resolved(spec) -> dict:
+    """Every value a fit of `spec` uses, defaults included: the model config's fields (sizes
+    are the data's: left out) and, for what trains, the Lightning module's optimisation (`optim`).
+    The estimators' get_params and the test that the config files hold the code's defaults
+    (tests/test_fit_defaults.py) read it."""
+    import dataclasses
+    import inspect
+    if isinstance(spec, Blend):
+        return {"kind": "blend", "alpha": spec.alpha, "norm": spec.norm,
+                "first": resolved(spec.first), "second": resolved(spec.second)}
+    if isinstance(spec, Memory):
+        from recsys.models.memory import MemoryConfig
+        cfg = dataclasses.asdict(MemoryConfig(kind=spec.kind, n_users=1, n_items=1, **spec.params))
+        return {k: v for k, v in cfg.items() if k not in _SIZES}
+    if isinstance(spec, SequenceSpec):
+        from recsys.models.sequence import SequenceConfig
+        from recsys.train.sequence_module import SequenceModule as module
+        cfg = dataclasses.asdict(SequenceConfig(**_SIZES, **spec.params))
+        optim = {"batch_size": SequenceSpec.batch_size, "batch_events": SequenceSpec.batch_events}
+    else:
+        from recsys.models.learned import ScorerConfig
+        from recsys.train.module import RecsysModule as module
+        cfg = dataclasses.asdict(ScorerConfig(**_SIZES, variant=spec.variant, **spec.params))
+        cfg["fold_in_lambda"] = spec.fold_in_lambda
+        optim = {"batch_size": 1024, "batching": "interactions", "user_run": 0}
+    optim.update({k: p.default for k, p in inspect.signature(module.__init__).parameters.items()
+                  if p.default is not inspect.Parameter.empty and k != "ks"})
+    return {**{k: v for k, v in cfg.items() if k not in _SIZES}, "optim": {**optim, **spec.optim}}
 
 
 def as_spec(model) -> Memory | Learned | SequenceSpec | Blend:
