@@ -19,7 +19,7 @@ from recsys.data.ids import conform_ids
 from recsys.data.io import DataError
 from recsys.data.prepare import read_interactions
 from recsys.eval.evaluation import format_table
-from recsys.serve.export import write_json_atomic
+from recsys.data.files import write_json_atomic
 
 log = logging.getLogger("evaluate")
 

@@ -19,7 +19,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from recsys.eval.evaluation import format_table
-from recsys.serve.export import write_json_atomic
+from recsys.data.files import write_json_atomic
 from recsys.train.build import eval_sets
 from recsys.train.progress import progress_callbacks
 from recsys.train.run import (RunLock, best_validation, checkpoint_path, data_files, final_report, log_run, log_trials,

@@ -87,3 +87,17 @@ def test_a_memory_estimator_fits_without_lightning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_on_epoch_reports_every_epoch_of_a_learned_fit():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((30, 20)) < 0.5)                # ~10 items a user: a validation part
+    df = pd.DataFrame({"user": u, "item": i})
+    seen = []
+    recsys.Collaborative(dim=8).fit(df, max_epochs=3, on_epoch=lambda e, m: seen.append((e, m)))
+    assert [e for e, _ in seen][:3] == [0, 1, 2]                # (then the refit's epochs, if any)
+    assert all(isinstance(v, float) for _, m in seen for v in m.values())
+    assert any(k.startswith("val/ndcg") for k in seen[0][1]) and "train/loss_epoch" in seen[0][1]
+    with pytest.raises(TypeError, match="on_epoch must be a function"):
+        recsys.fit(df, model="hybrid", on_epoch="print")

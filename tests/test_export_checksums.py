@@ -139,3 +139,49 @@ def test_post_items_takes_only_ids_of_the_catalogs_type(tmp_path):
     assert e.value.status == 400 and e.value.field == "items[1].item" and "not an integer id" in e.value.message
     assert svc.add_items([{"item": "13", "title": "green film"}])["added"] == 1
     assert 13 in svc.served.rec.items and "13" not in svc.served.rec.items.ids
+
+
+def test_an_export_saved_to_a_file_object_loads_from_it_and_from_its_path(saved, tmp_path):
+    """save_pretrained(file object) writes a zip of the export; from_pretrained reads it from a
+    file object or a path, answers as the directory export does, and refuses a hostile zip."""
+    import io
+    import warnings
+    import zipfile
+    rec, path = saved
+    buf = io.BytesIO()
+    assert rec.save_pretrained(buf) is buf
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+        assert sorted(z.namelist()) == sorted(os.listdir(path))
+    want = rec.recommend(["u1", "u2"], k=3)[0].tolist()
+    buf.seek(0)
+    assert Recommender.from_pretrained(buf).recommend(["u1", "u2"], k=3)[0].tolist() == want
+    (tmp_path / "m.zip").write_bytes(buf.getvalue())
+    assert Recommender.from_pretrained(str(tmp_path / "m.zip")).recommend(["u1", "u2"], k=3)[0].tolist() == want
+    for members, match in (([("../evil.json", b"{}")], r"member '\.\./evil\.json' is not a file an export writes"),
+                           ([("sub/config.json", b"{}")], "not a file an export writes"),
+                           ([("users.json", b"{}"), ("users.json", b"[]")], "'users.json' appears more than once")):
+        bad = io.BytesIO()
+        with zipfile.ZipFile(bad, "w") as z, warnings.catch_warnings():
+            warnings.simplefilter("ignore")                         # zipfile warns of the duplicate
+            for name, data in members:
+                z.writestr(name, data)
+        bad.seek(0)
+        with pytest.raises(ExportError, match=match):
+            Recommender.from_pretrained(bad)
+    with pytest.raises(ExportError, match="is not a zip archive of an export"):
+        Recommender.from_pretrained(io.BytesIO(b"not a zip"))
+    from recsys.serve.archive import extract_archive
+    buf.seek(0)
+    with pytest.raises(ExportError, match="more than 1,000 bytes once extracted"):
+        extract_archive(buf, str(tmp_path), max_bytes=1000)
+    buf2 = io.BytesIO()                                        # a flipped byte inside the zip: the checksums
+    data = bytearray(buf.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["items.json"] = members["items.json"].replace(b"film 1", b"film X")
+    with zipfile.ZipFile(buf2, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, d)
+    buf2.seek(0)
+    with pytest.raises(ExportError, match="items.json does not match its SHA-256"):
+        Recommender.from_pretrained(buf2)

@@ -317,3 +317,12 @@ def test_a_blend_with_a_bag_model_keeps_the_sequence_order():
     alone = recsys.Recommender(rec.scorer.first, rec.users, rec.items, rec.tokens, rec.tokenizer, rec.seen,
                                rec.token_idf)
     assert alone.recommend_for_history([3, 4, 5], k=3)[0].tolist() == rec.recommend_for_history([3, 4, 5], k=3)[0].tolist()
+
+
+def test_the_blend_seq_config_is_a_sequence_and_ease_blend(compose, tmp_path):
+    import hydra
+    from recsys.train.specs import SequenceSpec, resolved
+    spec = hydra.utils.instantiate(compose(["model=blend_seq"], str(tmp_path)).model)
+    assert spec.valid_split == "last" and spec.trains and isinstance(spec.first, SequenceSpec)
+    p = resolved(spec)
+    assert p["alpha"] == 0.9 and p["second"]["kind"] == "ease" and p["first"] == resolved(SequenceSpec())

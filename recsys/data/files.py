@@ -1,10 +1,20 @@
-"""File helpers every layer uses: JSON written atomically, and the permissions plain open /
-mkdir would give a file made by mkstemp / mkdtemp."""
+"""File helpers every layer uses: JSON written atomically, a file's SHA-256, and the
+permissions plain open / mkdir would give a file made by mkstemp / mkdtemp."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits (read in 4 MB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def umask() -> int:

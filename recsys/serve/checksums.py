@@ -7,11 +7,12 @@ made before it have none) unless the caller opts out (`from_pretrained(..., veri
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import stat
+
+from recsys.data.files import sha256_file
 
 NAME = "checksums.json"
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -20,14 +21,6 @@ _MAX_BYTES = 1 << 16
 
 class ChecksumError(ValueError):
     """A file of an export does not match its checksums.json; the message names the file."""
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_checksums(folder: str, names) -> None:

@@ -186,6 +186,7 @@ _TYPES = {
     "flag": (lambda v: isinstance(v, bool), "true or false"),
     "text": (lambda v: isinstance(v, str), "a string"),
     "text?": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "number?": (lambda v: v is None or _is_number(v), "a number or null"),
     "texts": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "object": (lambda v: isinstance(v, dict), "a JSON object"),
 }
@@ -200,7 +201,8 @@ _MEMORY = dict(kind="text", n_users="size", n_items="size", similarity="text", k
                direction="text", lam="number", max_items="number", n_tokens="size", cold_k="size",
                cold_scale="number", side="number")
 _SEQUENCE = dict(kind="text", n_users="size", n_items="size", n_tokens="size", dim="size", blocks="size",
-                 heads="size", max_len="size", dropout="number", content="flag", init_std="number",
+                 heads="size", max_len="size", dropout="number", attn_dropout="number?", content="flag",
+                 init_std="number",
                  cold_k="size", cold_scale="number")
 _BLEND = dict(kind="text", n_users="size", n_items="size", alpha="number", first="object", second="object",
               norm="text")

@@ -9,6 +9,8 @@ Needs only torch, numpy and safetensors: no Lightning, no Hydra.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from recsys.sparse.csr import csr, pairs_in
 from recsys.eval.evaluation import evaluate
 from recsys.models.popularity import popularity_counts
+from recsys.serve.archive import extract_archive, is_archive, write_archive
 from recsys.serve.export import load_export, save_export
 from recsys.eval.ranking import topk
 from recsys.serve.request import AttributeIndex, answer, build_request, check_explain, check_k, indices, sub_rows
@@ -68,9 +71,15 @@ class Recommender:
         return self.scorer.device
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", verify: bool = True) -> "Recommender":
-        """The export at `path` (recsys/serve/export.py checks every file before anything is built).
-        verify: check the files against the export's checksums.json (a flipped byte is an error)."""
+    def from_pretrained(cls, path, device: str = "cpu", verify: bool = True) -> "Recommender":
+        """The export at `path`: a directory, or a zip of one (a path or a file object, as
+        save_pretrained(file object) writes; recsys/serve/archive.py). recsys/serve/export.py
+        checks every file before anything is built; verify: check the files against the
+        export's checksums.json (a flipped byte is an error)."""
+        if is_archive(path):
+            with tempfile.TemporaryDirectory(prefix="recsys-export-") as d:
+                extract_archive(path, d)
+                return cls.from_pretrained(d, device, verify)
         e = load_export(path, device, verify)
         return cls(e["scorer"], e["users"], e["items"], e["tokens"], e["tokenizer"], e["seen"],
                    e["token_idf"], e["titles"], e["config"].get("meta"), e["attributes"])
@@ -80,7 +89,13 @@ class Recommender:
         """{name: one string per item}: the item fields `where=` filters on."""
         return self._cat.attributes.attributes
 
-    def save_pretrained(self, path: str) -> str:
+    def save_pretrained(self, path):
+        """Write the export to the directory `path` (returned), or, given a file object opened
+        for writing in binary, a zip of it into that file (from_pretrained reads either)."""
+        if hasattr(path, "write"):
+            with tempfile.TemporaryDirectory(prefix="recsys-export-") as d:
+                write_archive(self.save_pretrained(os.path.join(d, "export")), path)
+            return path
         return save_export(path, self.scorer, self.users, self.items, self.tokens, self.tokenizer,
                            self.seen, self.token_idf, self.titles, self.meta, self.attributes)
 

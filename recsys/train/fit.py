@@ -22,7 +22,7 @@ recsys/train/search.py). train.py fits through the same specs and the same selec
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -52,14 +52,17 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
         rating_col: str | None = None, time_col: str | None = None, items_item_col: str | None = None,
         text_cols: list[str] | None = None, min_rating: float | None = None, tokens: dict | None = None,
         valid_ratio: float | None = None, seed: int = 2026, device: str = "cpu", max_epochs: int = 30,
-        search: dict | None = None, refit: bool = True, val_users: int | None = 50_000, **params):
+        search: dict | None = None, refit: bool = True, val_users: int | None = 50_000,
+        on_epoch: Callable[[int, dict], Any] | None = None, **params):
     """A fitted `Recommender` (serve/recommender.py). interactions: one row per (user, item)
     interaction (columns user_col, item_col, optional rating_col / time_col), or a sparse users x
     items matrix; items: an optional item table (items_item_col, default item_col, and text
     columns: all others unless text_cols), whose text feeds content models, cold items and
     items added later. Ids follow the package's id rule (recsys/data/ids.py). val_users:
     validation (early stopping, search) ranks a seeded sample of at most this many users
-    (None: all), as train.py's val_users."""
+    (None: all), as train.py's val_users. on_epoch: called as on_epoch(epoch, metrics) after
+    each training epoch of a learned model (a search's trials included), metrics a dict of
+    floats (train/loss_epoch, val/ndcg@10, ...): a progress bar, a log, a plot."""
     from recsys.data.prepare import prepare_frames
     from recsys.serve.recommender import Recommender
     from recsys.train.build import eval_sets
@@ -85,9 +88,13 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
                           shape=shape)
     sets = eval_sets(prep, val_users, seed)
     callbacks = []
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be a function (epoch, metrics), got {type(on_epoch).__name__}")
     if spec.trains or search:        # Lightning only for what trains or searches: a memory model fits without it
         import lightning as L
         L.seed_everything(seed, workers=True, verbose=False)
+        if on_epoch is not None:
+            callbacks.append(_EpochReport(on_epoch))
         if spec.trains and len(prep.valid):
             callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor=f"val/ndcg@{min(10, prep.n_items)}",
                                                                mode="max", patience=3))
@@ -112,3 +119,15 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
                        torch.from_numpy(prep.bags.idf), prep.item_titles,
                        {"text_fields": prep.text_fields, "events_through": prep.events_through, **info},
                        prep.item_attributes)
+
+
+def _EpochReport(on_epoch):
+    """A Lightning callback calling on_epoch(epoch, metrics) after each training epoch (its
+    validation included): metrics as plain floats, e.g. {"train/loss_epoch": ..., "val/ndcg@10": ...}."""
+    import lightning as L
+
+    class EpochReport(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            on_epoch(int(trainer.current_epoch), {k: float(v) for k, v in trainer.callback_metrics.items()
+                                                  if getattr(v, "numel", lambda: 1)() == 1})
+    return EpochReport()

@@ -12,7 +12,6 @@ Plain arguments only: train.py (Hydra) calls these.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import platform
 
 import torch
 
-from recsys.data.files import write_json_atomic
+from recsys.data.files import sha256_file, write_json_atomic
 from recsys.serve.export import save_export
 
 log = logging.getLogger(__name__)
@@ -199,14 +198,6 @@ def checkpoint_path(ckpt_path: str | None, out: str) -> str | None:
     return path
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_info(config: dict, seed: int, data_files: list[str]) -> dict:
     """What is needed to reproduce the run: resolved config, versions, data checksums, seeds."""
     import lightning as L
@@ -216,7 +207,7 @@ def run_info(config: dict, seed: int, data_files: list[str]) -> dict:
     return {"recsys": __version__, "torch": torch.__version__, "lightning": L.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "seed": int(seed), "split": split,
-            "data_sha256": {os.path.abspath(f): sha256(f) for f in data_files if os.path.isfile(f)},
+            "data_sha256": {os.path.abspath(f): sha256_file(f) for f in data_files if os.path.isfile(f)},
             "config": config}
 
 
