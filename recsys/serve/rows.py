@@ -15,44 +15,57 @@ log = logging.getLogger(__name__)
 
 
 def score_rows(rec, unknown: str, kind: str, o: dict, queries: list, exclude, histories: dict | None) -> list[dict]:
-    """Result rows of one batched call of `kind` with options `o`. histories: for "recommend",
-    query position -> that user's live history (training items + events): those users are
-    ranked from it through recommend_for_history, the others by recommend."""
-    k = o["k"]
-    if kind == "recommend":
-        histories = histories or {}
-        plain = [n for n in range(len(queries)) if n not in histories]
-        live = [n for n in range(len(queries)) if n in histories]
-        out: list = [None] * len(queries)
-        common = dict(exclude=_pick(exclude, plain), where=o.get("where"), diversity=o.get("diversity"),
-                      explain=o.get("explain", False))
-        if plain:
-            res = rec.recommend([queries[n] for n in plain], k, exclude_seen=o.get("exclude_seen", True),
-                                unknown=unknown, candidates=o.get("candidates"), **common)
-            for n, row in zip(plain, result_rows(res)):
-                out[n] = {"user": queries[n], **row}
-        if live:
-            common["exclude"] = _pick(exclude, live)
-            res = rec.recommend_for_history([histories[n] for n in live], k,
-                                            exclude_given=o.get("exclude_seen", True), unknown="ignore",
-                                            candidates=o.get("candidates"), **common)
-            for n, row in zip(live, result_rows(res)):
-                out[n] = {"user": queries[n], **row}
-        return out
-    if kind == "history":
-        res = rec.recommend_for_history([list(h) for h in queries], k, exclude_given=o.get("exclude_given", True),
-                                        unknown=o.get("unknown", "error"), exclude=exclude,
-                                        candidates=o.get("candidates"), where=o.get("where"),
-                                        explain=o.get("explain", False))
-        return list(result_rows(res))
-    if kind == "similar_items":
-        res = rec.similar_items(queries, k, space=o.get("space"), exclude=exclude,
-                                candidates=o.get("candidates"), where=o.get("where"))
-        return [{"item": q, **r} for q, r in zip(queries, result_rows(res))]
-    if kind == "similar_users":
-        res = rec.similar_users(queries, k, space=o.get("space"), exclude=exclude, candidates=o.get("candidates"))
-        return [{"user": q, "users": r.pop("items"), **r} for q, r in zip(queries, result_rows(res))]
-    raise ValueError(f"unknown kind {kind!r}")
+    """Result rows of one batched call of `kind` (a key of KINDS) with options `o`. histories:
+    for "recommend", query position -> that user's live history (training items + events):
+    those users are ranked from it through recommend_for_history, the others by recommend."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    return KINDS[kind](rec, unknown, o, queries, exclude, histories)
+
+
+def _recommend(rec, unknown, o, queries, exclude, histories) -> list[dict]:
+    histories = histories or {}
+    plain = [n for n in range(len(queries)) if n not in histories]
+    live = [n for n in range(len(queries)) if n in histories]
+    out: list = [None] * len(queries)
+    common = dict(exclude=_pick(exclude, plain), where=o.get("where"), diversity=o.get("diversity"),
+                  explain=o.get("explain", False), candidates=o.get("candidates"))
+    if plain:
+        res = rec.recommend([queries[n] for n in plain], o["k"], exclude_seen=o.get("exclude_seen", True),
+                            unknown=unknown, **common)
+        for n, row in zip(plain, result_rows(res)):
+            out[n] = {"user": queries[n], **row}
+    if live:
+        common["exclude"] = _pick(exclude, live)
+        res = rec.recommend_for_history([histories[n] for n in live], o["k"],
+                                        exclude_given=o.get("exclude_seen", True), unknown="ignore", **common)
+        for n, row in zip(live, result_rows(res)):
+            out[n] = {"user": queries[n], **row}
+    return out
+
+
+def _history(rec, unknown, o, queries, exclude, histories) -> list[dict]:
+    res = rec.recommend_for_history([list(h) for h in queries], o["k"], exclude_given=o.get("exclude_given", True),
+                                    unknown=o.get("unknown", "error"), exclude=exclude,
+                                    candidates=o.get("candidates"), where=o.get("where"),
+                                    explain=o.get("explain", False))
+    return list(result_rows(res))
+
+
+def _similar_items(rec, unknown, o, queries, exclude, histories) -> list[dict]:
+    res = rec.similar_items(queries, o["k"], space=o.get("space"), exclude=exclude,
+                            candidates=o.get("candidates"), where=o.get("where"))
+    return [{"item": q, **r} for q, r in zip(queries, result_rows(res))]
+
+
+def _similar_users(rec, unknown, o, queries, exclude, histories) -> list[dict]:
+    res = rec.similar_users(queries, o["k"], space=o.get("space"), exclude=exclude, candidates=o.get("candidates"))
+    return [{"user": q, "users": r.pop("items"), **r} for q, r in zip(queries, result_rows(res))]
+
+
+# the request kinds the service scores: kind -> its rows (rec, unknown, options, queries, exclude, histories)
+KINDS = {"recommend": _recommend, "history": _history, "similar_items": _similar_items,
+         "similar_users": _similar_users}
 
 
 def _pick(rows: list | None, positions: list[int]) -> list | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from recsys.train.specs import as_spec, resolved
+from recsys.train.specs import as_spec
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -44,9 +44,7 @@ class Estimator:
 
     def get_params(self, deep: bool = True) -> dict:
         """Every parameter the fit will use, the defaults of configs/model/<kind>.yaml included."""
-        out = resolved(self._spec())
-        fields = _fields(self.kind)
-        return {k: v for k, v in out.items() if fields is None or k in fields}
+        return self._spec().effective_params()
 
     def set_params(self, **params: Any) -> "Estimator":
         new = {**self._params, **params}
@@ -75,14 +73,6 @@ class Estimator:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
         return f"{type(self).__name__}({args})"
-
-
-def _fields(kind: str) -> tuple[str, ...] | None:
-    """A memory kind's own parameters (the shared MemoryConfig holds every kind's); None: all."""
-    from recsys.models.registry import model_class
-    if kind in ("hybrid", "collaborative", "content", "sequence", "blend"):
-        return None
-    return model_class(kind).fields
 
 
 class EASE(Estimator):

@@ -66,6 +66,20 @@ class Memory:
     def to_dict(self) -> dict:
         return {"kind": self.kind, **self.params}
 
+    def resolved(self) -> dict:
+        """Every MemoryConfig value of the fit (the shared config holds every kind's fields)."""
+        import dataclasses
+
+        from recsys.models.memory import MemoryConfig
+        cfg = dataclasses.asdict(MemoryConfig(kind=self.kind, n_users=1, n_items=1, **self.params))
+        return {k: v for k, v in cfg.items() if k not in _SIZES}
+
+    def effective_params(self) -> dict:
+        """This kind's own parameters (the fields its model class reads), defaults included."""
+        from recsys.models.registry import model_class
+        out = self.resolved()
+        return {k: out[k] for k in model_class(self.kind).fields}
+
     def build(self, prep, device: str = "cpu"):
         from recsys.train.build import build_memory
         return build_memory(prep, self.to_dict(), device=device)
@@ -95,10 +109,22 @@ class Learned:
 
     trains = True                   # Lightning epochs
     valid_split = "random"
+    # optim settings of the data loader (the rest are RecsysModule's keywords)
+    LOADER = {"batch_size": 1024, "batching": "interactions", "user_run": 0}
 
     def to_dict(self) -> dict:
         return {"kind": "learned", "variant": self.variant, **self.params, "fold_in_lambda": self.fold_in_lambda,
                 "optim": dict(self.optim)}
+
+    def resolved(self) -> dict:
+        from recsys.models.learned import ScorerConfig
+        from recsys.train.module import RecsysModule
+        out = _trained(ScorerConfig(**_SIZES, variant=self.variant, **self.params), RecsysModule, self.LOADER,
+                       self.optim)
+        return {**out, "fold_in_lambda": self.fold_in_lambda}
+
+    def effective_params(self) -> dict:
+        return self.resolved()
 
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (scorer in eval mode, metrics, best validation value).
@@ -107,9 +133,7 @@ class Learned:
         from recsys.train.module import RecsysModule, train_loader, user_loader
         from recsys.train.tune import choose_fold_in_by_agreement, choose_fold_in_lambda
         optim = dict(self.optim)
-        batch_size = optim.pop("batch_size", 1024)
-        batching = optim.pop("batching", "interactions")
-        user_run = optim.pop("user_run", 0)
+        batch_size, batching, user_run = (optim.pop(k, v) for k, v in self.LOADER.items())
         model = dict(self.params, variant=self.variant)
         if self.fold_in_lambda != "auto":
             model["fold_in_lambda"] = float(self.fold_in_lambda)
@@ -154,6 +178,15 @@ class SequenceSpec:
 
     def to_dict(self) -> dict:
         return {"kind": "sequence", **self.params, "optim": dict(self.optim)}
+
+    def resolved(self) -> dict:
+        from recsys.models.sequence import SequenceConfig
+        from recsys.train.sequence_module import SequenceModule
+        return _trained(SequenceConfig(**_SIZES, **self.params), SequenceModule,
+                        {"batch_size": self.batch_size, "batch_events": self.batch_events}, self.optim)
+
+    def effective_params(self) -> dict:
+        return self.resolved()
 
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (model in eval mode, metrics, best validation value)."""
@@ -233,6 +266,13 @@ class Blend:
         return {"kind": "blend", "alpha": self.alpha, "norm": self.norm,
                 "first": self.first.to_dict(), "second": self.second.to_dict()}
 
+    def resolved(self) -> dict:
+        return {"kind": "blend", "alpha": self.alpha, "norm": self.norm,
+                "first": self.first.resolved(), "second": self.second.resolved()}
+
+    def effective_params(self) -> dict:
+        return self.resolved()
+
     def build(self, prep, device: str = "cpu"):
         """Both parts fitted without epochs (neither may be learned), blended."""
         from recsys.models.blend import Blend as BlendModel
@@ -275,33 +315,21 @@ _SIZES = {"n_users": 1, "n_items": 1, "n_tokens": 1}
 
 
 def resolved(spec) -> dict:
-    """Every value a fit of `spec` uses, defaults included: the model config's fields (sizes
-    are the data's: left out) and, for what trains, the Lightning module's optimisation (`optim`).
-    The estimators' get_params and the test that the config files hold the code's defaults
+    """Every value a fit of `spec` uses, defaults included (spec.resolved()): the estimators'
+    get_params and the test that the config files hold the code's defaults
     (tests/test_fit_defaults.py) read it."""
+    return spec.resolved()
+
+
+def _trained(cfg, module, optim: dict, spec_optim: dict) -> dict:
+    """A trained spec's resolved values: its config's fields but the sizes (the data's), and
+    `optim`, the Lightning module's defaults under the spec's own settings."""
     import dataclasses
     import inspect
-    if isinstance(spec, Blend):
-        return {"kind": "blend", "alpha": spec.alpha, "norm": spec.norm,
-                "first": resolved(spec.first), "second": resolved(spec.second)}
-    if isinstance(spec, Memory):
-        from recsys.models.memory import MemoryConfig
-        cfg = dataclasses.asdict(MemoryConfig(kind=spec.kind, n_users=1, n_items=1, **spec.params))
-        return {k: v for k, v in cfg.items() if k not in _SIZES}
-    if isinstance(spec, SequenceSpec):
-        from recsys.models.sequence import SequenceConfig
-        from recsys.train.sequence_module import SequenceModule as module
-        cfg = dataclasses.asdict(SequenceConfig(**_SIZES, **spec.params))
-        optim = {"batch_size": SequenceSpec.batch_size, "batch_events": SequenceSpec.batch_events}
-    else:
-        from recsys.models.learned import ScorerConfig
-        from recsys.train.module import RecsysModule as module
-        cfg = dataclasses.asdict(ScorerConfig(**_SIZES, variant=spec.variant, **spec.params))
-        cfg["fold_in_lambda"] = spec.fold_in_lambda
-        optim = {"batch_size": 1024, "batching": "interactions", "user_run": 0}
-    optim.update({k: p.default for k, p in inspect.signature(module.__init__).parameters.items()
-                  if p.default is not inspect.Parameter.empty and k != "ks"})
-    return {**{k: v for k, v in cfg.items() if k not in _SIZES}, "optim": {**optim, **spec.optim}}
+    optim = {**optim, **{k: p.default for k, p in inspect.signature(module.__init__).parameters.items()
+                         if p.default is not inspect.Parameter.empty and k != "ks"}}
+    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SIZES},
+            "optim": {**optim, **spec_optim}}
 
 
 def as_spec(model) -> Memory | Learned | SequenceSpec | Blend:
