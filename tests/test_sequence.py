@@ -326,3 +326,16 @@ def test_the_blend_seq_config_is_a_sequence_and_ease_blend(compose, tmp_path):
     assert spec.valid_split == "last" and spec.trains and isinstance(spec.first, SequenceSpec)
     p = resolved(spec)
     assert p["alpha"] == 0.9 and p["second"]["kind"] == "ease" and p["first"] == resolved(SequenceSpec())
+
+
+def test_sampled_loss_trains_under_bf16_autocast():
+    """trainer=gpu trains in bf16-mixed: the sampled loss's own backward gets float32 inputs
+    whatever autocast made of the hidden states (here autocast on the CPU)."""
+    from recsys.train.sequence_module import SequenceModule
+    m = _random_model().train()
+    mod = SequenceModule(m, {}, loss="sampled", n_neg=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = mod.training_step((torch.tensor([0, 2]),), 0)
+    loss.backward()
+    grads = [p.grad for p in m.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)

@@ -97,11 +97,14 @@ class SampledSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, pos_rows, neg_rows, pos_bias, neg_bias, collide):
-        # h (N, D), pos_rows (N, D), neg_rows (S, D), pos_bias (N,), neg_bias (S,), collide (N, S) bool
-        pos = (h * pos_rows).sum(1) - pos_bias                                        # (N,)
-        logits = torch.addmm(-neg_bias[None, :], h, neg_rows.t())                     # (N, S)
-        logits.masked_fill_(collide, float("-inf"))
-        lse = torch.logaddexp(pos, torch.logsumexp(logits, 1))                        # (N,)
+        # h (N, D), pos_rows (N, D), neg_rows (S, D), pos_bias (N,), neg_bias (S,), collide (N, S) bool;
+        # in float32 whatever autocast made of h (bf16-mixed): the backward needs one dtype
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h, pos_rows, neg_rows = h.float(), pos_rows.float(), neg_rows.float()
+            pos = (h * pos_rows).sum(1) - pos_bias                                    # (N,)
+            logits = torch.addmm(-neg_bias[None, :].float(), h, neg_rows.t())         # (N, S)
+            logits.masked_fill_(collide, float("-inf"))
+            lse = torch.logaddexp(pos, torch.logsumexp(logits, 1))                    # (N,)
         ctx.save_for_backward(h, pos_rows, neg_rows, logits, pos, lse)
         return (lse - pos).mean()
 
