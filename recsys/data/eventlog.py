@@ -70,6 +70,12 @@ def item_row_fault(row) -> str | None:
     return None
 
 
+def item_rule(fault: str) -> str:
+    """What the field item_row_fault names must be ("" : the row itself)."""
+    return "an object" if not fault else "a string or integer id" if fault == "item" else \
+        "a string, a finite number or null"
+
+
 def _check_items(rec: dict, where: str) -> None:
     """An items record holds a list of sound item rows (item_row_fault); else a LogError naming
     the line and the field."""
@@ -80,6 +86,4 @@ def _check_items(rec: dict, where: str) -> None:
         fault = item_row_fault(row)
         if fault is not None:
             what = f"items[{k}]" + (f".{fault}" if fault else "")
-            rule = "a string or integer id" if fault == "item" else "an object" if not fault else \
-                "a string, a finite number or null"
-            raise LogError(f"{where}: {what} must be {rule}, got {(row.get(fault) if fault else row)!r}"[:300])
+            raise LogError(f"{where}: {what} must be {item_rule(fault)}, got {(row.get(fault) if fault else row)!r}"[:300])

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsys.data.eventlog import item_row_fault
+from recsys.data.eventlog import item_row_fault, item_rule
 from recsys.serve.events import EventLog, Live, replay
 from recsys.serve.recommender import Recommender
 from recsys.serve.rows import plain_value, score_rows, warm
@@ -171,10 +171,9 @@ class Service:
             for n, row in enumerate(rows):
                 if "item" not in row:
                     raise ApiError(400, "each item needs an 'item' id", f"items[{n}].item")
-                fault = item_row_fault(row)
+                fault = item_row_fault(row)              # (a row is a dict here: the body's schema)
                 if fault is not None:
-                    rule = "a string or integer id" if fault == "item" else "a string, a finite number or null"
-                    raise ApiError(400, f"items[{n}].{fault}={row[fault]!r}"[:200] + f" must be {rule}",
+                    raise ApiError(400, f"items[{n}].{fault}={row[fault]!r}"[:200] + f" must be {item_rule(fault)}",
                                    f"items[{n}].{fault}")
                 bounded_id(row["item"], f"items[{n}].item")
                 row["item"] = same_kind(row["item"], s.rec.items, f"items[{n}].item")
@@ -319,8 +318,8 @@ def same_kind(x, vocab, field: str):
 
 def conform(x, vocab):
     """A JSON id in the vocabulary's kind: "7" is 7 in an integer vocabulary (recsys/data/ids.py)."""
-    if isinstance(x, str) and vocab.id_type != "str" and x not in vocab and (
-            vocab.id_type == "int" or any(isinstance(i, int) for i in vocab.ids[:1])):
+    ints = vocab.id_type == "int" or (vocab.id_type is None and bool(vocab.ids) and isinstance(vocab.ids[0], int))
+    if isinstance(x, str) and ints and x not in vocab:      # (id_type None: an old export of both kinds)
         t = x.strip()
         if t == "0" or (t.lstrip("-")[:1] in "123456789" and t.lstrip("-").isdigit() and t[:1] != "+"):
             return int(t)
