@@ -9,6 +9,7 @@ import torch
 
 from recsys.eval.ranking import rank, mask_seen, topk
 from recsys.models.learned import BUFFERS, Scorer, ScorerConfig
+from recsys.models.normalise import standardise
 
 from helpers import random_scorer
 
@@ -131,20 +132,20 @@ def test_hybrid_extreme_alpha_ranks_like_single_component(alpha, variant):
         si, _ = topk(single, ALL, 13 - 4, s)
         assert torch.equal(hi, si)
     # and the blended scores are exactly the standardised single-component scores
-    torch.testing.assert_close(h(ALL).detach(), Scorer.standardise(single(ALL).detach()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h(ALL).detach(), standardise(single(ALL).detach()), rtol=1e-5, atol=1e-5)
 
 
 def test_standardise_rows_have_zero_mean_unit_std():
     """standardise: every row has mean ~0 and (unbiased) std ~1; given stats are used as is."""
     torch.manual_seed(0)
     s = torch.randn(6, 50) * torch.rand(6, 1) * 10 + torch.randn(6, 1) * 100
-    z = Scorer.standardise(s)
+    z = standardise(s)
     torch.testing.assert_close(z.mean(1), torch.zeros(6), rtol=0, atol=1e-5)
     torch.testing.assert_close(z.std(1), torch.ones(6), rtol=0, atol=1e-4)
     mean, std = torch.full((6, 1), 2.0), torch.full((6, 1), 4.0)
-    torch.testing.assert_close(Scorer.standardise(s, mean, std), (s - 2.0) / (4.0 + 1e-8))
+    torch.testing.assert_close(standardise(s, mean, std), (s - 2.0) / (4.0 + 1e-8))
     # a constant row (e.g. zero content profile) standardises to zeros, not NaN
-    assert torch.equal(Scorer.standardise(torch.full((1, 5), 3.0)), torch.zeros(1, 5))
+    assert torch.equal(standardise(torch.full((1, 5), 3.0)), torch.zeros(1, 5))
 
 
 def test_hybrid_components_are_standardised_per_user():
@@ -171,7 +172,7 @@ def test_cold_items_get_users_mean_warm_cf_score(variant):
     if variant == "collaborative":
         torch.testing.assert_close(s(ALL).detach(), cf)
     else:   # cold items have z = 0 in the cf part, so they rank by content alone
-        zcf = Scorer.standardise(cf)
+        zcf = standardise(cf)
         torch.testing.assert_close(zcf[:, sorted(cold)], torch.zeros(9, 3), rtol=0, atol=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""The fast training paths: Scorer.batch_loss reads only the batch's rows and gives the losses
+"""The fast training paths: learned_loss.batch_loss reads only the batch's rows and gives the losses
 and gradients of the full-catalog computation; sparse=true updates only the batch's rows of
 every large table (MixedAdam); the fold-in lambda is chosen on a bounded, seeded user sample."""
 from __future__ import annotations
@@ -8,6 +8,7 @@ import torch
 
 from recsys.models.learned import Scorer
 from recsys.models.normalise import standardise
+from recsys.train.learned_loss import batch_loss
 from recsys.train.losses import LOSSES
 from recsys.train.module import MixedAdam, RecsysModule
 from recsys.train.tune import choose_fold_in_lambda, sample_users
@@ -67,13 +68,13 @@ def test_batch_loss_equals_the_full_catalog_computation(variant, cfg, loss, grou
     s = random_scorer(variant, empty_users=(2,), cold_items=(12,), **cfg).train()
     fn = LOSSES[loss]
     want = full_catalog_losses(s, USERS, POS, NEG, fn, l2=0.1)
-    got = s.batch_loss(USERS, POS, NEG, fn, l2=0.1)
+    got = batch_loss(s, USERS, POS, NEG, fn, l2=0.1)
     assert set(got) == set(want) and set(got) >= ({"cf"} if s.config.uses_cf else {"content"})
     for n in want:
         torch.testing.assert_close(got[n], want[n])
     g_want = _grads(s, full_catalog_losses(s, USERS, POS, NEG, fn, l2=0.1))
-    g_dense = _grads(s, s.batch_loss(USERS, POS, NEG, fn, l2=0.1))
-    g_sparse = _grads(s, s.batch_loss(USERS, POS, NEG, fn, l2=0.1, sparse=True))
+    g_dense = _grads(s, batch_loss(s, USERS, POS, NEG, fn, l2=0.1))
+    g_sparse = _grads(s, batch_loss(s, USERS, POS, NEG, fn, l2=0.1, sparse=True))
     assert set(g_dense) == set(g_want) == set(g_sparse)
     for n in g_want:
         torch.testing.assert_close(g_dense[n], g_want[n])
@@ -91,11 +92,11 @@ def test_batch_loss_with_a_pretrained_token_table():
     s = Scorer(replace(base.config, token_pre_dim=5, token_pre_train=True), buffers).train()
     fn = LOSSES["softmax"]
     want = full_catalog_losses(s, USERS, POS, NEG, fn)
-    got = s.batch_loss(USERS, POS, NEG, fn, sparse=True)
+    got = batch_loss(s, USERS, POS, NEG, fn, sparse=True)
     for n in want:
         torch.testing.assert_close(got[n], want[n])
     assert s.token_proj.weight not in set(s.sparse_tables())
-    g = _grads(s, s.batch_loss(USERS, POS, NEG, fn, sparse=True))
+    g = _grads(s, batch_loss(s, USERS, POS, NEG, fn, sparse=True))
     torch.testing.assert_close(g["token_proj.weight"], _grads(s, full_catalog_losses(s, USERS, POS, NEG, fn))["token_proj.weight"])
     assert not s.token_proj.weight.grad.is_sparse
 
@@ -148,7 +149,7 @@ def test_lazy_adam_equals_adam_when_every_row_is_in_the_batch():
         users, pos = torch.arange(6), torch.tensor([0, 1, 2, 3, 4, 5])
         for _ in range(3):
             opt.zero_grad()
-            sum(s.batch_loss(users, pos, torch.arange(8), m.loss_fn, sparse=sparse).values()).backward()
+            sum(batch_loss(s, users, pos, torch.arange(8), m.loss_fn, sparse=sparse).values()).backward()
             opt.step()
         results.append({n: p.detach().clone() for n, p in s.named_parameters()})
     for n in results[0]:
@@ -160,7 +161,7 @@ def test_sparse_training_needs_no_dense_parameter():
     s = random_scorer("collaborative").train()
     m = RecsysModule(s, {}, sparse=True)
     opt = m.configure_optimizers()
-    sum(s.batch_loss(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4]), m.loss_fn, sparse=True).values()).backward()
+    sum(batch_loss(s, torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4]), m.loss_fn, sparse=True).values()).backward()
     opt.step()
 
 
@@ -209,8 +210,8 @@ def test_sampled_history_profile():
     s = random_scorer("content", n_users=9, n_items=13).train()
     fn = LOSSES["softmax"]
     lens = s.hist_indptr[1:] - s.hist_indptr[:-1]
-    exact = s.batch_loss(USERS, POS, NEG, fn)
-    torch.testing.assert_close(s.batch_loss(USERS, POS, NEG, fn, max_history=int(lens.max()))["content"], exact["content"])
+    exact = batch_loss(s, USERS, POS, NEG, fn)
+    torch.testing.assert_close(batch_loss(s, USERS, POS, NEG, fn, max_history=int(lens.max()))["content"], exact["content"])
     users = torch.arange(9)
     torch.manual_seed(0)
     pos, take = s._sample_history(users, 2)

@@ -77,7 +77,7 @@ from recsys.models.blend import Blend
 from recsys.models.coldstart import filled_rows
 from recsys.models.ease import EASE
 from recsys.models.knn import ContentKNN, ItemKNN, UserKNN
-from recsys.models.learned import Scorer
+from recsys.models.learned import Collaborative, Content, Hybrid, Scorer
 from recsys.models.memory import MemoryModel
 from recsys.sparse.csr import gather_rows
 from recsys.sparse.similarity import Similarity, select_rows
@@ -131,21 +131,31 @@ def explain(model: Model, H: torch.Tensor | None, items: torch.Tensor, top: int 
 
 
 def _explain(model, H, users, items, side) -> _Part:
-    if isinstance(model, Blend):
-        return _blend(model, H, users, items, side)
-    if isinstance(model, Scorer):
-        return _learned(model, _history(model, H, users), users, items, side)
-    if isinstance(model, UserKNN):
-        return _userknn(model, H, users, items, side)
-    if isinstance(model, (ItemKNN, EASE)):
-        return _item_based(model, _history(model, H, users), items)
+    """The contributions of the first class in the model's MRO that EXPLAINERS names."""
+    for cls in type(model).__mro__:
+        if cls in EXPLAINERS:
+            return EXPLAINERS[cls](model, H, users, items, side)
     return _Part({}, False)                     # Popularity, and any kind with no contribution defined
 
 
 # --- memory models: ItemKNN, ContentKNN, EASE, UserKNN --------------------------------------------
 
-def _item_based(model: MemoryModel, H: torch.Tensor, items: torch.Tensor) -> _Part:
+def _ease_pairs(model: EASE, j: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """B[j, i] for (P, L) history items j (-1 padded) and items i: c_j = x_uj B[j, i]."""
+    return model.ease_B[j.clamp(min=0), i] * (j >= 0)
+
+
+def _knn_pairs(model: ItemKNN, j: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """W[i, j] (candidate direction) or W[j, i] (history), normalised over the row's history
+    entries when the model normalises (its own denominator)."""
     c = model.config
+    a, bb = (i, j) if c.direction == "candidate" else (j, i)
+    w, _ = _lookup(model.w_indptr, model.w_indices, model.w_values, a, bb, c.n_items)
+    return w
+
+
+def _item_based(model: MemoryModel, H: torch.Tensor, items: torch.Tensor, pairs, normalize: bool = False,
+                tokens: bool = False) -> _Part:
     b, k = items.shape
     hist, x = _padded(H.crow_indices(), H.col_indices(), H.values().float(), torch.arange(b, device=items.device))
     prow = torch.arange(b, device=items.device).repeat_interleave(k)                    # (N,) row of each pair
@@ -153,23 +163,30 @@ def _item_based(model: MemoryModel, H: torch.Tensor, items: torch.Tensor) -> _Pa
 
     def raw(r: torch.Tensor, i: torch.Tensor) -> torch.Tensor:                          # (P,), (P,) -> (P, L)
         j = hist[r]                                                                      # (P, L)
-        ii = i[:, None].expand_as(j)
-        if isinstance(model, EASE):
-            w = model.ease_B[j.clamp(min=0), ii] * (j >= 0)
-        else:
-            a, bb = (ii, j) if c.direction == "candidate" else (j, ii)
-            w, _ = _lookup(model.w_indptr, model.w_indices, model.w_values, a, bb, c.n_items)
+        w = pairs(model, j, i[:, None].expand_as(j))
         contrib = x[r] * w
-        if c.normalize and not isinstance(model, EASE):
+        if normalize:
             den = w.abs().sum(1, keepdim=True)
             contrib = torch.where(den > 0, contrib / torch.where(den > 0, den, 1.0), 0.0)
         return contrib
 
     contrib = _with_fill(model, raw, prow, pitem)                                        # (N, L)
     kinds = {"item": (hist[prow], contrib)}
-    if isinstance(model, ContentKNN):
+    if tokens:
         kinds["token"] = _shared_tokens(model, hist[prow], pitem, contrib)
     return _Part(kinds, True)
+
+
+def _ease(model: EASE, H, users, items, side) -> _Part:
+    return _item_based(model, _history(model, H, users), items, _ease_pairs)
+
+
+def _itemknn(model: ItemKNN, H, users, items, side) -> _Part:
+    return _item_based(model, _history(model, H, users), items, _knn_pairs, model.config.normalize)
+
+
+def _content_knn(model: ContentKNN, H, users, items, side) -> _Part:
+    return _item_based(model, _history(model, H, users), items, _knn_pairs, model.config.normalize, tokens=True)
 
 
 def _shared_tokens(model: ContentKNN, hist: torch.Tensor, items: torch.Tensor, contrib: torch.Tensor):
@@ -241,47 +258,65 @@ def _with_fill(model: MemoryModel, raw, prow: torch.Tensor, pitem: torch.Tensor)
 
 # --- the learned scorer -------------------------------------------------------------------------
 
-def _learned(model: Scorer, H: torch.Tensor, users, items: torch.Tensor, side) -> _Part:
-    cfg = model.config
+def _learned(model: Scorer, H: torch.Tensor, items: torch.Tensor, side, cf: bool, content: bool):
+    """The pieces of the learned parts' contributions, (b, k, L) against each row's history:
+    `content` (C_j . C_i) / |H(u)| with the token weights w(i, t) (P . E_t) and P; `cos`
+    cos(V_i, V_j) (as ranked); hist (b, L), it (b, k)."""
     b, k = items.shape
-    dev = items.device
-    rows = torch.arange(b, device=dev)
+    rows = torch.arange(b, device=items.device)
     hist, _ = _padded(H.crow_indices(), H.col_indices(), None, rows)                    # (b, L)
     ok = hist >= 0
     it = items.clamp(min=0)
-    kinds, content = {}, None
-    if cfg.uses_content:
+    out = {"hist": hist, "it": it}
+    if content:
         C = side.C
         P = model.profile_from_items(H.crow_indices(), H.col_indices(), rows, C)         # (b, D)
         n = ok.sum(1).clamp(min=1).to(C.dtype)                                           # (b,) |H(u)|
-        content = torch.einsum("bkd,bld->bkl", C[it], C[hist.clamp(min=0)]) * ok[:, None, :] / n[:, None, None]
+        out["content"] = torch.einsum("bkd,bld->bkl", C[it], C[hist.clamp(min=0)]) * ok[:, None, :] / n[:, None, None]
         tok, w = _padded(model.tok_indptr, model.tok_indices, model.tok_weights, it.reshape(-1))
         E = model.token_table()
         tw = (w.reshape(b, k, -1) * torch.einsum("bktd,bd->bkt", E[tok.clamp(min=0)].reshape(b, k, -1, E.shape[1]), P))
-        kinds["token"] = (tok, tw.reshape(b * k, -1))
-    if cfg.uses_cf:
+        out["token"], out["P"] = (tok, tw.reshape(b * k, -1)), P
+    if cf:
         Vn = F.normalize(side.V, dim=1)
-        cos = torch.einsum("bkd,bld->bkl", Vn[it], Vn[hist.clamp(min=0)]) * ok[:, None, :]   # (b, k, L)
-    if cfg.variant == "content":
-        weights, exact = content, True
-    elif cfg.variant == "collaborative":
-        weights, exact = cos, False
-    else:
-        a = float(model.alpha)
-        s_ct = P @ C.T                                                                   # (b, I)
-        std_ct = torch.std(s_ct, dim=1)
-        u = model.user_emb(users.long()) if users is not None else model.fold_in(H, side.V, cfg.fold_in_lambda)
-        s_cf = u @ side.V.T + (side.b if side.b is not None else 0.0)                   # (b, I)
-        std_cf, mean_cf = torch.std_mean(s_cf, dim=1, keepdim=True)
-        z_cf = (s_cf.gather(1, it) - mean_cf) / (std_cf + 1e-8)                          # (b, k)
-        k2 = (1 - a) / (std_ct + 1e-8)                                                   # (b,)
-        pos = cos.clamp(min=0)
-        tot = pos.sum(2, keepdim=True)
-        share = torch.where(tot > 0, pos / torch.where(tot > 0, tot, 1.0), 0.0)
-        weights, exact = k2[:, None, None] * content + a * z_cf[:, :, None] * share, False
-        kinds["token"] = (kinds["token"][0], kinds["token"][1] * k2.repeat_interleave(k)[:, None])
-    kinds["item"] = (hist.repeat_interleave(k, 0), weights.reshape(b * k, -1))
+        out["cos"] = torch.einsum("bkd,bld->bkl", Vn[it], Vn[hist.clamp(min=0)]) * ok[:, None, :]   # (b, k, L)
+    return out
+
+
+def _items_part(parts: dict, weights: torch.Tensor, kinds: dict, exact: bool) -> _Part:
+    b, k = parts["it"].shape
+    kinds["item"] = (parts["hist"].repeat_interleave(k, 0), weights.reshape(b * k, -1))
     return _Part(kinds, exact)
+
+
+def _content(model: Content, H, users, items, side) -> _Part:
+    p = _learned(model, _history(model, H, users), items, side, cf=False, content=True)
+    return _items_part(p, p["content"], {"token": p["token"]}, True)
+
+
+def _collaborative(model: Collaborative, H, users, items, side) -> _Part:
+    p = _learned(model, _history(model, H, users), items, side, cf=True, content=False)
+    return _items_part(p, p["cos"], {}, False)
+
+
+def _hybrid(model: Hybrid, H, users, items, side) -> _Part:
+    H = _history(model, H, users)
+    p = _learned(model, H, items, side, cf=True, content=True)
+    k = items.shape[1]
+    a = float(model.alpha)
+    s_ct = p["P"] @ side.C.T                                                             # (b, I)
+    std_ct = torch.std(s_ct, dim=1)
+    u = model.user_emb(users.long()) if users is not None else model.history_vectors(H, side)
+    s_cf = u @ side.V.T + (side.b if side.b is not None else 0.0)                       # (b, I)
+    std_cf, mean_cf = torch.std_mean(s_cf, dim=1, keepdim=True)
+    z_cf = (s_cf.gather(1, p["it"]) - mean_cf) / (std_cf + 1e-8)                        # (b, k)
+    k2 = (1 - a) / (std_ct + 1e-8)                                                       # (b,)
+    pos = p["cos"].clamp(min=0)
+    tot = pos.sum(2, keepdim=True)
+    share = torch.where(tot > 0, pos / torch.where(tot > 0, tot, 1.0), 0.0)
+    weights = k2[:, None, None] * p["content"] + a * z_cf[:, :, None] * share
+    token = (p["token"][0], p["token"][1] * k2.repeat_interleave(k)[:, None])
+    return _items_part(p, weights, {"token": token}, False)
 
 
 # --- the blend ----------------------------------------------------------------------------------
@@ -310,19 +345,17 @@ def _blend(model: Blend, H, users, items: torch.Tensor, side) -> _Part:
     return _Part(kinds, exact)
 
 
+EXPLAINERS = {Blend: _blend, Hybrid: _hybrid, Collaborative: _collaborative, Content: _content,
+              UserKNN: _userknn, ContentKNN: _content_knn, ItemKNN: _itemknn, EASE: _ease}
+
+
 # --- small CSR and padding helpers --------------------------------------------------------------
 
 def _history(model, H, users) -> torch.Tensor:
     """H, or the model's stored history rows of `users` (values: ratings or ones)."""
     if H is not None:
         return H
-    if isinstance(model, MemoryModel):
-        return select_rows(model._hist(), users.long())
-    c = model.config
-    X = torch.sparse_csr_tensor(model.hist_indptr, model.hist_indices,
-                                torch.ones(len(model.hist_indices), device=model.hist_indices.device),
-                                (c.n_users, c.n_items))
-    return select_rows(X, users.long())
+    return select_rows(model._hist(), users.long())
 
 
 def _padded(indptr, indices, values, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

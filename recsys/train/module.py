@@ -1,5 +1,5 @@
 """Lightning around the Scorer: sampling, optimiser, logging, per-epoch full-ranking validation.
-The losses of a batch are the scorer's (Scorer.batch_loss), and so is the list of its large
+The losses of a batch are the scorer's (learned_loss.batch_loss), and so is the list of its large
 tables that get row-sparse updates (Scorer.sparse_tables, model.optim.sparse=true).
 
 Only train.py (and tests) import this module; the scorer and exports do not need Lightning.
@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from recsys.eval.evaluation import MetricSums, measure, users_with_targets
+from recsys.train.learned_loss import batch_loss
 from recsys.train.losses import LOSSES
 from recsys.models.learned import Scorer
 
@@ -102,7 +103,7 @@ class RankingModule(L.LightningModule):
 
 class RecsysModule(RankingModule):
     """The token-embedding Scorer's training: (user, item) pair batches, shared negatives, the
-    scorer's own losses (Scorer.batch_loss), Adam or lazy Adam for its large tables."""
+    scorer's own losses (learned_loss.batch_loss), Adam or lazy Adam for its large tables."""
 
     def __init__(self, scorer: Scorer, eval_sets: dict, loss: str = "softmax", n_neg: int = 1024,
                  lr: float = 5e-3, weight_decay: float = 1e-4, l2: float = 0.0,
@@ -122,10 +123,10 @@ class RecsysModule(RankingModule):
     def training_step(self, batch, batch_idx):
         users, pos = batch[0][:, 0], batch[0][:, 1]                          # (B,), (B,)
         # N negatives shared by the whole batch, drawn uniformly on the batch's device; the
-        # scorer scores and masks them (Scorer.batch_loss) and reads only the rows they need
+        # scorer scores and masks them (learned_loss.batch_loss) and reads only the rows they need
         neg = torch.randint(self.scorer.config.n_items, (self.hparams.n_neg,), device=users.device)   # (N,)
-        parts = self.scorer.batch_loss(users, pos, neg, self.loss_fn, l2=self.hparams.l2, sparse=self.hparams.sparse,
-                                       max_history=self.hparams.max_history)
+        parts = batch_loss(self.scorer, users, pos, neg, self.loss_fn, l2=self.hparams.l2,
+                           sparse=self.hparams.sparse, max_history=self.hparams.max_history)
         loss = sum(parts.values())
         for name, part in parts.items():
             self.log(f"train/loss_{name}", part, on_step=False, on_epoch=True)
@@ -292,7 +293,7 @@ def train_loader(pairs, batch_size: int, seed: int, batching: str = "interaction
     batch and the dataset slices them at once (no per-interaction collate).
     batching: "interactions" draws pairs uniformly (a heavy user is in nearly every batch);
     "users" keeps each user's pairs together, so a batch is a few users' histories and the
-    step pools and scores each of them once (Scorer.batch_loss); user_run > 0 cuts a history
+    step pools and scores each of them once (learned_loss.batch_loss); user_run > 0 cuts a history
     into runs of at most that many pairs, each run placed on its own (more updates of a user's
     row an epoch, less sharing)."""
     if batching not in ("interactions", "users"):
