@@ -46,6 +46,7 @@ class Model(nn.Module):
     writes_out: ClassVar[bool] = False      # score() can write into a given `out` block
     reads_order: ClassVar[bool] = False     # a given history's CSR row lists its items oldest
                                             # first, and the model reads that order (sequence)
+    folds_in: ClassVar[bool] = False        # users outside it get a ridge fold-in (fold_in_lambda)
     config: Any
 
     @property

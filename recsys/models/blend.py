@@ -5,7 +5,7 @@
 n_u a per-user normalisation over the catalog, typically of a collaborative model and a content
 model:
 
-    zscore  (s - mean_u) / std_u, as in the learned hybrid (learned.py): right for dense scores;
+    zscore  (s - mean_u) / std_u, as in the learned hybrid (learned/hybrid.py): right for dense scores;
     max     s / max_u |s|: right for sparse scores such as KNN votes, where most items score 0
             and the z-score of the few voted items is huge (it would swamp the other part).
 """

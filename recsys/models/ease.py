@@ -74,7 +74,7 @@ class EASE(MemoryModel):
     def score_columns(self, who: torch.Tensor, side, cols: torch.Tensor | None = None, out=None, ws=None) -> torch.Tensor:
         """(b, C) scores of the candidate columns only: s[u, cols] = sum_j x_uj B[j, cols],
         nnz(H) x C reads (the whole catalog when cold items borrow: their fill reads other columns)."""
-        if cols is None or hasattr(self, "fill_indptr"):
+        if cols is None or self.has_fill:
             return super().score_columns(who, side, cols, out, ws)
         H = who if is_histories(who) else select_rows(self._hist(), who)
         G = self.ease_B[H.col_indices()[:, None], cols[None, :]]                       # (nnz, C)

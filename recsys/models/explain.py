@@ -243,7 +243,7 @@ def _neighbours(model: UserKNN, H, users, side) -> tuple[torch.Tensor, torch.Ten
 def _with_fill(model: MemoryModel, raw, prow: torch.Tensor, pitem: torch.Tensor) -> torch.Tensor:
     """raw(rows, items) -> (P, M) contributions along each row's contributor axis; a filled
     (cold) item gets sum_n M[c, n] raw(row, n), as coldstart.fill_scores gives its score."""
-    if not hasattr(model, "fill_indptr"):
+    if not model.has_fill:
         return raw(prow, pitem)
     filled = filled_rows(model.fill_indptr)[pitem]                                      # (N,)
     out = raw(prow, torch.where(filled, 0, pitem))                                      # placeholder for filled

@@ -167,8 +167,13 @@ class MemoryModel(Model):
         c = self.config
         return torch.sparse_csr_tensor(self.hist_indptr, self.hist_indices, self.hist_values, (c.n_users, c.n_items))
 
+    @property
+    def has_fill(self) -> bool:
+        """Cold items borrow scores (set_fill was called: cold_k > 0 and a collaborative kind)."""
+        return "fill_indptr" in self._buffers
+
     def _fill(self, s: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "fill_indptr"):
+        if not self.has_fill:
             return s
         return coldstart.fill_scores(s, self.fill_indptr, self.fill_indices, self.fill_weights)
 

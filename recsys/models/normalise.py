@@ -1,5 +1,5 @@
 """Per-user normalisations of a (b, I) score block over the catalog, which make the scores of
-unrelated models comparable before they are blended (learned.py's hybrid, blend.py):
+unrelated models comparable before they are blended (learned/hybrid.py, blend.py):
 
     zscore   (s - mean_u) / std_u          dense scores
     max      s / max_u |s|                 sparse scores such as KNN votes (mostly 0)

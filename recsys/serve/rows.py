@@ -23,6 +23,38 @@ def score_rows(rec, unknown: str, kind: str, o: dict, queries: list, exclude, hi
     return KINDS[kind](rec, unknown, o, queries, exclude, histories)
 
 
+def merged(score, calls: list[tuple[list, list | None, dict | None]]) -> list:
+    """The one merge of scoring calls of one kind and options (the service's batches and the
+    scoring process's queue alike): calls [(queries, per-query exclude lists or None, query
+    position -> live history or None)] scored as ONE call score(queries, exclude, histories)
+    -> rows (rankings are batch-invariant, so each caller gets what its own call would give),
+    or one by one when the merged call fails, so a bad request fails alone. -> per call its
+    rows, or the exception its own call raised."""
+    if len(calls) > 1:
+        queries, exclude, histories = [], [], {}
+        for q, ex, hist in calls:
+            histories.update({len(queries) + pos: h for pos, h in (hist or {}).items()})
+            exclude += [list(x) for x in ex] if ex is not None else [[] for _ in q]
+            queries += q
+        try:
+            rows = score(queries, exclude if any(ex is not None for _, ex, _ in calls) else None, histories)
+        except Exception:
+            pass
+        else:
+            out, at = [], 0
+            for q, _, _ in calls:
+                out.append(rows[at:at + len(q)])
+                at += len(q)
+            return out
+    out = []
+    for q, ex, hist in calls:
+        try:
+            out.append(score(q, ex, hist))
+        except Exception as e:
+            out.append(e)
+    return out
+
+
 def _recommend(rec, unknown, o, queries, exclude, histories) -> list[dict]:
     histories = histories or {}
     plain = [n for n in range(len(queries)) if n not in histories]

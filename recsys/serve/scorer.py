@@ -38,7 +38,7 @@ from multiprocessing.connection import Connection
 
 import orjson
 
-from recsys.serve.rows import add_logged_items, score_rows, warm
+from recsys.serve.rows import add_logged_items, merged, score_rows, warm
 
 log = logging.getLogger(__name__)
 
@@ -329,32 +329,9 @@ class _Child:
 
 
 def _rows_replies(rec, unknown: str, group: list[tuple[int, list]]) -> list[list]:
-    """Replies to "rows" calls of one kind and options, waiting together: scored as ONE call
-    (rankings are batch-invariant, so each caller gets what its own call would give), or one by
-    one when the merged call fails (a bad request fails alone)."""
-    calls = [(n, kind, o, q, ex, {int(p): h for p, h in hist or ()}) for n, (kind, o, q, ex, hist) in group]
-    if len(calls) > 1:
-        kind, o = calls[0][1:3]
-        queries, exclude, histories, sizes = [], [], {}, []
-        for _, _, _, q, ex, hist in calls:
-            histories.update({len(queries) + pos: h for pos, h in hist.items()})
-            exclude += ex if ex is not None else [[] for _ in q]
-            queries += q
-            sizes.append(len(q))
-        try:
-            rows = score_rows(rec, unknown, kind, o, queries, exclude if any(exclude) else None, histories)
-        except Exception:
-            pass
-        else:
-            out, at = [], 0
-            for (n, *_), size in zip(calls, sizes):
-                out.append([n, True, rows[at:at + size]])
-                at += size
-            return out
-    out = []
-    for n, kind, o, q, ex, hist in calls:
-        try:
-            out.append([n, True, score_rows(rec, unknown, kind, o, q, ex, hist)])
-        except Exception as e:
-            out.append([n, False, _error(e)])
-    return out
+    """Replies to "rows" calls of one kind and options, waiting together: rows.merged (one
+    call, or one by one when it fails: a bad request fails alone)."""
+    kind, o = group[0][1][:2]
+    out = merged(lambda q, ex, hist: score_rows(rec, unknown, kind, o, q, ex, hist),
+                 [(q, ex, {int(p): h for p, h in hist or ()}) for _, (_, _, q, ex, hist) in group])
+    return [[n, False, _error(r)] if isinstance(r, Exception) else [n, True, r] for (n, _), r in zip(group, out)]

@@ -26,7 +26,7 @@ import numpy as np
 from recsys.data.eventlog import item_row_fault, item_rule
 from recsys.serve.events import EventLog, Live, replay
 from recsys.serve.recommender import Recommender
-from recsys.serve.rows import plain_value, score_rows, warm
+from recsys.serve.rows import merged, plain_value, score_rows, warm
 from recsys.serve.scorer import ScorerGone, ScoringProcess
 
 log = logging.getLogger(__name__)
@@ -195,18 +195,9 @@ class Service:
         """One call for many requests of one kind and options: payloads [(queries, per-query
         exclude lists or None)] -> per payload a list of result rows, or the ApiError of that
         request (a combined call that fails is retried request by request to find it)."""
-        try:
-            rows = self._score_rows(kind, served, opts, [q for p in payloads for q in p[0]],
-                                    _exclude_rows(payloads))
-        except Exception as e:
-            if len(payloads) == 1:
-                return [as_api_error(e)]
-            return [self.score(kind, served, opts, [p])[0] for p in payloads]
-        out, at = [], 0
-        for queries, _ in payloads:
-            out.append(rows[at:at + len(queries)])
-            at += len(queries)
-        return out
+        out = merged(lambda q, ex, _: self._score_rows(kind, served, opts, q, ex),
+                     [(queries, ex, None) for queries, ex in payloads])
+        return [as_api_error(r) if isinstance(r, Exception) else r for r in out]
 
     def _score_rows(self, kind: str, s: Served, o: dict, queries: list, exclude) -> list[dict]:
         histories = None
@@ -324,12 +315,6 @@ def conform(x, vocab):
         if t == "0" or (t.lstrip("-")[:1] in "123456789" and t.lstrip("-").isdigit() and t[:1] != "+"):
             return int(t)
     return x
-
-
-def _exclude_rows(payloads) -> list | None:
-    if all(p[1] is None for p in payloads):
-        return None
-    return [list(x) for queries, ex in payloads for x in (ex if ex is not None else [[]] * len(queries))]
 
 
 def _send_items(scorer: ScoringProcess | None, records: list[dict]) -> None:

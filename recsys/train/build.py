@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from recsys.data.prepare import Prepared
-from recsys.models.learned import Scorer, ScorerConfig
+from recsys.models.learned import VARIANT_CLASSES, Scorer, ScorerConfig
 from recsys.sparse.csr import csr, csr_from_pairs
 from recsys.train.tune import sample_users
 
@@ -37,13 +37,13 @@ def build_scorer(prep: Prepared, **model) -> Scorer:
     pretrained tokenizer, the content-token table starts from the model's token embeddings
     (frozen unless the tokenizer config says freeze: false)."""
     buffers = {}
-    variant = model.get("variant", "hybrid")
-    if prep.tokenizer.kind == "pretrained" and variant in ("content", "hybrid"):
+    part = VARIANT_CLASSES[model.get("variant", "hybrid")]
+    if prep.tokenizer.kind == "pretrained" and part.pools_tokens:
         pre = torch.from_numpy(prep.tokenizer.embedding_rows(prep.tokens.ids))          # (T, d_pre)
         buffers["token_pre"] = pre
         model = {**model, "token_pre_dim": int(pre.shape[1]), "token_pre_train": not prep.tokenizer.freeze}
     cfg = ScorerConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
-    buffers.update(scorer_buffers(prep, cfg.cold_k if cfg.uses_cf else 0, cfg.cold_scale))
+    buffers.update(scorer_buffers(prep, cfg.cold_k if part.fills_cold else 0, cfg.cold_scale))
     return Scorer(cfg, buffers)
 
 

@@ -148,7 +148,7 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     a paired sign-flip test p < guard (eval/compare.paired); a small validation part cannot
     tell apart configurations closer than its noise, and picking by noise lost test accuracy
     (benchmarks/README.md, "Model selection")."""
-    from recsys.train.specs import Learned, SequenceSpec, as_spec
+    from recsys.train.specs import as_spec
     space = parse_space(space)
     val_sets = {k: v for k, v in sets.items() if k.startswith("val_")}    # no test part, ever
     if int(val_sets["val_target"][1].numel()) == 0:
@@ -169,7 +169,7 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
                                    loggers=[], ckpt_path=None, trainer=_quiet(ctx.trainer))
         t0 = time.perf_counter()
         model, _, best = trial_spec.fit(prep, val_sets, tctx, test=False)
-        if isinstance(trial_spec, (Learned, SequenceSpec)):
+        if trial_spec.epoch_curve:     # Lightning epochs of one model: the curve's best
             value = curve.best if curve.values else float(best)
         elif trial_spec.trains:        # a blend with a learned part: the blend itself is validated
             from recsys.eval.evaluation import evaluate
@@ -226,8 +226,7 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     best_cfg = with_params(base, best.params)
     result = SearchResult(dict(best.params), float(best.value), best.user_attrs.get("epochs"), rows,
                           as_spec(best_cfg), model, metric, time.perf_counter() - t0, extra)
-    if best_cfg.get("kind") == "learned" and base.get("fold_in_lambda") == "auto" and result.model is not None \
-            and result.model.config.uses_cf:
+    if base.get("fold_in_lambda") == "auto" and result.model is not None and result.model.folds_in:
         from recsys.train.tune import choose_fold_in_lambda
         # the winner's own model gets its lambda on validation; the spec keeps "auto", so a
         # refit chooses the refit model's own (train/tune.py choose_fold_in_by_agreement)

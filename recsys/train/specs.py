@@ -61,6 +61,7 @@ class Memory:
         self.kind, self.params = kind, dict(params)
 
     trains = False                  # fitted in one pass, no epochs
+    epoch_curve = False             # no validation curve over epochs
     valid_split = "random"          # recsys.fit's validation carve-out (data.valid_split)
 
     def to_dict(self) -> dict:
@@ -90,7 +91,7 @@ class Memory:
 
 
 class Learned:
-    """The learned token-embedding Scorer (models/learned.py): ScorerConfig fields, the
+    """The learned token-embedding Scorer (models/learned/): ScorerConfig fields, the
     optimisation of the Lightning module (`optim`: loss, n_neg, lr, weight_decay, l2,
     batch_size, sparse) and the fold-in weight of users outside the model ("auto": chosen on
     validation, train/tune.py)."""
@@ -108,6 +109,7 @@ class Learned:
         self.optim = dict(optim or {})
 
     trains = True                   # Lightning epochs
+    epoch_curve = True              # validated every epoch: model selection reads the curve's best
     valid_split = "random"
     # optim settings of the data loader (the rest are RecsysModule's keywords)
     LOADER = {"batch_size": 1024, "batching": "interactions", "user_run": 0}
@@ -144,13 +146,13 @@ class Learned:
         trainer.fit(module, train_loader(prep.train, batch_size, ctx.seed, batching, user_run),
                     user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
         _load_best(module, ctx)
-        if self.fold_in_lambda == "auto" and scorer.config.uses_cf:   # MF fold-in of users outside the model
+        if self.fold_in_lambda == "auto" and scorer.folds_in:   # MF fold-in of users outside the model
             if int(sets["val_target"][1].numel()):
                 choose_fold_in_lambda(scorer, sets["val_seen"], sets["val_target"])
             else:              # a refit (no validation part): the lambda that reproduces the learned users
                 choose_fold_in_by_agreement(scorer, sets["val_seen"], seed=ctx.seed)
         metrics, best = _after_fit(trainer, module, sets, ctx, test)
-        if scorer.config.uses_cf:
+        if scorer.folds_in:
             metrics["fold_in/lambda"] = scorer.config.fold_in_lambda
         return scorer.cpu().eval(), metrics, best      # eval mode: Lightning leaves it training
 
@@ -172,6 +174,7 @@ class SequenceSpec:
         self.params, self.optim, self.search_space = dict(params), dict(optim or {}), search_space
 
     trains = True                   # Lightning epochs
+    epoch_curve = True              # validated every epoch: model selection reads the curve's best
     valid_split = "last"            # recsys.fit validates it on each user's last event
     batch_size = 128                # users per batch (optim.batch_size) ...
     batch_events = 0                # ... unless > 0: padded positions per batch (optim.batch_events)
@@ -252,6 +255,8 @@ class Blend:
         self.first, self.second = as_spec(first), as_spec(second)
         self.alpha, self.norm = float(alpha), norm
         self.search_space = search_space
+
+    epoch_curve = False             # a learned part's curve is not the blend's: validated once fitted
 
     @property
     def valid_split(self) -> str:

@@ -103,11 +103,11 @@ def _slice(name: str) -> str:
 def model_name(model: dict) -> str:
     """hybrid, ease, blend(ease+content_knn), ... from a spec's to_dict()."""
     kind = model.get("kind", "learned")
-    if kind == "learned":
-        return str(model.get("variant", "learned"))
-    if kind == "blend":
-        return f"blend({model_name(model['first'])}+{model_name(model['second'])})"
-    return str(kind)
+    return NAMES[kind](model) if kind in NAMES else str(kind)
+
+
+NAMES = {"learned": lambda m: str(m.get("variant", "learned")),          # model_name by kind
+         "blend": lambda m: f"blend({model_name(m['first'])}+{model_name(m['second'])})"}
 
 
 def hparam_keys() -> list[str]:

@@ -22,6 +22,7 @@ from recsys.sparse.csr import gather_rows
 class Collaborative(Scorer):
     variant = "collaborative"
     fills_cold = True
+    folds_in = True
 
     def _make_tables(self, c: ScorerConfig, buffers: dict) -> None:
         self.user_emb = nn.Embedding(c.n_users, c.dim)

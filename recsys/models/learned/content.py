@@ -21,6 +21,7 @@ from recsys.sparse.csr import gather_rows
 
 class Content(Scorer):
     variant = "content"
+    pools_tokens = True
 
     def _make_tables(self, c: ScorerConfig, buffers: dict) -> None:
         if c.token_pre_dim > 0:

@@ -45,6 +45,7 @@ class Scorer(Model):
     writes_out = True
     variant: ClassVar[str]
     fills_cold: ClassVar[bool] = False      # cold items borrow collaborative rows (cold_k)
+    pools_tokens: ClassVar[bool] = False    # items are pooled content tokens (a token table)
     learns_alpha = False                     # the hybrid with learn_alpha: alpha is a parameter
 
     def __new__(cls, *args, **kwargs):
