@@ -79,3 +79,12 @@ def test_estimators_example(monkeypatch):
     assert model.is_fitted and set(ns["ids"].tolist()) <= {2, 5, 10, 32, 318, 589, 4993} and len(ns["ids"]) == 5
     assert set(ns["similar"].tolist()) <= {2, 3, 4, 5, 6} and len(ns["similar"]) == 3
     assert not ns["blend"].is_fitted and ns["blend"].get_params()["first"]["k"] == 50
+
+
+def test_notebook_example(monkeypatch, tmp_path):
+    os.symlink(os.path.join(ROOT, "data"), tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    ns = _run("notebook")
+    assert len(ns["ids"]) == 5 and 260 not in ns["near"] and len(ns["near"]) == 5
+    assert (tmp_path / "ease-notebook" / "checksums.json").exists()
+    assert ns["served"] == ns["ids"].tolist()
