@@ -359,6 +359,38 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
             _no_pairs_left(what, expect[what], len(df), report)
 
     # item text: fields of the item table, plus tags not taken from held-out pairs
+    fields, titles, attributes = _item_text(item_vocab, items, text_cols, tags, valid, test, report,
+                                            untagged, new_parts)
+    tokenizer.fit(fields)               # bpe learns its subwords from this very text
+    docs = [tokenizer.tokenize_fields(f) for f in fields]
+    empty = sum(1 for d in docs if not d)
+    if empty:
+        report["items_without_text"] = empty
+        log.warning("%d catalog items have no text; their content vector is zero", empty)
+    if tokenizer.kind == "pretrained":  # the model's whole vocabulary: later items meet no unknown token
+        tokens = Vocab(tokenizer.vocabulary(), unk="[UNK]")
+    else:
+        tokens = Vocab.build_tokens(docs, min_count=min_count, max_size=max_tokens)
+    bags = tfidf_bags(docs, tokens)
+    prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
+                    bags, titles, report, ratings,
+                    text_fields=list(text_cols) + (["tags"] if tags is not None and len(tags) else []),
+                    valid_ratings=valid_ratings, item_attributes=attributes,
+                    train_times=_row_times(train)[kept["train"]], valid_times=valid_times)
+    if new_parts:
+        _add_new_users(prep, new_parts, report)
+    report.update(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(tokens),
+                  n_train=len(tr), n_valid=len(parts["valid"]), n_test=len(parts["test"]),
+                  n_cold_items=int((~prep.item_warm()).sum()))
+    log.info("data: %s", report)
+    return prep
+
+
+def _item_text(item_vocab: Vocab, items: pd.DataFrame | None, text_cols: list[str], tags: pd.DataFrame | None,
+               valid: pd.DataFrame, test: pd.DataFrame, report: dict, untagged: set | None,
+               new_parts: dict | None) -> tuple[list[dict[str, str]], list, dict[str, list[str]]]:
+    """(each catalog item's text fields, titles, attributes): the item table's columns, plus
+    the user tags that no held-out pair, new user or held-out cold item gave (leaks)."""
     fields: list[dict[str, str]] = [dict() for _ in range(len(item_vocab))]
     titles = [str(i) for i in item_vocab.ids]
     attributes = {c: [""] * len(item_vocab) for c in text_cols} if items is not None else {}
@@ -387,29 +419,7 @@ def _build(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
         joined = t.groupby("item")["tag"].apply(lambda x: " ".join(map(str, x)))
         for n, txt in zip(item_vocab.index(joined.index), joined.tolist()):
             fields[n]["tags"] = txt
-    tokenizer.fit(fields)               # bpe learns its subwords from this very text
-    docs = [tokenizer.tokenize_fields(f) for f in fields]
-    empty = sum(1 for d in docs if not d)
-    if empty:
-        report["items_without_text"] = empty
-        log.warning("%d catalog items have no text; their content vector is zero", empty)
-    if tokenizer.kind == "pretrained":  # the model's whole vocabulary: later items meet no unknown token
-        tokens = Vocab(tokenizer.vocabulary(), unk="[UNK]")
-    else:
-        tokens = Vocab.build_tokens(docs, min_count=min_count, max_size=max_tokens)
-    bags = tfidf_bags(docs, tokens)
-    prep = Prepared(users, item_vocab, tokens, tokenizer, tr, parts["valid"], parts["test"],
-                    bags, titles, report, ratings,
-                    text_fields=list(text_cols) + (["tags"] if tags is not None and len(tags) else []),
-                    valid_ratings=valid_ratings, item_attributes=attributes,
-                    train_times=_row_times(train)[kept["train"]], valid_times=valid_times)
-    if new_parts:
-        _add_new_users(prep, new_parts, report)
-    report.update(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(tokens),
-                  n_train=len(tr), n_valid=len(parts["valid"]), n_test=len(parts["test"]),
-                  n_cold_items=int((~prep.item_warm()).sum()))
-    log.info("data: %s", report)
-    return prep
+    return fields, titles, attributes
 
 
 def _no_pairs_left(what: str, where: str, n_rows: int, report: dict) -> None:

@@ -3,6 +3,8 @@ masked, top-k. Peak memory is O(chunk_size x n_items) floats whatever the number
 from __future__ import annotations
 
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -149,14 +151,7 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
     """
     req = request or Request()
     n_all = int(n_cols if n_cols is not None else model.config.n_items)
-    cols, drop = req.items, None        # drop: (E,) columns masked in every row of a full block
-    if req.exclude is not None and len(req.exclude):
-        if cols is None:
-            drop = req.exclude
-        else:                           # candidates: the excluded ones are not scored at all
-            keep = torch.ones(n_all, dtype=torch.bool, device=req.exclude.device)
-            keep[req.exclude] = False
-            cols = cols[keep[cols]]
+    cols, drop, pos_of = _column_plan(req, n_all)
     n = n_all if cols is None else len(cols)
     if not 0 < k <= n_all:
         raise ValueError(f"k={k} must be between 1 and the catalog size {n_all}")
@@ -176,10 +171,6 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
         H = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), device=indices.device),
                                     (len(indptr) - 1, model.config.n_items))
     device = model.device
-    pos_of = None                       # (n_all,) column -> position among the candidates, -1 if none
-    if cols is not None:
-        pos_of = torch.full((n_all,), -1, dtype=torch.long, device=cols.device)
-        pos_of[cols] = torch.arange(len(cols), device=cols.device)
     starts = range(0, len(rows), chunk_size)
     local = threading.local()
 
@@ -212,14 +203,37 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
     # Models whose work is partly single-threaded (the sparse KNN kernel) rank chunks on
     # several threads on the CPU, each with its own buffers; results keep the chunk order.
     workers = torch.get_num_threads() if (model.parallel_chunks and device.type == "cpu") else 1
+    yield from _in_order(chunk, starts, workers)
+
+
+def _column_plan(req: Request, n_all: int):
+    """(cols: the candidate columns left after the request's exclusions, or None for all;
+    drop: (E,) columns masked in every row of a full block, or None; pos_of: (n_all,) column ->
+    its position among the candidates, -1 if none, or None)."""
+    cols, drop = req.items, None
+    if req.exclude is not None and len(req.exclude):
+        if cols is None:
+            drop = req.exclude
+        else:                           # candidates: the excluded ones are not scored at all
+            keep = torch.ones(n_all, dtype=torch.bool, device=req.exclude.device)
+            keep[req.exclude] = False
+            cols = cols[keep[cols]]
+    pos_of = None
+    if cols is not None:
+        pos_of = torch.full((n_all,), -1, dtype=torch.long, device=cols.device)
+        pos_of[cols] = torch.arange(len(cols), device=cols.device)
+    return cols, drop, pos_of
+
+
+def _in_order(chunk, starts, workers: int):
+    """chunk(start) for each start, in order; on `workers` threads when more than one (at most
+    2 chunks per worker in flight)."""
     if workers <= 1 or len(starts) <= 1:
         for start in starts:
             yield chunk(start)
         return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
     todo = iter(starts)
-    with ThreadPoolExecutor(workers) as ex:          # at most 2 chunks per worker in flight
+    with ThreadPoolExecutor(workers) as ex:
         pending = deque(ex.submit(chunk, st) for _, st in zip(range(2 * workers), todo))
         while pending:
             yield pending.popleft().result()
