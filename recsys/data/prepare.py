@@ -19,19 +19,22 @@ Protocol decisions made here (docs/results.md, "Default protocol"):
 """
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from recsys.data.content import TokenBags, tfidf_bags
-from recsys.data.ids import clean_id_column, clean_ids
+from recsys.data.eventlog import LogError, read_records
+from recsys.data.ids import _plain_int, clean_id_column, clean_ids, id_texts
 from recsys.data.io import DataError, read_table, require_columns
 from recsys.data.splits import NEW_GIVEN, NEW_TARGET, SPLITS, TEST, TRAIN, VALID
 from recsys.data.tokenize import WordTokenizer, make_tokenizer
 from recsys.data.vocab import Vocab
-from recsys.sparse.csr import member
+from recsys.sparse.csr import member, sequence_csr
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,6 @@ class Prepared:
         """Each user's items of the given parts in time order, as CSR (indptr (U+1,), indices
         (N,)) int64 tensors: ordered by time, equal times in the order the rows were read
         (for MovieLens's ratings.csv: by item id), train before valid at equal times."""
-        from recsys.sparse.csr import sequence_csr
         pairs = np.concatenate([getattr(self, p) for p in parts])
         times = np.concatenate([_times_of(self, p) for p in parts])
         return sequence_csr(pairs, times, self.n_users)
@@ -185,9 +187,6 @@ def read_events(path: str, ratings: pd.DataFrame | None = None) -> tuple[pd.Data
     (frame with user, item, timestamp [, rating], number of log lines read). Ids are their text,
     for the id rule to read with the other files; an event counts as a positive: its rating is
     the highest rating of `ratings` when that has a rating column."""
-    import os
-
-    from recsys.data.eventlog import LogError, read_records
     if not os.path.exists(path):
         raise DataError(f"data.events={path}: no such file")
     try:
@@ -201,7 +200,6 @@ def read_events(path: str, ratings: pd.DataFrame | None = None) -> tuple[pd.Data
     if ratings is not None and len(ratings) and len(out):
         # one id type per catalog: integer training ids stay integers (an event of user
         # "newbie" turned every id into a string, and user 5 into "5", a second user)
-        from recsys.data.ids import _plain_int, id_texts
         for role in ("user", "item"):
             if role in ratings and _plain_int(id_texts(ratings[role], f"{role} ids")).all():
                 bad = np.flatnonzero(~_plain_int(out[role]))
@@ -437,7 +435,6 @@ def _no_pairs_left(what: str, where: str, n_rows: int, report: dict) -> None:
 
 def _split_expects(split: dict, path: str) -> dict[str, str]:
     """The held-out parts a split asks for (ratio or count > 0, its own default when unset)."""
-    import inspect
     params = inspect.signature(SPLITS[split.get("kind", "random")]).parameters
     out = {}
     for what in ("valid", "test"):
@@ -516,7 +513,6 @@ def prepare_movielens(path: str, min_rating: float | None = None, use_tags: bool
     """MovieLens (ml-latest-small layout). Item text = title, genres, user tags.
     require_held_out: as in `prepare_files`. events: the service's event log, appended to the
     training interactions (never to valid/test)."""
-    import os
     report: dict = {}
     rpath, mpath, tpath = (os.path.join(path, f) for f in ("ratings.csv", "movies.csv", "tags.csv"))
     ratings = read_interactions(rpath, "userId", "movieId", "rating", "timestamp", raw_ids=True)

@@ -20,6 +20,9 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from recsys.data.subword import BpeTokenizer, PretrainedTokenizer
+
+
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 
@@ -66,7 +69,6 @@ def make_tokenizer(kind: str = "word", **options):
     """A tokenizer from config values (data.tokens without min_count / max_size)."""
     if kind == "word":
         return WordTokenizer(**options)
-    from recsys.data.subword import BpeTokenizer, PretrainedTokenizer
     if kind == "bpe":
         return BpeTokenizer(**options)
     if kind == "pretrained":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from recsys.sparse.csr import row_ids
+from recsys.sparse.similarity import select_rows
 
 
 def recommendation_counts(lists: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -70,7 +71,6 @@ def intra_list_distance(lists: torch.Tensor, unit_vectors: torch.Tensor, chunk: 
     for s in range(0, N, chunk):
         L = lists[s:s + chunk]                                                   # (b, K)
         if unit_vectors.layout == torch.sparse_csr:
-            from recsys.sparse.similarity import select_rows
             rows = select_rows(unit_vectors, L.flatten())                        # (b*K, T)
             crow = rows.crow_indices()
             v = rows.values().double()                                           # (nnz,)

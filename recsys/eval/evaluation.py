@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from recsys.eval.beyond import beyond_accuracy
 from recsys.eval.metrics import hits_matrix, per_user_metrics
 from recsys.eval.ranking import Request, rank
 from recsys.sparse.csr import keep_entries
@@ -143,7 +144,6 @@ def evaluate(model, target, seen=None, ks=(10, 20), chunk_size: int = 1024, pref
                     if "@" in name:
                         means[f"{prefix}hist_{label}/{name}"] = float(v[sel].double().mean())
     if ctx.get("beyond") is not None:
-        from recsys.eval.beyond import beyond_accuracy
         L = torch.cat(lists) if lists else torch.zeros(0, max(ks), dtype=torch.long)
         means.update(beyond_accuracy(L, ks, n_items, prefix=prefix, **ctx["beyond"]))
     return means, per_user

@@ -263,8 +263,7 @@ def item_bags(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     second); None when no part keeps them."""
     if model is None:
         return None
-    if all(hasattr(model, n) and isinstance(getattr(model, n), torch.Tensor)
-           for n in ("tok_indptr", "tok_indices", "tok_weights")):
+    if all(isinstance(getattr(model, n, None), torch.Tensor) for n in ("tok_indptr", "tok_indices", "tok_weights")):
         return model.tok_indptr, model.tok_indices, model.tok_weights
     for part in ("first", "second"):
         found = item_bags(getattr(model, part, None))

@@ -32,6 +32,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from recsys.models import similar
+
+
 
 def is_histories(who: torch.Tensor) -> bool:
     """True when `who` is a (b, I) sparse CSR block of histories, False for (b,) user indices."""
@@ -60,6 +63,11 @@ class Model(nn.Module):
     @property
     def n_items(self) -> int:
         return int(self.config.n_items)
+
+    def keeps(self, *names: str) -> bool:
+        """The model holds all these data buffers ("hist_indptr": training histories,
+        "tok_indptr": item token bags, "fill_indptr": a cold fill, ...)."""
+        return all(n in self._buffers for n in names)
 
     def item_side(self) -> Any:
         raise NotImplementedError
@@ -97,7 +105,6 @@ class Model(nn.Module):
     def similarity_side(self, of: str, space: str | None = None):
         """The side object whose score(who, cols) gives the (b, C) similarities of query items
         (of="items") or users (of="users") in `space` (None: the model's default)."""
-        from recsys.models import similar
         space = space or self.default_space(of)
         similar.check_space(space, self.own_spaces(of), of, self.kind)
         if space == "history":

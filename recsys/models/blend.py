@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from recsys.models import similar
 from recsys.models.base import Model
 from recsys.models.normalise import max_abs, standardise
 
@@ -92,14 +93,13 @@ class Blend(Model):
     def similarity_side(self, of: str, space: str | None = None):
         """"blend": the parts' default similarities blended (models/similar.py); "history" and
         "tokens" from the first part that keeps the histories / token bags."""
-        from recsys.models import similar
         space = space or "blend"
         similar.check_space(space, ("blend",), of, self.kind)
         if space == "blend":
             return similar.Blended(self.first.similarity_side(of), self.second.similarity_side(of),
                                    self.config.alpha, self._norm)
         need = "hist_indptr" if space == "history" else "tok_indptr"
-        part = self.first if hasattr(self.first, need) else self.second
+        part = self.first if self.first.keeps(need) else self.second
         return part.similarity_side(of, space)
 
     def _norm(self, s: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,9 @@ import torch
 
 from recsys.models.base import is_histories
 from recsys.models.memory import MemoryConfig, MemoryModel
-from recsys.sparse.similarity import select_rows, transpose
-from recsys.sparse.spgemm import RightOperand, Workspace, column_counts, heavy_columns
+from recsys.models.similar import Columns
+from recsys.sparse.similarity import select_rows, sparse_rows, transpose
+from recsys.sparse.spgemm import RightOperand, Workspace, column_counts, heavy_columns, slice_rows
 
 
 class EASE(MemoryModel):
@@ -68,7 +69,6 @@ class EASE(MemoryModel):
         return "weights" if of == "items" else "history"
 
     def own_similarity(self, of: str, space: str):
-        from recsys.models.similar import Columns
         return Columns(self.ease_B)
 
     def score_columns(self, who: torch.Tensor, side, cols: torch.Tensor | None = None, out=None, ws=None) -> torch.Tensor:
@@ -98,8 +98,6 @@ class EASE(MemoryModel):
 def _add_token_gram(G: torch.Tensor, c: MemoryConfig, buffers: dict, block: int = 1024) -> None:
     """In place: G += side^2 T T^T, the token vectors' scalar products by the sparse kernel, in
     row blocks (block x I floats besides G)."""
-    from recsys.sparse.spgemm import slice_rows
-    from recsys.sparse.similarity import sparse_rows
     if "tok_indptr" not in buffers or len(buffers["tok_indices"]) == 0:
         raise ValueError(f"model.side={c.side} needs the items' token bags (an item table with text)")
     T = sparse_rows(buffers["tok_indptr"], buffers["tok_indices"], buffers["tok_weights"], max(c.n_tokens, 1))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from recsys.models.memory import MemoryConfig, MemoryModel, csr_buffers, out_block
+from recsys.models.similar import Neighbours
 from recsys.sparse.similarity import Similarity, select_rows, sparse_rows, topk_neighbours, transpose
 from recsys.sparse.spgemm import RightOperand, column_counts, heavy_columns
 
@@ -103,7 +104,6 @@ class ItemKNN(MemoryModel):
         return "neighbours" if of == "items" else "history"
 
     def own_similarity(self, of: str, space: str):
-        from recsys.models.similar import Neighbours
         return Neighbours(self._W())
 
     def score_histories(self, H: torch.Tensor, side: ItemKNNSide, out=None, ws=None) -> torch.Tensor:
@@ -157,7 +157,6 @@ class UserKNN(MemoryModel):
         return "neighbours" if of == "users" else "history"
 
     def own_similarity(self, of: str, space: str):
-        from recsys.models.similar import Neighbours
         c = self.config
         return Neighbours(torch.sparse_csr_tensor(self.w_indptr, self.w_indices, self.w_values, (c.n_users, c.n_users)))
 

@@ -16,6 +16,7 @@ import torch
 
 from recsys.models import coldstart
 from recsys.models.base import Model
+from recsys.models.extend import cat_bags, fill_rows
 from recsys.sparse.similarity import select_rows, sparse_rows
 from recsys.sparse.spgemm import DENSE_RATIO
 
@@ -170,7 +171,7 @@ class MemoryModel(Model):
     @property
     def has_fill(self) -> bool:
         """Cold items borrow scores (set_fill was called: cold_k > 0 and a collaborative kind)."""
-        return "fill_indptr" in self._buffers
+        return self.keeps("fill_indptr")
 
     def _fill(self, s: torch.Tensor) -> torch.Tensor:
         if not self.has_fill:
@@ -189,7 +190,6 @@ class MemoryModel(Model):
     def grow(self, bags) -> "MemoryModel":
         """The model with bags.n_items new items (extend.py): token bags appended, the kind's
         tables grown (_grow_tables), fill rows for the new items when the kind borrows."""
-        from recsys.models.extend import cat_bags, fill_rows
         c, m = self.config, bags.n_items
         n_old = c.n_items
         st = {k: v.detach().clone() for k, v in self.state_dict().items()}

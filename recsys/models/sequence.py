@@ -42,6 +42,8 @@ from torch import nn
 
 from recsys.models.base import Model, is_histories
 from recsys.models.coldstart import fill_table
+from recsys.models.extend import cat_bags, fill_rows
+from recsys.models.similar import DenseCosine
 from recsys.sparse.csr import gather_rows
 
 
@@ -259,7 +261,6 @@ class Sequence(Model):
         return "sequence" if of == "items" else "history"
 
     def own_similarity(self, of: str, space: str):
-        from recsys.models.similar import DenseCosine
         return DenseCosine([self.item_table().detach()], [1.0])
 
     @torch.no_grad()
@@ -307,7 +308,6 @@ class Sequence(Model):
     def grow(self, bags) -> "Sequence":
         """The model with bags.n_items new items: cold (no id row), read and scored from their
         content tokens; no user's sequence changes."""
-        from recsys.models.extend import cat_bags, fill_rows
         c, m = self.config, bags.n_items
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         state["tok_indptr"], state["tok_indices"], state["tok_weights"] = cat_bags(

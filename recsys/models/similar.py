@@ -115,7 +115,7 @@ class Blended:
 
 def history_side(model, of: str, space: str = "history") -> RowCosine:
     """Cosine of binary interaction vectors from the model's history buffers."""
-    if not hasattr(model, "hist_indptr"):
+    if not model.keeps("hist_indptr", "hist_indices"):
         raise ValueError(f"space={space!r}: this model keeps no training histories")
     c = model.config
     X = sparse_rows(model.hist_indptr, model.hist_indices, None, c.n_items)                # (U, I) binary
@@ -124,7 +124,7 @@ def history_side(model, of: str, space: str = "history") -> RowCosine:
 
 def token_side(model, space: str = "tokens") -> RowCosine:
     """Cosine of the items' TF-IDF token bags."""
-    if not hasattr(model, "tok_indptr"):
+    if not model.keeps("tok_indptr", "tok_indices", "tok_weights"):
         raise ValueError(f"space={space!r}: this model keeps no item token bags")
     n_tokens = int(getattr(model.config, "n_tokens", 0)) or int(model.tok_indices.max()) + 1
     return RowCosine(sparse_rows(model.tok_indptr, model.tok_indices, model.tok_weights, n_tokens))

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from recsys.data.content import tfidf_bags
@@ -110,6 +109,7 @@ class Catalog:
     def grown(self, items, item_col: str, text_cols, tokenizer, token_idf, text_fields) -> tuple["Catalog", int]:
         """(the catalog with the frame's new items, how many): tokenised with the stored
         tokenizer, weighted with the stored idf (Recommender.add_items' rules)."""
+        import pandas as pd          # only here: loading and ranking need no pandas
         if not isinstance(items, pd.DataFrame):
             raise TypeError(f"add_items takes a pandas DataFrame, got {type(items).__name__}")
         if item_col not in items.columns:

@@ -33,11 +33,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from recsys.models.registry import model_from_state
-from recsys.serve.checksums import NAME as CHECKSUMS, ChecksumError, verify_checksums, write_checksums
 from recsys.data.files import normal_mode
 from recsys.data.tokenize import WordTokenizer, tokenizer_from_json
 from recsys.data.vocab import ID_TYPES, Vocab
+from recsys.models.blend import BLEND_NORMS, Blend
+from recsys.models.learned import ScorerConfig
+from recsys.models.memory import MemoryConfig, MemoryModel
+from recsys.models.registry import KINDS, model_from_state
+from recsys.models.sequence import Sequence, SequenceConfig
+from recsys.serve.checksums import ChecksumError, NAME as CHECKSUMS, verify_checksums, write_checksums
+from recsys.version import __version__
 
 FORMAT = "recsys-export"
 FORMAT_VERSION = 1
@@ -130,7 +135,6 @@ def save_export(path: str, scorer: torch.nn.Module, users: Vocab, items: Vocab, 
                 token_idf: torch.Tensor, item_titles: list[str] | None = None,
                 meta: dict | None = None, item_attributes: dict[str, list[str]] | None = None) -> str:
     """item_attributes: {name: one string per item}, kept for Recommender's where= filters."""
-    from recsys.version import __version__
     tmp = atomic_dir(path)
     try:
         scorer = scorer.baked()
@@ -360,11 +364,6 @@ def _model_spec(c, file: str, where: str = "scorer", prefix: str = "", spec: _Sp
                 depth: int = 0) -> _Spec:
     """The tensors config.json's scorer entry `c` says model.safetensors holds (key prefix for a
     blend's parts), with every size and option type-checked first."""
-    from recsys.models.blend import BLEND_NORMS, Blend
-    from recsys.models.learned import ScorerConfig
-    from recsys.models.memory import MemoryConfig, MemoryModel
-    from recsys.models.registry import KINDS
-    from recsys.models.sequence import Sequence, SequenceConfig
     spec = spec if spec is not None else _Spec()
     if not isinstance(c, dict):
         raise ExportError(f"{file}: {where} must be a JSON object, got {_show(c)}")

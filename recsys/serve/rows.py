@@ -11,6 +11,9 @@ import logging
 
 import numpy as np
 
+from recsys.serve.events import Live, replay
+
+
 log = logging.getLogger(__name__)
 
 
@@ -138,7 +141,6 @@ def warm(rec) -> None:
 
 def add_logged_items(rec, records: list[dict]) -> None:
     """The items records among log records, added to the catalog as replay adds them."""
-    from recsys.serve.events import Live, replay
     items = [r for r in records if r.get("op") == "items"]
     if items:
         replay(rec, Live(), items)

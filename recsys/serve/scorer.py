@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection
 
 import orjson
 
+from recsys.serve.recommender import Recommender
 from recsys.serve.rows import add_logged_items, merged, score_rows, warm
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,6 @@ def _child(fd: int) -> None:
     """The scoring process: its settings come first on the connection, then the calls."""
     import torch
 
-    from recsys.serve.recommender import Recommender
     conn = Connection(fd)
     try:
         export_dir, device, threads, unknown, records, max_rows, scorers = _recv(conn)

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import torch
 
-from recsys.sparse.csr import row_ids
-from recsys.sparse.spgemm import DENSE_RATIO, RightOperand, Workspace, column_counts, cut_rows, heavy_columns, slice_rows
+from recsys.sparse.csr import gather_rows, row_ids
+from recsys.sparse.spgemm import (DENSE_RATIO, RightOperand, Workspace, column_counts, cut_rows, heavy_columns,
+                                  slice_rows)
 
 SIMILARITIES = ("cosine", "pearson", "euclidean", "jaccard")
 
@@ -58,7 +59,6 @@ def sparse_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
 
 def select_rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows `rows` (any order, repeats allowed) of a sparse CSR matrix, as sparse CSR (B, C)."""
-    from recsys.sparse.csr import gather_rows
     crow = X.crow_indices()
     pos, _ = gather_rows(crow, rows)
     lengths = crow[rows + 1] - crow[rows]

@@ -5,7 +5,13 @@ import numpy as np
 import torch
 
 from recsys.data.prepare import Prepared
-from recsys.models.learned import VARIANT_CLASSES, Scorer, ScorerConfig
+from recsys.eval.beyond import unit_rows
+from recsys.models.blend import Blend
+from recsys.models.coldstart import fill_matrix
+from recsys.models.learned import Scorer, ScorerConfig, VARIANT_CLASSES
+from recsys.models.memory import MemoryConfig
+from recsys.models.registry import model_class
+from recsys.models.sequence import Sequence, SequenceConfig
 from recsys.sparse.csr import csr, csr_from_pairs
 from recsys.train.tune import sample_users
 
@@ -25,7 +31,6 @@ def scorer_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> 
 def fill_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> dict[str, torch.Tensor]:
     """The cold items' fill matrix (coldstart.py) as buffers: each cold item's cold_k most
     content-similar warm items."""
-    from recsys.models.coldstart import fill_matrix
     indptr, indices, weights = fill_matrix(torch.from_numpy(prep.bags.indptr), torch.from_numpy(prep.bags.indices),
                                            torch.from_numpy(prep.bags.weights), len(prep.tokens),
                                            torch.from_numpy(prep.item_warm()), cold_k, cold_scale)
@@ -51,7 +56,6 @@ def build_sequence(prep: Prepared, **model):
     """The sequence model (models/sequence.py) on prepared data: SequenceConfig fields other
     than the sizes; its buffers are the token bags, each user's training items in time order
     (Prepared.sequences), their bag and the warm items."""
-    from recsys.models.sequence import Sequence, SequenceConfig
     cfg = SequenceConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
     seq_indptr, seq_indices = prep.sequences(("train",))
     hist_indptr, hist_indices = csr(prep.train, prep.n_users)
@@ -86,9 +90,6 @@ def eval_sets(prep: Prepared, val_users: int | None = None, seed: int = 0) -> di
 def build_memory(prep: Prepared, model: dict, device: str = "cpu"):
     """Fit a memory-based / closed-form model (itemknn, userknn, content_knn, ease, popularity)
     or a `blend` of two of them, from plain config values."""
-    from recsys.models.blend import Blend
-    from recsys.models.memory import MemoryConfig
-    from recsys.models.registry import model_class
     model = dict(model)
     cls = model_class(model.get("kind"))
     if cls is Blend:
@@ -115,7 +116,6 @@ def report_context(prep: Prepared, history_buckets: list[int] | None = (5, 20), 
     """The evaluate_report() extras for a prepared dataset: training-history lengths and their
     buckets, cold items (no training interaction), and the beyond-accuracy inputs (training
     popularity, unit TF-IDF item vectors)."""
-    from recsys.eval.beyond import unit_rows
     users = torch.from_numpy(prep.train[:, 0])
     items = torch.from_numpy(prep.train[:, 1])
     return {

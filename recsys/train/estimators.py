@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from recsys.train.fit import fit
 from recsys.train.specs import as_spec
 
 
@@ -55,7 +56,6 @@ class Estimator:
     def fit(self, interactions, items=None, **options: Any) -> "Estimator":
         """Fit on a DataFrame or a users x items sparse matrix (recsys.fit's keywords in
         `options`); returns the estimator, fitted."""
-        from recsys.train.fit import fit
         self.recommender_ = fit(interactions, items, model=self._model(), **options)
         return self
 

@@ -27,6 +27,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from recsys.data.prepare import prepare_frames
+from recsys.serve.recommender import Recommender
+from recsys.train.build import eval_sets
+from recsys.train.specs import FitContext, as_spec
+
+
 
 def _frame(interactions, user_col: str, item_col: str, rating_col: str | None):
     """(frame, user_col, item_col, rating_col, shape) from a DataFrame (shape None), or from a
@@ -63,10 +69,6 @@ def fit(interactions, items=None, model: Any = "ease", *, user_col: str = "user"
     (None: all), as train.py's val_users. on_epoch: called as on_epoch(epoch, metrics) after
     each training epoch of a learned model (a search's trials included), metrics a dict of
     floats (train/loss_epoch, val/ndcg@10, ...): a progress bar, a log, a plot."""
-    from recsys.data.prepare import prepare_frames
-    from recsys.serve.recommender import Recommender
-    from recsys.train.build import eval_sets
-    from recsys.train.specs import FitContext, as_spec
     if params:
         if not isinstance(model, str):
             raise TypeError("pass model parameters either in the model dict or as keywords with a kind name")

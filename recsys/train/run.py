@@ -20,7 +20,13 @@ import platform
 import torch
 
 from recsys.data.files import sha256_file, write_json_atomic
+from recsys.eval.evaluation import bucket_labels, evaluate
+from recsys.eval.rerank import from_config
 from recsys.serve.export import save_export
+from recsys.train import tensorboard as tb
+from recsys.train.build import new_user_sets, report_context
+from recsys.train.projector import item_columns, write_projector
+from recsys.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +208,6 @@ def run_info(config: dict, seed: int, data_files: list[str]) -> dict:
     """What is needed to reproduce the run: resolved config, versions, data checksums, seeds."""
     import lightning as L
 
-    from recsys.version import __version__
     split = config.get("data", {}).get("split")
     return {"recsys": __version__, "torch": torch.__version__, "lightning": L.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
@@ -226,9 +231,6 @@ def final_report(model, prep, sets, ks, eval_chunk: int, device, history_buckets
     from one more full-ranking pass of the final model, plus the new-user protocol when the
     split has one (log_run shows them). diversity: the `diversity:` config block; when its
     method is set, every test metric is of the re-ranked lists (eval/rerank.py)."""
-    from recsys.eval.evaluation import evaluate
-    from recsys.eval.rerank import from_config
-    from recsys.train.build import new_user_sets, report_context
     model = model.to(device).eval()
     on = lambda csr: tuple(t.to(device) for t in csr)
     ctx = report_context(prep, history_buckets, head_share)
@@ -272,7 +274,6 @@ def log_run(loggers, model, prep, metrics: dict, model_config: dict, seed: int, 
     not in `logged` (those Lightning's test loop gave it). Then each is finalised."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from recsys.train import tensorboard as tb
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
             values = tb.hparam_values(model_config, seed)
@@ -288,7 +289,6 @@ def log_run(loggers, model, prep, metrics: dict, model_config: dict, seed: int, 
 
 def _projector(log_dir: str, model, prep) -> None:
     """The learned model's item tables in TensorBoard's Projector (a memory model has none)."""
-    from recsys.train.projector import item_columns, write_projector
     tables = model.projector_tables()
     if tables:
         write_projector(log_dir, tables, item_columns(prep))
@@ -298,7 +298,6 @@ def write_per_user(path: str, per_user: dict, prep, buckets) -> None:
     """Per-user test metrics (external user ids) for paired run comparisons (evaluate.py compare=)."""
     import pandas as pd
 
-    from recsys.eval.evaluation import bucket_labels
     df = pd.DataFrame({"user": [prep.users.ids[int(u)] for u in per_user["user"]]})
     if "bucket" in per_user:
         labels = bucket_labels(sorted(buckets))
@@ -332,7 +331,6 @@ def log_trials(loggers, result, seed: int = 0) -> None:
     model config), its validation value `trial/<metric>`, `trial/seconds` and its state as the
     session status, so the HParams tab compares trials with each other and with runs (the run
     declares the columns)."""
-    from recsys.train import tensorboard as tb
     from recsys.train.search import with_params
     base = result.spec.to_dict() if result.spec is not None else {"kind": "trial"}
     keys = tb.hparam_keys()

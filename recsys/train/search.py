@@ -34,6 +34,13 @@ from typing import Any, Callable
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
+from recsys.eval.compare import paired
+from recsys.eval.evaluation import evaluate
+from recsys.train.build import eval_sets
+from recsys.train.specs import as_spec
+from recsys.train.tune import choose_fold_in_lambda
+
+
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -148,7 +155,6 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     a paired sign-flip test p < guard (eval/compare.paired); a small validation part cannot
     tell apart configurations closer than its noise, and picking by noise lost test accuracy
     (benchmarks/README.md, "Model selection")."""
-    from recsys.train.specs import as_spec
     space = parse_space(space)
     val_sets = {k: v for k, v in sets.items() if k.startswith("val_")}    # no test part, ever
     if int(val_sets["val_target"][1].numel()) == 0:
@@ -172,7 +178,6 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
         if trial_spec.epoch_curve:     # Lightning epochs of one model: the curve's best
             value = curve.best if curve.values else float(best)
         elif trial_spec.trains:        # a blend with a learned part: the blend itself is validated
-            from recsys.eval.evaluation import evaluate
             m, _ = evaluate(model, val_sets["val_target"], val_sets["val_seen"], list(ctx.ks), ctx.eval_chunk, "val/")
             value = float(m.get(metric, float("nan")))
         else:
@@ -211,8 +216,6 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     extra: dict = {}
     base_trial = study.trials[0] if default is not None and study.trials[0].state.name == "COMPLETE" else None
     if guard is not None and base_trial is not None and best.number != 0 and "default" in kept:
-        from recsys.eval.compare import paired
-        from recsys.eval.evaluation import evaluate
         name = metric.split("/", 1)[-1]
         per = [evaluate(m, val_sets["val_target"], val_sets["val_seen"], list(ctx.ks), ctx.eval_chunk, "val/")[1][name]
                for m in (kept["default"], model)]
@@ -227,7 +230,6 @@ def search(spec, space: dict | None, prep, sets: dict, ctx, trials: int | None =
     result = SearchResult(dict(best.params), float(best.value), best.user_attrs.get("epochs"), rows,
                           as_spec(best_cfg), model, metric, time.perf_counter() - t0, extra)
     if base.get("fold_in_lambda") == "auto" and result.model is not None and result.model.folds_in:
-        from recsys.train.tune import choose_fold_in_lambda
         # the winner's own model gets its lambda on validation; the spec keeps "auto", so a
         # refit chooses the refit model's own (train/tune.py choose_fold_in_by_agreement)
         lam, _ = choose_fold_in_lambda(result.model, val_sets["val_seen"], val_sets["val_target"])
@@ -363,7 +365,6 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
     minutes, sampler, jobs, patience, prune), then the final fit: on train (no refit) or on
     train + validation (refit; a learned model for the epochs of its best validation value).
     Returns a Choice. test=False: no test loop (a model fitted for use, recsys.fit)."""
-    from recsys.train.build import eval_sets
     search_cfg = dict(search_cfg or {})
     result = None
     info: dict = {}

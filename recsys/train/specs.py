@@ -12,12 +12,24 @@ the evaluation chunk, the device. Specs are plain values: `spec.to_dict()` is th
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from recsys.eval.evaluation import evaluate
+from recsys.models.blend import Blend as BlendModel
+from recsys.models.learned import ScorerConfig
+from recsys.models.memory import MemoryConfig
+from recsys.models.registry import model_class
+from recsys.models.sequence import SequenceConfig
+from recsys.train.build import build_memory, build_scorer, build_sequence
+from recsys.train.tune import choose_fold_in_by_agreement, choose_fold_in_lambda
+
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +60,6 @@ class Memory:
     KIND_DEFAULTS = {"userknn": {"k": 50}, "ease": {"block_size": 1024}}
 
     def __init__(self, kind: str, search_space: dict | None = None, **params):
-        from recsys.models.memory import MemoryConfig
-        from recsys.models.registry import model_class
         cls = model_class(kind)
         self.search_space = search_space
         params = {**self.KIND_DEFAULTS.get(kind, {}), **params}
@@ -69,20 +79,15 @@ class Memory:
 
     def resolved(self) -> dict:
         """Every MemoryConfig value of the fit (the shared config holds every kind's fields)."""
-        import dataclasses
-
-        from recsys.models.memory import MemoryConfig
         cfg = dataclasses.asdict(MemoryConfig(kind=self.kind, n_users=1, n_items=1, **self.params))
         return {k: v for k, v in cfg.items() if k not in _SIZES}
 
     def effective_params(self) -> dict:
         """This kind's own parameters (the fields its model class reads), defaults included."""
-        from recsys.models.registry import model_class
         out = self.resolved()
         return {k: out[k] for k in model_class(self.kind).fields}
 
     def build(self, prep, device: str = "cpu"):
-        from recsys.train.build import build_memory
         return build_memory(prep, self.to_dict(), device=device)
 
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
@@ -98,7 +103,6 @@ class Learned:
 
     def __init__(self, variant: str = "hybrid", optim: dict | None = None, fold_in_lambda: Any = "auto",
                  kind: str = "learned", search_space: dict | None = None, **params):
-        from recsys.models.learned import ScorerConfig
         if kind != "learned":
             raise ValueError(f"Learned spec with kind={kind!r}")
         unknown = sorted(set(params) - set(ScorerConfig.__dataclass_fields__))
@@ -119,7 +123,6 @@ class Learned:
                 "optim": dict(self.optim)}
 
     def resolved(self) -> dict:
-        from recsys.models.learned import ScorerConfig
         from recsys.train.module import RecsysModule
         out = _trained(ScorerConfig(**_SIZES, variant=self.variant, **self.params), RecsysModule, self.LOADER,
                        self.optim)
@@ -131,9 +134,7 @@ class Learned:
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (scorer in eval mode, metrics, best validation value).
         test=False skips Lightning's test loop (a blend part: the blend is tested, not the part)."""
-        from recsys.train.build import build_scorer
         from recsys.train.module import RecsysModule, train_loader, user_loader
-        from recsys.train.tune import choose_fold_in_by_agreement, choose_fold_in_lambda
         optim = dict(self.optim)
         batch_size, batching, user_run = (optim.pop(k, v) for k, v in self.LOADER.items())
         model = dict(self.params, variant=self.variant)
@@ -164,7 +165,6 @@ class SequenceSpec:
 
     def __init__(self, optim: dict | None = None, kind: str = "sequence", search_space: dict | None = None,
                  **params):
-        from recsys.models.sequence import SequenceConfig
         if kind != "sequence":
             raise ValueError(f"SequenceSpec with kind={kind!r}")
         unknown = sorted(set(params) - set(SequenceConfig.__dataclass_fields__) - {"n_users", "n_items", "n_tokens"})
@@ -183,7 +183,6 @@ class SequenceSpec:
         return {"kind": "sequence", **self.params, "optim": dict(self.optim)}
 
     def resolved(self) -> dict:
-        from recsys.models.sequence import SequenceConfig
         from recsys.train.sequence_module import SequenceModule
         return _trained(SequenceConfig(**_SIZES, **self.params), SequenceModule,
                         {"batch_size": self.batch_size, "batch_events": self.batch_events}, self.optim)
@@ -193,7 +192,6 @@ class SequenceSpec:
 
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (model in eval mode, metrics, best validation value)."""
-        from recsys.train.build import build_sequence
         from recsys.train.module import user_loader
         from recsys.train.sequence_module import SequenceModule, sequence_loader
         optim = dict(self.optim)
@@ -280,14 +278,12 @@ class Blend:
 
     def build(self, prep, device: str = "cpu"):
         """Both parts fitted without epochs (neither may be learned), blended."""
-        from recsys.models.blend import Blend as BlendModel
         return BlendModel(self.first.build(prep, device), self.second.build(prep, device), self.alpha, self.norm)
 
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """A learned part is trained with Lightning (early stopping on its own validation
         metric; the best value reported is that part's), the other fitted without epochs, then
         blended; without a learned part, the blend is fitted and validated once."""
-        from recsys.models.blend import Blend as BlendModel
         if not self.trains:
             return _fit_once(self, prep, sets, ctx)
         parts, best = [], float("nan")
@@ -302,7 +298,6 @@ class Blend:
 
 def _fit_once(spec, prep, sets, ctx: FitContext):
     """Fit a model that needs no epochs on ctx.device, validate it, log both to every logger."""
-    from recsys.eval.evaluation import evaluate
     t0 = time.perf_counter()
     model = spec.build(prep, ctx.device)
     fit_s = time.perf_counter() - t0
@@ -329,8 +324,6 @@ def resolved(spec) -> dict:
 def _trained(cfg, module, optim: dict, spec_optim: dict) -> dict:
     """A trained spec's resolved values: its config's fields but the sizes (the data's), and
     `optim`, the Lightning module's defaults under the spec's own settings."""
-    import dataclasses
-    import inspect
     optim = {**optim, **{k: p.default for k, p in inspect.signature(module.__init__).parameters.items()
                          if p.default is not inspect.Parameter.empty and k != "ks"}}
     return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SIZES},
@@ -350,13 +343,10 @@ def as_spec(model) -> Memory | Learned | SequenceSpec | Blend:
     kind = model.pop("kind", "learned")
     if kind in LEARNED_VARIANTS:
         return Learned(variant=kind, **model)
-    if kind == "learned":
-        return Learned(**model)
-    if kind == "sequence":
-        return SequenceSpec(**model)
-    if kind == "blend":
-        return Blend(**model)
-    return Memory(kind, **model)
+    return SPECS[kind](**model) if kind in SPECS else Memory(kind, **model)
+
+
+SPECS = {"learned": Learned, "sequence": SequenceSpec, "blend": Blend}    # the other kinds: Memory
 
 
 def _default_trainer(ctx: FitContext):

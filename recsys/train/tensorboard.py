@@ -34,6 +34,11 @@ import time
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoardLogger
 
+from recsys.models.learned import ScorerConfig
+from recsys.models.memory import MemoryConfig
+from recsys.train.module import RecsysModule
+
+
 HEADLINE = ("ndcg", "recall")                       # drawn as scalars; the rest is in the tables
 ACCURACY = ("ndcg", "recall", "precision", "hit", "mrr", "map")
 BEYOND = ("coverage", "gini", "novelty", "ild", "tail")
@@ -114,9 +119,6 @@ def hparam_keys() -> list[str]:
     """The HParams columns of every run, whatever its model: `model` (model_name), `seed`, and
     every parameter of the learned model (ScorerConfig, its optimisation), of the memory models
     (MemoryConfig) and of a blend (alpha, norm, its two parts as text), as `model.<name>`."""
-    from recsys.models.learned import ScorerConfig
-    from recsys.models.memory import MemoryConfig
-    from recsys.train.module import RecsysModule
     sizes = {"n_users", "n_items", "n_tokens", "kind"}
     own = set(ScorerConfig.__dataclass_fields__) | set(MemoryConfig.__dataclass_fields__) | {"norm", "first", "second"}
     optim = set(inspect.signature(RecsysModule.__init__).parameters) - {"self", "scorer", "eval_sets", "ks"}

@@ -17,6 +17,7 @@ from recsys.models.learned.config import LearnedItems, ScorerConfig
 from recsys.models.learned.rows import dot, sparse_rows
 from recsys.models.learned.scorer import Batch, Scorer
 from recsys.sparse.csr import gather_rows
+from recsys.sparse.spgemm import Workspace
 
 
 class Collaborative(Scorer):
@@ -84,7 +85,6 @@ class Collaborative(Scorer):
         return self.neutralise_cold(parts["cf"])
 
     def _score_into(self, users: torch.Tensor, side: LearnedItems, out: torch.Tensor, ws) -> torch.Tensor:
-        from recsys.sparse.spgemm import Workspace
         ws = ws if ws is not None else Workspace()
         scratch = ws.matrix("scorer", out.shape[0], out.shape[1], out.dtype, out.device)    # (b, I)
         cf = torch.mm(self.user_emb(users), side.V.T, out=out)

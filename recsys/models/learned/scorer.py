@@ -16,7 +16,9 @@ from typing import ClassVar
 import torch
 
 from recsys.models.base import Model, is_histories
+from recsys.models.extend import cat_bags, fill_rows
 from recsys.models.learned.config import BUFFERS, FILL, LearnedItems, ScorerConfig, empty_fill
+from recsys.models.similar import DenseCosine
 
 VARIANT_CLASSES: dict[str, type["Scorer"]] = {}     # filled by the parts' modules (registered below)
 
@@ -163,7 +165,6 @@ class Scorer(Model):
         """The scorer with bags.n_items new items (extend.py): C[new] pooled from the token
         table; the collaborative part gives them the neutral score, or with cold_k > 0 borrows
         V, b from their content neighbours among the warm items (coldstart.py)."""
-        from recsys.models.extend import cat_bags, fill_rows
         c, m = self.config, bags.n_items
         n_old = c.n_items
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
@@ -241,7 +242,6 @@ class Scorer(Model):
     @torch.no_grad()
     def own_similarity(self, of: str, space: str):
         """Cosine of item vectors V / content vectors C (users: U / profiles P); hybrid: alpha-weighted."""
-        from recsys.models.similar import DenseCosine
         side = self.item_side()
         tables, weights = [], []
         a = float(self.alpha)
