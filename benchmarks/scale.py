@@ -22,6 +22,9 @@ its peak RSS (ru_maxrss) is its own:
     itemknn  ItemKNN fit (cosine, k 100) + top-10 for --rank-users users
     als      implicit ALS (factors 64, --als-iters iterations): seconds per iteration,
              interactions per second, and top-10 for --rank-users users
+    recsys_als  recsys's ALS (train/als.py, model=als: dim 64, 3 CG steps a side, the same
+             --als-iters iterations on the same threads, the exact objective not computed):
+             seconds per iteration, interactions per second, peak RSS
     sequence the sequence model (dim 64, 2 blocks, max_len 200, sampled softmax with --n-neg
              popularity negatives, batches of --seq-batch users) through Lightning for
              --train-batches batches: training events (predicted next items) per second, then
@@ -47,7 +50,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-PHASES = ("load", "train", "rank", "itemknn", "als")     # and "export", on request
+PHASES = ("load", "train", "rank", "itemknn", "als", "recsys_als")     # and "export", on request
 
 
 def generate(d: str, U: int, I: int, N: int, seed: int = 0) -> None:
@@ -223,6 +226,25 @@ def phase(name: str, a) -> dict:
         Recommender.from_pretrained(path)
         out["from_pretrained_s"] = time.perf_counter() - t0
         out["path"] = path
+    elif name == "recsys_als":
+        from recsys.sparse.csr import csr
+        from recsys.train.als import solve_side
+        from recsys.train.build import build_scorer
+        torch.manual_seed(0)
+        scorer = build_scorer(prep, variant="collaborative", dim=64, item_bias=False, init_std=0.01)
+        U, V = scorer.user_emb.weight.detach(), scorer.item_emb.weight.detach()
+        t0 = time.perf_counter()
+        by_user, by_item = csr(prep.train, prep.n_users), csr(prep.train[:, ::-1], prep.n_items)
+        out["csr_s"] = time.perf_counter() - t0
+        times = []
+        with torch.no_grad():
+            for _ in range(a.als_iters):
+                t0 = time.perf_counter()
+                solve_side(U, V, *by_user, alpha=10.0, reg=0.05, steps=3)
+                solve_side(V, U, *by_item, alpha=10.0, reg=0.05, steps=3)
+                times.append(time.perf_counter() - t0)
+        out.update(fit_s=sum(times), iter_s=sum(times) / len(times), iter_times=times,
+                   interactions_per_s=len(prep.train) * len(times) / sum(times))
     elif name == "als":
         import scipy.sparse as sp
         from implicit.als import AlternatingLeastSquares

@@ -107,6 +107,11 @@ class Collaborative(Estimator):
     kind = "collaborative"
 
 
+class ALS(Estimator):
+    """Matrix factorisation trained by implicit-feedback alternating least squares (train/als.py)."""
+    kind = "als"
+
+
 class Content(Estimator):
     """The learned content-token part alone."""
     kind = "content"
@@ -130,4 +135,4 @@ def _part(p):
 
 
 ESTIMATORS = {cls.__name__: cls for cls in (EASE, ItemKNN, UserKNN, ContentKNN, Popularity, Hybrid, Collaborative,
-                                             Content, Sequence, Blend)}
+                                             ALS, Content, Sequence, Blend)}

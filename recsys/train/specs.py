@@ -123,10 +123,25 @@ class Learned:
                 "optim": dict(self.optim)}
 
     def resolved(self) -> dict:
-        from recsys.train.module import RecsysModule
-        out = _trained(ScorerConfig(**_SIZES, variant=self.variant, **self.params), RecsysModule, self.LOADER,
-                       self.optim)
+        optim = {k: v for k, v in self.optim.items() if k != "solver"}
+        module, loader = _solver(self.optim.get("solver", "adam"))
+        out = _trained(ScorerConfig(**_SIZES, variant=self.variant, **self.params), module,
+                       self.LOADER if loader else {}, optim)
+        out["optim"] = {"solver": self.optim.get("solver", "adam"), **out["optim"]}
         return {**out, "fold_in_lambda": self.fold_in_lambda}
+
+    def _module(self, scorer, prep, sets, ctx: FitContext):
+        """(the Lightning module of model.optim.solver, its training loader): adam (minibatches
+        of interactions, train/module.py) or als (an ALS iteration an epoch, train/als.py)."""
+        optim = dict(self.optim)
+        module, batched = _solver(optim.pop("solver", "adam"))
+        if not batched:
+            from recsys.train.als import iteration_loader
+            return module(scorer, sets, prep.train, ks=tuple(ctx.ks), **optim), iteration_loader()
+        from recsys.train.module import train_loader
+        batch_size, batching, user_run = (optim.pop(k, v) for k, v in self.LOADER.items())
+        return (module(scorer, sets, ks=tuple(ctx.ks), **optim),
+                train_loader(prep.train, batch_size, ctx.seed, batching, user_run))
 
     def effective_params(self) -> dict:
         return self.resolved()
@@ -134,18 +149,16 @@ class Learned:
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (scorer in eval mode, metrics, best validation value).
         test=False skips Lightning's test loop (a blend part: the blend is tested, not the part)."""
-        from recsys.train.module import RecsysModule, train_loader, user_loader
-        optim = dict(self.optim)
-        batch_size, batching, user_run = (optim.pop(k, v) for k, v in self.LOADER.items())
+        from recsys.train.module import user_loader
         model = dict(self.params, variant=self.variant)
         if self.fold_in_lambda != "auto":
             model["fold_in_lambda"] = float(self.fold_in_lambda)
         scorer = build_scorer(prep, **model)
-        module = RecsysModule(scorer, sets, ks=tuple(ctx.ks), **optim)
+        module, loader = self._module(scorer, prep, sets, ctx)
         trainer = (ctx.trainer or _default_trainer(ctx))(callbacks=ctx.callbacks, logger=ctx.loggers or False)
         # weights_only: a checkpoint to resume from is read without unpickling code objects
-        trainer.fit(module, train_loader(prep.train, batch_size, ctx.seed, batching, user_run),
-                    user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path, weights_only=True)
+        trainer.fit(module, loader, user_loader(sets["val_target"][0], ctx.eval_chunk), ckpt_path=ctx.ckpt_path,
+                    weights_only=True)
         _load_best(module, ctx)
         if self.fold_in_lambda == "auto" and scorer.folds_in:   # MF fold-in of users outside the model
             if int(sets["val_target"][1].numel()):
@@ -311,6 +324,9 @@ def _fit_once(spec, prep, sets, ctx: FitContext):
 
 
 LEARNED_VARIANTS = ("collaborative", "content", "hybrid")
+# kind names that are learned models with preset values (configs/model/<name>.yaml's)
+LEARNED_PRESETS = {"als": {"variant": "collaborative", "dim": 32, "item_bias": False, "init_std": 0.01,
+                           "optim": {"solver": "als"}}}
 _SIZES = {"n_users": 1, "n_items": 1, "n_tokens": 1}
 
 
@@ -319,6 +335,17 @@ def resolved(spec) -> dict:
     get_params and the test that the config files hold the code's defaults
     (tests/test_fit_defaults.py) read it."""
     return spec.resolved()
+
+
+def _solver(name: str):
+    """(the Lightning module class of model.optim.solver, whether it trains on minibatches)."""
+    if name == "adam":
+        from recsys.train.module import RecsysModule
+        return RecsysModule, True
+    if name == "als":
+        from recsys.train.als import ALSModule
+        return ALSModule, False
+    raise ValueError(f"model.optim.solver={name!r} must be 'adam' (minibatches) or 'als' (alternating least squares)")
 
 
 def _trained(cfg, module, optim: dict, spec_optim: dict) -> dict:
@@ -343,6 +370,9 @@ def as_spec(model) -> Memory | Learned | SequenceSpec | Blend:
     kind = model.pop("kind", "learned")
     if kind in LEARNED_VARIANTS:
         return Learned(variant=kind, **model)
+    if kind in LEARNED_PRESETS:
+        preset = LEARNED_PRESETS[kind]
+        return Learned(**{**preset, **model, "optim": {**preset["optim"], **(model.get("optim") or {})}})
     return SPECS[kind](**model) if kind in SPECS else Memory(kind, **model)
 
 

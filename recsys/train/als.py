@@ -1,0 +1,118 @@
+"""Closed-form training of the collaborative tables: implicit-feedback alternating least squares
+(Hu, Koren and Volinsky 2008) with conjugate-gradient steps (Takacs, Pilaszy and Tikk 2011), the
+solver of `model.optim.solver=als` (configs/model/als.yaml).
+
+    minimise  sum_{u, i} c_ui (p_ui - U[u] . V[i])^2 + reg (|U|^2 + |V|^2)
+              p_ui = 1 for a training interaction, else 0;  c_ui = 1 + alpha there, else 1
+
+With V fixed, each user's row solves (V^T V + reg I + alpha sum_{i in I(u)} V[i] V[i]^T) x =
+(1 + alpha) sum_{i in I(u)} V[i]; then the items likewise with U fixed. Each side takes cg_steps
+conjugate-gradient steps from the current rows, all rows at once (in blocks of rows), with two
+sparse kernels per step over the interactions (nnz = interactions):
+
+    q  = (P V^T) at the interactions        torch.sparse.sampled_addmm (SDDMM)   nnz x D
+    AP = P (V^T V + reg I) + alpha (q as CSR) V                     (SpMM)       nnz x D
+
+so an iteration costs about 2 x (cg_steps + 2) passes of nnz x D multiply-adds and keeps the two
+CSR orientations of the interactions plus four (block, D) matrices: no (U, I) block, no per-user
+loop in Python. ALSModule runs one iteration (users, then items) per Lightning epoch, so
+validation, early stopping, checkpoints, TensorBoard curves and the export are the learned
+model's own. The collaborative variant only, without item bias (ALS fits none).
+
+Worked example (shapes): 3 users, 4 items, dim 2; U (3, 2), V (4, 2), CSR (indptr (4,),
+indices (nnz,)): `solve_side(U, V, indptr, indices, alpha=1.0, reg=0.1, steps=3)` updates U in place.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from recsys.models.learned import Collaborative
+from recsys.sparse.csr import csr
+from recsys.train.module import RankingModule
+
+
+def solve_side(X: torch.Tensor, Y: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, alpha: float,
+               reg: float, steps: int, block: int = 1 << 18) -> None:
+    """In place: X (n, D) <- `steps` CG steps from X toward the ALS solution for fixed Y (m, D);
+    (indptr (n+1,), indices) CSR of each row's interactions (columns of Y)."""
+    n, m = X.shape[0], Y.shape[0]
+    G = Y.T @ Y + reg * torch.eye(Y.shape[1], dtype=Y.dtype, device=Y.device)        # (D, D)
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        lo, hi = int(indptr[a]), int(indptr[b])
+        crow, col = indptr[a:b + 1] - lo, indices[lo:hi]
+        S = torch.sparse_csr_tensor(crow, col, torch.ones(hi - lo, dtype=Y.dtype, device=Y.device), (b - a, m))
+
+        def A(P: torch.Tensor) -> torch.Tensor:                                       # (b, D) -> (b, D)
+            q = torch.sparse.sampled_addmm(S, P, Y.T, beta=0.0).values()              # (nnz,) p_u . y_i
+            W = torch.sparse_csr_tensor(crow, col, q.mul_(alpha), (b - a, m))
+            return torch.addmm(W @ Y, P, G)
+
+        x = X[a:b]
+        r = (S @ Y).mul_(1.0 + alpha).sub_(A(x))                                      # residual (b, D)
+        p = r.clone()
+        rs = (r * r).sum(1)                                                           # (b,)
+        for _ in range(steps):
+            Ap = A(p)
+            step = rs / (p * Ap).sum(1).clamp(min=1e-20)
+            x.addcmul_(step[:, None], p)
+            r.addcmul_(step[:, None], Ap, value=-1.0)
+            rs_new = (r * r).sum(1)
+            p = r + (rs_new / rs.clamp(min=1e-20))[:, None] * p
+            rs = rs_new
+        X[a:b] = x
+
+
+def als_loss(U: torch.Tensor, V: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, alpha: float,
+             reg: float) -> float:
+    """The objective (module docstring) over every (user, item) pair, without a (U, I) block:
+    sum over interactions of c (1 - s)^2 - s^2, plus tr(U^T U V^T V) (every pair's s^2), plus
+    the penalty; s = U[u] . V[i]."""
+    S = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), dtype=U.dtype, device=U.device),
+                                (U.shape[0], V.shape[0]))
+    s = torch.sparse.sampled_addmm(S, U, V.T, beta=0.0).values().double()
+    seen = ((1.0 + alpha) * (1.0 - s) ** 2 - s ** 2).sum()
+    every = ((U.T @ U).double() * (V.T @ V).double()).sum()
+    return float(seen + every + reg * (U.double().pow(2).sum() + V.double().pow(2).sum()))
+
+
+class ALSModule(RankingModule):
+    """One ALS iteration per epoch (users, then items) of a collaborative scorer, validated
+    like every learned model (RankingModule); no optimiser, no gradients."""
+
+    def __init__(self, scorer: Collaborative, eval_sets: dict, pairs: np.ndarray, alpha: float = 2.0,
+                 reg: float = 1.0, cg_steps: int = 3, ks: tuple[int, ...] = (10, 20)):
+        if scorer.variant != "collaborative" or scorer.item_bias is not None:
+            raise ValueError(f"model.optim.solver=als trains the collaborative variant without item bias "
+                             f"(model=als), not variant={scorer.variant!r} with item_bias="
+                             f"{scorer.item_bias is not None}")
+        if not (alpha >= 0 and reg > 0 and isinstance(cg_steps, int) and cg_steps >= 1):
+            raise ValueError(f"model.optim: alpha={alpha} must be >= 0, reg={reg} > 0 and cg_steps={cg_steps} "
+                             f"an integer >= 1")
+        super().__init__(scorer, eval_sets, ks)
+        self.save_hyperparameters(ignore=["scorer", "eval_sets", "pairs"])
+        self.automatic_optimization = False
+        n_users, n_items = scorer.config.n_users, scorer.config.n_items
+        for name, (indptr, indices) in (("by_user", csr(pairs, n_users)), ("by_item", csr(pairs[:, ::-1], n_items))):
+            self.register_buffer(f"{name}_indptr", indptr, persistent=False)
+            self.register_buffer(f"{name}_indices", indices, persistent=False)
+
+    def training_step(self, batch, batch_idx):
+        h, s = self.hparams, self.scorer
+        U, V = s.user_emb.weight, s.item_emb.weight
+        with torch.no_grad():
+            solve_side(U, V, self.by_user_indptr, self.by_user_indices, h.alpha, h.reg, h.cg_steps)
+            solve_side(V, U, self.by_item_indptr, self.by_item_indices, h.alpha, h.reg, h.cg_steps)
+            loss = als_loss(U, V, self.by_user_indptr, self.by_user_indices, h.alpha, h.reg)
+        n = max(len(self.by_user_indices), 1)
+        self.log("train/loss", loss / n, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+
+    def configure_optimizers(self):
+        return None
+
+
+def iteration_loader() -> DataLoader:
+    """One step an epoch: ALSModule's training_step is the whole iteration."""
+    return DataLoader(TensorDataset(torch.zeros(1)), batch_size=1)
