@@ -22,6 +22,9 @@ its peak RSS (ru_maxrss) is its own:
     itemknn  ItemKNN fit (cosine, k 100) + top-10 for --rank-users users
     als      implicit ALS (factors 64, --als-iters iterations): seconds per iteration,
              interactions per second, and top-10 for --rank-users users
+    ease_lowrank  EASE from the Gram matrix's top --rank eigenpairs (models/ease_lowrank.py): fit
+             seconds and peak RSS, then top-10 with seen items masked for --rank-users users next
+             to the bare mm + topk floor over the same (users, rank) @ (rank, items) shapes
     recsys_als  recsys's ALS (train/als.py, model=als: dim 64, 3 CG steps a side, the same
              --als-iters iterations on the same threads, the exact objective not computed):
              seconds per iteration, interactions per second, peak RSS
@@ -162,6 +165,27 @@ def phase(name: str, a) -> dict:
                 ts.append(time.perf_counter() - t0)
             m, f = statistics.median(ts), statistics.median(floor)
             out[variant] = {"rank_s": m, "users_per_s": len(users) / m, "floor_s": f, "ratio_to_floor": m / f}
+    elif name == "ease_lowrank":
+        from recsys.eval.ranking import topk
+        from recsys.models.memory import MemoryConfig
+        from recsys.models.registry import fit_memory
+        from recsys.train.build import csr
+        seen = csr(prep.train, prep.n_users)
+        cfg = MemoryConfig(kind="ease_lowrank", n_users=prep.n_users, n_items=prep.n_items, rank=a.rank)
+        t0 = time.perf_counter()
+        m = fit_memory(cfg, *seen)
+        out["fit_s"] = time.perf_counter() - t0
+        out["fit_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        ts, floor = [], []
+        Z = torch.randn(len(users), m.lr_user.shape[1])        # the floor: the same (b, r) @ (r, I) shapes
+        for _ in range(a.repeats):
+            floor.append(_floor(Z, m.lr_item))
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                topk(m, users, 10, seen, chunk_size=1024)
+            ts.append(time.perf_counter() - t0)
+        r, f = statistics.median(ts), statistics.median(floor)
+        out.update(rank=int(m.lr_user.shape[1]), rank_s=r, users_per_s=len(users) / r, floor_s=f, ratio_to_floor=r / f)
     elif name == "sequence":
         import lightning as L
         from recsys.eval.ranking import topk
@@ -277,6 +301,7 @@ def main():
     ap.add_argument("--rank-users", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--als-iters", type=int, default=3)
+    ap.add_argument("--rank", type=int, default=512, help="ease_lowrank: eigenpairs kept")
     ap.add_argument("--sparse", action="store_true", help="train with model.optim.sparse=true (lazy Adam on the large tables)")
     ap.add_argument("--max-history", type=int, default=0, help="train with model.optim.max_history (0: whole histories)")
     ap.add_argument("--batching", default="interactions", choices=["interactions", "users"],

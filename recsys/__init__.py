@@ -29,7 +29,7 @@ def fit(interactions, items=None, model="ease", **kwargs) -> Recommender:
     return _fit(interactions, items, model, **kwargs)
 
 
-_ESTIMATORS = ("EASE", "ItemKNN", "UserKNN", "ContentKNN", "Popularity", "Hybrid", "Collaborative", "ALS", "Content",
+_ESTIMATORS = ("EASE", "LowRankEASE", "ItemKNN", "UserKNN", "ContentKNN", "Popularity", "Hybrid", "Collaborative", "ALS", "Content",
                "Sequence", "Blend", "NotFittedError")
 
 

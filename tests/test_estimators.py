@@ -14,7 +14,7 @@ import recsys
 from recsys.models.registry import model_class
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MEMORY_KINDS = {"EASE": "ease", "ItemKNN": "itemknn", "UserKNN": "userknn", "ContentKNN": "content_knn",
+MEMORY_KINDS = {"EASE": "ease", "LowRankEASE": "ease_lowrank", "ItemKNN": "itemknn", "UserKNN": "userknn", "ContentKNN": "content_knn",
                 "Popularity": "popularity"}
 
 

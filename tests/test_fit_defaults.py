@@ -9,7 +9,8 @@ import pytest
 
 from recsys.train.specs import as_spec, resolved
 
-KINDS = ["itemknn", "userknn", "content_knn", "ease", "popularity", "hybrid", "collaborative", "content", "sequence"]
+KINDS = ["itemknn", "userknn", "content_knn", "ease", "ease_lowrank", "popularity", "hybrid", "collaborative", "content",
+         "sequence", "als"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -38,6 +38,8 @@ class MemoryConfig:
     lam: float = 200.0            # EASE L2 weight
     side: float = 0.0             # EASE: weight beta of the items' token vectors stacked under X (ease.py)
     max_items: int = 20000        # EASE refuses larger catalogs (memory 3 x 4 x I^2 bytes)
+    rank: int = 512               # ease_lowrank: eigenpairs of the Gram matrix kept (ease_lowrank.py)
+    power_iters: int = 3          # ease_lowrank: subspace iterations of the randomized eigensolver
     n_tokens: int = 0             # size of the token vocabulary of the stored item bags
     cold_k: int = 0               # itemknn/userknn/ease: cold items borrow the scores of this many
     cold_scale: float = 1.0       # content neighbours, times cold_scale (coldstart.py)
@@ -46,11 +48,11 @@ class MemoryConfig:
         """Values a fit cannot use are refused here, one line naming the field."""
         def bad(name, rule):
             raise ValueError(f"model.{name}={getattr(self, name)!r} must be {rule}")
-        for name in ("k", "block_size", "max_products", "max_items"):
+        for name in ("k", "block_size", "max_products", "max_items", "rank"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 1:
                 bad(name, "a number >= 1")
-        for name in ("shrink", "side", "cold_k", "n_tokens"):
+        for name in ("shrink", "side", "cold_k", "n_tokens", "power_iters"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
                 bad(name, "a finite number >= 0")

@@ -11,12 +11,13 @@ import torch
 from recsys.models.base import Model
 from recsys.models.blend import Blend
 from recsys.models.ease import EASE
+from recsys.models.ease_lowrank import LowRankEASE
 from recsys.models.knn import ContentKNN, ItemKNN, UserKNN
 from recsys.models.learned import Scorer
 from recsys.models.popularity import Popularity
 from recsys.models.sequence import Sequence
 
-KINDS: dict[str, type[Model]] = {cls.kind: cls for cls in (Scorer, ItemKNN, ContentKNN, UserKNN, EASE,
+KINDS: dict[str, type[Model]] = {cls.kind: cls for cls in (Scorer, ItemKNN, ContentKNN, UserKNN, EASE, LowRankEASE,
                                                           Popularity, Blend, Sequence)}
 
 

@@ -80,6 +80,11 @@ class EASE(Estimator):
     kind = "ease"
 
 
+class LowRankEASE(Estimator):
+    """EASE from the Gram matrix's top `rank` eigenpairs: memory items x rank, for large catalogs."""
+    kind = "ease_lowrank"
+
+
 class ItemKNN(Estimator):
     kind = "itemknn"
 
@@ -134,5 +139,5 @@ def _part(p):
     return p._model() if isinstance(p, Estimator) else p
 
 
-ESTIMATORS = {cls.__name__: cls for cls in (EASE, ItemKNN, UserKNN, ContentKNN, Popularity, Hybrid, Collaborative,
+ESTIMATORS = {cls.__name__: cls for cls in (EASE, LowRankEASE, ItemKNN, UserKNN, ContentKNN, Popularity, Hybrid, Collaborative,
                                              ALS, Content, Sequence, Blend)}

@@ -1,0 +1,114 @@
+"""EASE for large catalogs: the closed form with the Gram matrix's top eigenvectors, memory
+O(items x rank) instead of O(items^2) (model=ease_lowrank).
+
+EASE (ease.py) is B = I - P diagMat(1 / diag(P)), P = (G + lambda I)^-1, G = X^T X (+ beta^2 T T^T
+with side information). With G's top `rank` eigenpairs G ~ V S V^T (V (I, r) orthonormal),
+
+    P ~ (1 / lambda) (I - V W V^T),   W = diag(s / (s + lambda))
+
+exact on the top eigenvectors and replacing every other eigenvalue s by 0 in (s + lambda)^-1,
+an error small when those s are small against lambda (fit logs s_r / lambda: near or below 1
+the approximation is close; the shared random80 split reaches 0.9995x dense EASE's NDCG@10 at
+rank 512). Then, with c_j = 1 / (lambda P_jj) = 1 / (1 - sum_k w_k V_jk^2),
+
+    B = I - C + V W V^T C       (C = diag(c); B_jj = 0 as in EASE)
+    s[u] = x_u B = (x_u V W) (C V)^T + x_u * (1 - c)
+
+so a user is a rank-r vector z_u = x_u (V W) (an SpMM of the history) and ranking is one
+(b, r) @ (r, I) matmul plus the history's own entries, like matrix factorisation with dim r.
+
+Fit (no (I, I) matrix): randomized subspace iteration for the top eigenpairs of G (Halko,
+Martinsson & Tropp 2011): Q = orth(G Omega), power_iters times Q = orth(G Q), then the
+Rayleigh-Ritz step on Q^T G Q; each product G Q = X^T (X Q) (+ beta^2 T (T^T Q)) is two sparse x
+dense products. Memory: X Q (U, r + 64) floats, plus (I, r + 64) blocks.
+
+Worked example (shapes): 1,000,000 users x 100,000 items, rank 512: the tables V W and C V are
+(100,000, 512) each (205 MB each); X Q during the fit (1,000,000, 576) floats (2.3 GB).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from recsys.models.memory import MemoryConfig, MemoryModel, out_block
+from recsys.sparse.similarity import select_rows, sparse_rows, transpose
+
+log = logging.getLogger(__name__)
+
+OVERSAMPLE = 64        # extra directions of the randomized range finder
+
+
+class LowRankEASE(MemoryModel):
+    kind = "ease_lowrank"
+    fields = ("lam", "side", "rank", "power_iters", "cold_k", "cold_scale")
+    tables = ("lr_user", "lr_item", "lr_self")
+    fills_cold = True
+    writes_out = True
+
+    @classmethod
+    def _fit_tables(cls, c: MemoryConfig, X: torch.Tensor, buffers: dict) -> dict[str, torch.Tensor]:
+        s, V = top_eigen(X, c, buffers)                                                # (r,), (I, r)
+        w = s / (s + c.lam)                                                           # (r,)
+        cj = 1.0 / (1.0 - (V * V) @ w).clamp(min=1e-12)                               # (I,)
+        log.info("ease_lowrank: rank %d, eigenvalues %.4g .. %.4g, s_r / lambda = %.3g", len(s), float(s[0]),
+                 float(s[-1]), float(s[-1]) / c.lam)
+        return {"lr_user": (V * w).float().contiguous(),           # x_u @ this = z_u   (I, r)
+                "lr_item": (V * cj[:, None]).float().contiguous(),  # z_u @ this^T      (I, r)
+                "lr_self": (1.0 - cj).float()}                      # a history item's own term (I,)
+
+    @classmethod
+    def _declare_tables(cls, c: MemoryConfig, spec, p: str) -> None:
+        r = min(c.rank, c.n_items)
+        spec.add(p + "lr_user", "F32", c.n_items, r)
+        spec.add(p + "lr_item", "F32", c.n_items, r)
+        spec.add(p + "lr_self", "F32", c.n_items)
+
+    def score_histories(self, H: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
+        """(b, I) sparse history rows -> (b, I): (x_u V W) (C V)^T + x_u * (1 - c)."""
+        z = H.to(self.lr_user.dtype) @ self.lr_user                                    # (b, r)
+        s = torch.mm(z, self.lr_item.T, out=out_block(out, H.shape[0], self.n_items, z))
+        rows = torch.repeat_interleave(torch.arange(H.shape[0], device=z.device), torch.diff(H.crow_indices()))
+        col = H.col_indices()
+        s.index_put_((rows, col), H.values().to(s.dtype) * self.lr_self[col], accumulate=True)
+        return self._fill(s)
+
+    def score_users(self, users: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:
+        return self.score_histories(select_rows(self._hist(), users), side, out, ws)
+
+    def _grow_tables(self, st: dict[str, torch.Tensor], m: int) -> None:
+        # a never-seen item: no row in V (its row and column of B are 0), c = 1
+        for name in ("lr_user", "lr_item"):
+            st[name] = torch.nn.functional.pad(st[name], (0, 0, 0, m))
+        st["lr_self"] = torch.nn.functional.pad(st["lr_self"], (0, m))
+
+
+def top_eigen(X: torch.Tensor, c: MemoryConfig, buffers: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s (r,), V (I, r)): the top min(rank, I) eigenpairs of G = X^T X (+ side^2 T T^T), largest
+    first, by randomized subspace iteration in float64 (module docstring)."""
+    I = c.n_items
+    r = min(int(c.rank), I)
+    k = min(r + OVERSAMPLE, I)
+    XT = transpose(X)                                                                  # (I, U)
+    T = TT = None
+    if c.side > 0:
+        if "tok_indptr" not in buffers or len(buffers["tok_indices"]) == 0:
+            raise ValueError(f"model.side={c.side} needs the items' token bags (an item table with text)")
+        T = sparse_rows(buffers["tok_indptr"], buffers["tok_indices"], buffers["tok_weights"], max(c.n_tokens, 1))
+        TT = transpose(T)
+
+    def gram(Q: torch.Tensor) -> torch.Tensor:                                         # G @ Q, (I, k)
+        Qf = Q.to(X.values().dtype)
+        out = (XT @ (X @ Qf)).double()
+        if T is not None:
+            out += float(c.side) ** 2 * (T @ (TT @ Qf.to(T.values().dtype))).double()
+        return out
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    Q = torch.linalg.qr(gram(torch.randn(I, k, generator=g, dtype=torch.float64).to(XT.device)))[0]
+    for _ in range(int(c.power_iters)):
+        Q = torch.linalg.qr(gram(Q))[0]
+    GQ = gram(Q)
+    s, U = torch.linalg.eigh((Q.T @ GQ + GQ.T @ Q) / 2)                               # (k,), (k, k) ascending
+    s, U = s.flip(0)[:r].clamp(min=0), U.flip(1)[:, :r]
+    return s, Q @ U
