@@ -7,7 +7,8 @@ epochs (the loop that chose configs/model/sequence.yaml's defaults; never reads 
     python benchmarks/sequence_tuning.py epochs=30 blend=ease       # then blends with EASE (lam 200)
 
 key=value pairs: epochs, every, bs (users a batch), events (padded positions a batch, instead of
-bs), loss (full | sampled), lr, n_neg, wd, seed, split (the leave_last folder), blend (a bag
+bs), loss (full | sampled), lr, n_neg, wd, seed, split (the leave_last folder), cold_grid=true
+(after training: other cold fills of the same model, with the cold validation targets' ranks), blend (a bag
 model of configs/model/: after training, validation of alpha * n_u(sequence) + (1 - alpha) *
 n_u(that model) for alpha 0.5..1), and any SequenceConfig field (dim=128, dropout=0.1, ...).
 """
@@ -33,6 +34,7 @@ def main():
     bs, loss, lr = int(args.pop("bs", 128)), args.pop("loss", "full"), float(args.pop("lr", 2e-3))
     n_neg, wd, seed = int(args.pop("n_neg", 1024)), float(args.pop("wd", 0)), int(args.pop("seed", 0))
     events, blend = int(args.pop("events", 0)), args.pop("blend", None)
+    cold_grid = args.pop("cold_grid", "false") == "true"
     split = args.pop("split", os.path.join(ROOT, "..", "shared", "data", "ml-latest-small-splits", "leave_last"))
     params = {k: (v == "true" if v in ("true", "false") else float(v) if "." in v else int(v)) for k, v in args.items()}
     torch.manual_seed(seed)
@@ -42,6 +44,7 @@ def main():
     model = build_sequence(prep, **params)
     module = SequenceModule(model, sets, loss=loss, n_neg=n_neg, lr=lr, weight_decay=wd)
     opt = module.configure_optimizers()
+    cold = torch.from_numpy(~prep.item_warm())          # no interaction in the validation run's train
     t0, best = time.perf_counter(), (0.0, 0)
     for ep in range(1, epochs + 1):
         model.train()
@@ -58,10 +61,45 @@ def main():
                 v, _ = evaluate(model, sets["val_target"], sets["val_seen"], [10], 1024, "val/")
             best = max(best, (v["val/ndcg@10"], ep))
             print(f"epoch {ep}: val ndcg@10 {v['val/ndcg@10']:.4f} hr@10 {v['val/recall@10']:.4f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                  f"{_cold(model, sets, cold)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"best val ndcg@10 {best[0]:.4f} at epoch {best[1]}: loss={loss} lr={lr} bs={bs} {params}")
     if blend:
         _blends(model.eval(), blend, prep, sets)
+    if cold_grid:
+        _cold_grid(model.eval(), prep, sets, cold)
+
+
+@torch.no_grad()
+def _cold(model, sets, cold: torch.Tensor) -> str:
+    """The validation targets that are cold items: how many users, their Recall@20 and the
+    median rank (1 = top) of each such target among the user's unseen items."""
+    from recsys.eval.evaluation import evaluate, restrict_target
+    target = restrict_target(sets["val_target"], cold)
+    v, _ = evaluate(model, target, sets["val_seen"], [20], 1024, "c/")
+    users = torch.nonzero(torch.diff(target[0])).flatten()
+    if not len(users):
+        return "cold: no users"
+    s = model.score(users, model.item_side())                                          # (b, I)
+    seen_p, seen_i = sets["val_seen"]
+    for r, u in enumerate(users.tolist()):
+        s[r, seen_i[seen_p[u]:seen_p[u + 1]]] = -float("inf")
+    ranks = [int((s[r] > s[r, t]).sum()) + 1 for r, u in enumerate(users.tolist())
+             for t in target[1][target[0][u]:target[0][u + 1]].tolist()]
+    return (f"cold: {len(users)} users recall@20 {v['c/recall@20']:.3f} "
+            f"ranks median {sorted(ranks)[len(ranks) // 2]} best {min(ranks)}")
+
+
+@torch.no_grad()
+def _cold_grid(model, prep, sets, cold) -> None:
+    """After training: validation NDCG@10 and the cold targets' ranks for other cold fills
+    (cold_k, cold_scale) of the same trained model."""
+    from recsys.eval.evaluation import evaluate
+    from recsys.train.build import fill_buffers
+    for k, scale in ((0, 1.0), (10, 1.0), (10, 2.0), (10, 3.0), (10, 4.0), (30, 2.0), (30, 4.0), (3, 2.0)):
+        for name, t in fill_buffers(prep, k, scale).items():
+            setattr(model, name, t)
+        v, _ = evaluate(model, sets["val_target"], sets["val_seen"], [10], 1024, "val/")
+        print(f"cold_k {k} cold_scale {scale}: val ndcg@10 {v['val/ndcg@10']:.4f} {_cold(model, sets, cold)}", flush=True)
 
 
 def _blends(model, kind: str, prep, sets) -> None:
