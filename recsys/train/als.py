@@ -84,10 +84,8 @@ class ALSModule(RankingModule):
 
     def __init__(self, scorer: Collaborative, eval_sets: dict, pairs: np.ndarray, alpha: float = 2.0,
                  reg: float = 1.0, cg_steps: int = 3, ks: tuple[int, ...] = (10, 20)):
-        if scorer.variant != "collaborative" or scorer.item_bias is not None:
-            raise ValueError(f"model.optim.solver=als trains the collaborative variant without item bias "
-                             f"(model=als), not variant={scorer.variant!r} with item_bias="
-                             f"{scorer.item_bias is not None}")
+        if scorer.pools_tokens or scorer.item_bias is not None:         # the spec refuses these first
+            raise ValueError("ALS trains the collaborative tables alone: no content tokens, no item bias")
         if not (alpha >= 0 and reg > 0 and isinstance(cg_steps, int) and cg_steps >= 1):
             raise ValueError(f"model.optim: alpha={alpha} must be >= 0, reg={reg} > 0 and cg_steps={cg_steps} "
                              f"an integer >= 1")

@@ -13,6 +13,7 @@ the evaluation chunk, the device. Specs are plain values: `spec.to_dict()` is th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 import time
@@ -103,14 +104,16 @@ class Learned:
 
     def __init__(self, variant: str = "hybrid", optim: dict | None = None, fold_in_lambda: Any = "auto",
                  kind: str = "learned", search_space: dict | None = None, **params):
-        if kind != "learned":
-            raise ValueError(f"Learned spec with kind={kind!r}")
+        _own_kind(kind, "learned")
         unknown = sorted(set(params) - set(ScorerConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"the learned model takes no parameter(s) {unknown}")
         self.variant, self.params, self.fold_in_lambda = variant, dict(params), fold_in_lambda
         self.search_space = search_space
         self.optim = dict(optim or {})
+        if self.optim.get("solver") == "als" and (variant, params.get("item_bias", True)) != ("collaborative", False):
+            raise ValueError(f"model.optim.solver=als trains the collaborative variant without item bias "
+                             f"(model=als), not variant={variant!r} with item_bias={params.get('item_bias', True)}")
 
     trains = True                   # Lightning epochs
     epoch_curve = True              # validated every epoch: model selection reads the curve's best
@@ -178,8 +181,7 @@ class SequenceSpec:
 
     def __init__(self, optim: dict | None = None, kind: str = "sequence", search_space: dict | None = None,
                  **params):
-        if kind != "sequence":
-            raise ValueError(f"SequenceSpec with kind={kind!r}")
+        _own_kind(kind, "sequence")
         unknown = sorted(set(params) - set(SequenceConfig.__dataclass_fields__) - {"n_users", "n_items", "n_tokens"})
         if unknown:
             raise ValueError(f"the sequence model takes no parameter(s) {unknown}")
@@ -323,9 +325,11 @@ def _fit_once(spec, prep, sets, ctx: FitContext):
     return model.cpu(), {"fit/seconds": fit_s}, val.get(ctx.optimized_metric, float("nan"))
 
 
-LEARNED_VARIANTS = ("collaborative", "content", "hybrid")
-# kind names that are learned models with preset values (configs/model/<name>.yaml's)
-LEARNED_PRESETS = {"als": {"variant": "collaborative", "dim": 32, "item_bias": False, "init_std": 0.01,
+# kind names that are learned models with preset values (configs/model/<name>.yaml's): the
+# variants, and matrix factorisation trained by ALS
+LEARNED_PRESETS = {"collaborative": {"variant": "collaborative"}, "content": {"variant": "content"},
+                   "hybrid": {"variant": "hybrid"},
+                   "als": {"variant": "collaborative", "dim": 32, "item_bias": False, "init_std": 0.01,
                            "optim": {"solver": "als"}}}
 _SIZES = {"n_users": 1, "n_items": 1, "n_tokens": 1}
 
@@ -335,6 +339,13 @@ def resolved(spec) -> dict:
     get_params and the test that the config files hold the code's defaults
     (tests/test_fit_defaults.py) read it."""
     return spec.resolved()
+
+
+def _own_kind(kind: str, own: str) -> None:
+    """A spec built from a config is of the config's kind (a model.kind= override that
+    contradicts the config file's _target_ is refused, one line)."""
+    if kind != own:
+        raise ValueError(f"model.kind={kind!r} does not match this config's model ({own})")
 
 
 def _solver(name: str):
@@ -368,12 +379,10 @@ def as_spec(model) -> Memory | Learned | SequenceSpec | Blend:
         raise TypeError(f"model must be a kind name, a dict with 'kind' or a spec, got {type(model).__name__}")
     model = {k: v for k, v in model.items() if k != "_target_"}
     kind = model.pop("kind", "learned")
-    if kind in LEARNED_VARIANTS:
-        return Learned(variant=kind, **model)
     if kind in LEARNED_PRESETS:
         preset = LEARNED_PRESETS[kind]
-        return Learned(**{**preset, **model, "optim": {**preset["optim"], **(model.get("optim") or {})}})
-    return SPECS[kind](**model) if kind in SPECS else Memory(kind, **model)
+        return Learned(**{**preset, **model, "optim": {**preset.get("optim", {}), **(model.get("optim") or {})}})
+    return SPECS.get(kind, functools.partial(Memory, kind))(**model)
 
 
 SPECS = {"learned": Learned, "sequence": SequenceSpec, "blend": Blend}    # the other kinds: Memory
