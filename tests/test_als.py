@@ -93,7 +93,7 @@ def test_the_als_estimator_has_the_config_files_values():
 
 
 @pytest.mark.parametrize("model, words", [
-    ({"kind": "hybrid", "optim": {"solver": "als"}}, "trains the collaborative variant without item bias"),
+    ({"kind": "hybrid", "optim": {"solver": "als"}}, "trains the collaborative or mf_tokens variant without item bias"),
     ({"kind": "collaborative", "optim": {"solver": "als"}}, "item_bias=True"),
     ({"kind": "als", "optim": {"reg": 0.0}}, "reg=0.0 > 0"),
     ({"kind": "als", "optim": {"solver": "lbfgs"}}, "solver='lbfgs' must be 'adam'"),
@@ -102,3 +102,55 @@ def test_bad_solver_settings_are_one_line_errors(model, words, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         recsys.fit(_frame(), model=model, max_epochs=1)
+
+
+def test_the_token_table_step_is_the_exact_least_squares():
+    """Known answer: enough CG steps give the token table E that minimises, over the warm items,
+    sum_u c (p - u . (V_i + (W E)_i))^2 + reg |E|^2: the dense normal equations over vec(E)."""
+    from recsys.train.als import solve_tokens
+    g = torch.Generator().manual_seed(5)
+    n_u, I, T, D, dt = 25, 20, 8, 3, torch.float64
+    P = torch.rand(n_u, I, generator=g) < 0.25
+    P[:, -2:] = False                                              # two items with no interaction
+    warm = P.any(0)
+    alpha, reg = 4.0, 0.5
+    U = torch.randn(n_u, D, generator=g, dtype=dt)
+    Wd = (torch.rand(I, T, generator=g) < 0.4).double() * torch.rand(I, T, generator=g, dtype=dt)
+    iptr = torch.zeros(I + 1, dtype=torch.long)
+    iptr[1:] = torch.cumsum(P.T.sum(1), 0)
+    icol = P.T.nonzero(as_tuple=True)[1]
+    V = torch.randn(I, D, generator=g, dtype=dt) * warm[:, None]
+    E = torch.randn(T, D, generator=g, dtype=dt)
+    solve_tokens(E, U, V, Wd.to_sparse_csr(), Wd.T.contiguous().to_sparse_csr(), iptr, icol, warm, alpha, reg, 200)
+    C = 1 + alpha * P.double()
+    M, rhs = reg * torch.eye(T * D, dtype=dt), torch.zeros(T * D, dtype=dt)
+    for i in torch.nonzero(warm).flatten().tolist():
+        A = U.T @ (C[:, i][:, None] * U)
+        M += torch.kron(torch.outer(Wd[i], Wd[i]), A)
+        rhs += torch.kron(Wd[i], U.T @ (C[:, i] * P[:, i].double()) - A @ V[i])
+    torch.testing.assert_close(E, torch.linalg.solve(M, rhs).view(T, D), atol=1e-10, rtol=1e-10)
+
+
+def test_als_tokens_ranks_new_items_by_their_tokens_and_its_loss_falls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    df = _frame()
+    items = pd.DataFrame({"item": range(25), "title": [f"film {'red' if k % 2 else 'blue'} {k % 5}" for k in range(25)]})
+    losses = []
+    rec = recsys.fit(df, items=items, model="als_tokens", dim=8, max_epochs=6, refit=False,
+                     on_epoch=lambda epoch, m: losses.append(m["train/loss"]))
+    s = rec.scorer
+    assert s.variant == "mf_tokens" and s.item_tokens and s.token_emb.weight.abs().sum() > 0
+    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:])), losses
+    assert rec.add_items(pd.DataFrame({"item": [99], "title": ["film red 3"]})) == 1
+    V, _ = rec.scorer.item_rows()
+    torch.testing.assert_close(V[-1], rec.scorer.item_content()[-1])            # a new item: its tokens alone
+    assert float(V[-1].abs().sum()) > 0 and 99 in rec.recommend(0, k=rec.scorer.config.n_items, exclude_seen=False)[0]
+    again = Recommender.from_pretrained(rec.save_pretrained(str(tmp_path / "export")))
+    torch.testing.assert_close(again.scores([3]), rec.scores([3]))
+
+
+def test_mf_tokens_trains_with_adam_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    items = pd.DataFrame({"item": range(25), "title": [f"film {k % 3}" for k in range(25)]})
+    rec = recsys.fit(_frame(), items=items, model="mf_tokens", dim=8, max_epochs=2)
+    assert rec.scorer.variant == "mf_tokens" and len(rec.recommend(1, k=4)[0]) == 4

@@ -10,7 +10,7 @@ import pytest
 from recsys.train.specs import as_spec, resolved
 
 KINDS = ["itemknn", "userknn", "content_knn", "ease", "ease_lowrank", "popularity", "hybrid", "collaborative", "content",
-         "sequence", "als"]
+         "sequence", "als", "als_tokens"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

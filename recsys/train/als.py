@@ -30,13 +30,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from recsys.models.learned import Collaborative
 from recsys.sparse.csr import csr
+from recsys.sparse.similarity import transpose
 from recsys.train.module import RankingModule
 
 
 def solve_side(X: torch.Tensor, Y: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, alpha: float,
-               reg: float, steps: int, block: int = 1 << 18) -> None:
+               reg: float, steps: int, block: int = 1 << 18, offset: torch.Tensor | None = None) -> None:
     """In place: X (n, D) <- `steps` CG steps from X toward the ALS solution for fixed Y (m, D);
-    (indptr (n+1,), indices) CSR of each row's interactions (columns of Y)."""
+    (indptr (n+1,), indices) CSR of each row's interactions (columns of Y). offset (n, D): the
+    rows' vectors are X + offset with offset fixed (the item tokens' pool C): X solves
+    (A + reg I) x = b - A offset."""
     n, m = X.shape[0], Y.shape[0]
     G = Y.T @ Y + reg * torch.eye(Y.shape[1], dtype=Y.dtype, device=Y.device)        # (D, D)
     for a in range(0, n, block):
@@ -52,6 +55,9 @@ def solve_side(X: torch.Tensor, Y: torch.Tensor, indptr: torch.Tensor, indices: 
 
         x = X[a:b]
         r = (S @ Y).mul_(1.0 + alpha).sub_(A(x))                                      # residual (b, D)
+        if offset is not None:
+            o = offset[a:b]
+            r.sub_(A(o)).add_(o, alpha=reg)                                           # - A o, A without reg
         p = r.clone()
         rs = (r * r).sum(1)                                                           # (b,)
         for _ in range(steps):
@@ -65,17 +71,56 @@ def solve_side(X: torch.Tensor, Y: torch.Tensor, indptr: torch.Tensor, indices: 
         X[a:b] = x
 
 
+def solve_tokens(E: torch.Tensor, U: torch.Tensor, V: torch.Tensor, W: torch.Tensor, WT: torch.Tensor,
+                 indptr: torch.Tensor, indices: torch.Tensor, warm: torch.Tensor, alpha: float, reg: float,
+                 steps: int) -> None:
+    """In place: the token table E (T, D) <- `steps` CG steps toward the least squares of item
+    vectors y = V + W E (W (I, T) the TF-IDF bags as CSR, WT its transpose; V the warm items'
+    free rows) for fixed users U, over the warm items (an item with no interaction constrains
+    nothing, as an item added later):  (W^T A W + reg I) E = W^T (b - A V), with A_i the items'
+    blocks U^T C_i U (no ridge) and b_i = (1 + alpha) sum_{u in U_i} U[u]; one CG over the whole
+    table (the tokens are coupled through the items that share them)."""
+    I = V.shape[0]
+    w = warm[:, None].to(U.dtype)                                                      # (I, 1)
+    G0 = U.T @ U                                                                       # (D, D)
+    S = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), dtype=U.dtype, device=U.device),
+                                (I, U.shape[0]))
+
+    def A(Z: torch.Tensor) -> torch.Tensor:                                           # (I, D) -> (I, D)
+        Z = Z * w
+        q = torch.sparse.sampled_addmm(S, Z, U.T, beta=0.0).values()
+        return torch.addmm(torch.sparse_csr_tensor(indptr, indices, q.mul_(alpha), (I, U.shape[0])) @ U, Z, G0) * w
+
+    def M(P: torch.Tensor) -> torch.Tensor:                                           # (T, D) -> (T, D)
+        return (WT @ A(W @ P)).add_(P, alpha=reg)
+
+    r = WT @ ((S @ U).mul_(1.0 + alpha).mul_(w).sub_(A(V))) - M(E)
+    p = r.clone()
+    rs = (r * r).sum()
+    for _ in range(steps):
+        Ap = M(p)
+        step = rs / (p * Ap).sum().clamp(min=1e-30)
+        E.add_(p, alpha=float(step))
+        r.sub_(Ap, alpha=float(step))
+        rs_new = (r * r).sum()
+        p = r + (rs_new / rs.clamp(min=1e-30)) * p
+        rs = rs_new
+
+
 def als_loss(U: torch.Tensor, V: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, alpha: float,
-             reg: float) -> float:
+             reg: float, penalty: float | None = None) -> float:
     """The objective (module docstring) over every (user, item) pair, without a (U, I) block:
     sum over interactions of c (1 - s)^2 - s^2, plus tr(U^T U V^T V) (every pair's s^2), plus
-    the penalty; s = U[u] . V[i]."""
+    the penalty (reg (|U|^2 + |V|^2), or `penalty` when the item vectors are made of other
+    tables); s = U[u] . V[i]."""
     S = torch.sparse_csr_tensor(indptr, indices, torch.ones(len(indices), dtype=U.dtype, device=U.device),
                                 (U.shape[0], V.shape[0]))
     s = torch.sparse.sampled_addmm(S, U, V.T, beta=0.0).values().double()
     seen = ((1.0 + alpha) * (1.0 - s) ** 2 - s ** 2).sum()
     every = ((U.T @ U).double() * (V.T @ V).double()).sum()
-    return float(seen + every + reg * (U.double().pow(2).sum() + V.double().pow(2).sum()))
+    if penalty is None:
+        penalty = float(reg * (U.double().pow(2).sum() + V.double().pow(2).sum()))
+    return float(seen + every) + penalty
 
 
 class ALSModule(RankingModule):
@@ -84,8 +129,8 @@ class ALSModule(RankingModule):
 
     def __init__(self, scorer: Collaborative, eval_sets: dict, pairs: np.ndarray, alpha: float = 2.0,
                  reg: float = 1.0, cg_steps: int = 3, ks: tuple[int, ...] = (10, 20)):
-        if scorer.pools_tokens or scorer.item_bias is not None:         # the spec refuses these first
-            raise ValueError("ALS trains the collaborative tables alone: no content tokens, no item bias")
+        if (scorer.pools_tokens and not scorer.item_tokens) or scorer.item_bias is not None:   # the spec
+            raise ValueError("ALS trains the collaborative tables (and item tokens): no profiles, no item bias")
         if not (alpha >= 0 and reg > 0 and isinstance(cg_steps, int) and cg_steps >= 1):
             raise ValueError(f"model.optim: alpha={alpha} must be >= 0, reg={reg} > 0 and cg_steps={cg_steps} "
                              f"an integer >= 1")
@@ -96,16 +141,37 @@ class ALSModule(RankingModule):
         for name, (indptr, indices) in (("by_user", csr(pairs, n_users)), ("by_item", csr(pairs[:, ::-1], n_items))):
             self.register_buffer(f"{name}_indptr", indptr, persistent=False)
             self.register_buffer(f"{name}_indices", indices, persistent=False)
+        self._bags = None                   # mf_tokens: (W, W^T), built on the scorer's device
 
     def training_step(self, batch, batch_idx):
         h, s = self.hparams, self.scorer
         U, V = s.user_emb.weight, s.item_emb.weight
+        by_user, by_item = (self.by_user_indptr, self.by_user_indices), (self.by_item_indptr, self.by_item_indices)
         with torch.no_grad():
-            solve_side(U, V, self.by_user_indptr, self.by_user_indices, h.alpha, h.reg, h.cg_steps)
-            solve_side(V, U, self.by_item_indptr, self.by_item_indices, h.alpha, h.reg, h.cg_steps)
-            loss = als_loss(U, V, self.by_user_indptr, self.by_user_indices, h.alpha, h.reg)
+            if not s.item_tokens:
+                solve_side(U, V, *by_user, h.alpha, h.reg, h.cg_steps)
+                solve_side(V, U, *by_item, h.alpha, h.reg, h.cg_steps)
+                loss = als_loss(U, V, *by_user, h.alpha, h.reg)
+            else:                           # y_i = warm_i V[i] + (W E)[i]: U, then V, then E
+                W, WT = self._item_bags()
+                E, warm = s.token_emb.weight, s.item_warm
+                solve_side(U, s.item_rows()[0], *by_user, h.alpha, h.reg, h.cg_steps)
+                solve_side(V, U, *by_item, h.alpha, h.reg, h.cg_steps, offset=W @ E)
+                V[~warm] = 0.0
+                solve_tokens(E, U, V, W, WT, *by_item, warm, h.alpha, h.reg, h.cg_steps)
+                penalty = h.reg * float(U.double().pow(2).sum() + V.double().pow(2).sum() + E.double().pow(2).sum())
+                loss = als_loss(U, s.item_rows()[0], *by_user, h.alpha, h.reg, penalty)
         n = max(len(self.by_user_indices), 1)
         self.log("train/loss", loss / n, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+
+    def _item_bags(self):
+        """(W (I, T) CSR of the items' TF-IDF bags, W^T), once, on the scorer's device."""
+        if self._bags is None:
+            s = self.scorer
+            W = torch.sparse_csr_tensor(s.tok_indptr, s.tok_indices, s.tok_weights,
+                                        (s.config.n_items, max(s.config.n_tokens, 1)))
+            self._bags = (W, transpose(W))
+        return self._bags
 
     def configure_optimizers(self):
         return None

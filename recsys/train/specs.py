@@ -111,9 +111,11 @@ class Learned:
         self.variant, self.params, self.fold_in_lambda = variant, dict(params), fold_in_lambda
         self.search_space = search_space
         self.optim = dict(optim or {})
-        if self.optim.get("solver") == "als" and (variant, params.get("item_bias", True)) != ("collaborative", False):
-            raise ValueError(f"model.optim.solver=als trains the collaborative variant without item bias "
-                             f"(model=als), not variant={variant!r} with item_bias={params.get('item_bias', True)}")
+        if self.optim.get("solver") == "als" and (variant not in ("collaborative", "mf_tokens")
+                                                  or params.get("item_bias", True)):
+            raise ValueError(f"model.optim.solver=als trains the collaborative or mf_tokens variant without item "
+                             f"bias (model=als, als_tokens), not variant={variant!r} with item_bias="
+                             f"{params.get('item_bias', True)}")
 
     trains = True                   # Lightning epochs
     epoch_curve = True              # validated every epoch: model selection reads the curve's best
@@ -329,8 +331,11 @@ def _fit_once(spec, prep, sets, ctx: FitContext):
 # variants, and matrix factorisation trained by ALS
 LEARNED_PRESETS = {"collaborative": {"variant": "collaborative"}, "content": {"variant": "content"},
                    "hybrid": {"variant": "hybrid"},
+                   "mf_tokens": {"variant": "mf_tokens"},
                    "als": {"variant": "collaborative", "dim": 32, "item_bias": False, "init_std": 0.01,
-                           "optim": {"solver": "als"}}}
+                           "optim": {"solver": "als"}},
+                   "als_tokens": {"variant": "mf_tokens", "dim": 32, "item_bias": False, "init_std": 0.01,
+                                  "optim": {"solver": "als"}}}
 _SIZES = {"n_users": 1, "n_items": 1, "n_tokens": 1}
 
 

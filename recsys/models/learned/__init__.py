@@ -4,6 +4,7 @@
     content        s_ct[u, i] = P[u] . C[i]                          content.py
                    C[i] = sum_t w(i, t) E[t], P[u] = mean_{j in H(u)} C[j]
     hybrid         s[u, i] = alpha * z_u(s_cf)[i] + (1 - alpha) * z_u(s_ct)[i]   hybrid.py
+    mf_tokens      s[u, i] = U[u] . (V[i] + C[i]) + b[i]             mf_tokens.py
 
 One class per variant, all built by `Scorer(config, buffers)` (scorer.py: the buffers, export,
 growth and the scoring skeleton; each part adds its tables, scores and training scores through
@@ -19,7 +20,8 @@ from recsys.models.learned.config import (BUFFERS, FILL, VARIANTS, HybridSide, L
                                           empty_fill)
 from recsys.models.learned.content import Content
 from recsys.models.learned.hybrid import Hybrid, blend
+from recsys.models.learned.mf_tokens import TokenMF
 from recsys.models.learned.scorer import VARIANT_CLASSES, Batch, Scorer
 
 __all__ = ["BUFFERS", "FILL", "VARIANTS", "VARIANT_CLASSES", "Batch", "Collaborative", "Content", "Hybrid",
-           "HybridSide", "LearnedItems", "Scorer", "ScorerConfig", "blend", "empty_fill"]
+           "HybridSide", "LearnedItems", "Scorer", "ScorerConfig", "TokenMF", "blend", "empty_fill"]

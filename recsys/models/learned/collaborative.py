@@ -56,11 +56,20 @@ class Collaborative(Scorer):
     # --- item side and scores ------------------------------------------------------------------
 
     def _side_parts(self) -> dict:
-        V = self.item_emb.weight                                                   # (I, D)
-        b = self.item_bias                                                         # (I,) or None
-        if not self.training:                      # ranking: cold rows prepared once, item side
-            V, b = self._cold_rows(V, b)
+        V, b = self.item_rows()
         return {"V": V, "b": b, **super()._side_parts()}
+
+    def item_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(V (I, D), b (I,) or None): the item side of s_cf; ranking (eval mode) has the cold
+        rows prepared once (filled or neutral)."""
+        V, b = self.item_emb.weight, self.item_bias
+        if not self.training:
+            V, b = self._cold_rows(V, b)
+        return V, b
+
+    def batch_item_rows(self, items: torch.Tensor, sparse: bool) -> torch.Tensor:
+        """V[items] (n, D) for a training batch (row-sparse gradients when `sparse`)."""
+        return F.embedding(items, self.item_emb.weight, sparse=sparse)
 
     def _cold_rows(self, V: torch.Tensor, b: torch.Tensor | None, use_fill: bool = True):
         """coldstart.cold_rows of this model: cold rows filled (eval mode) or neutral."""
@@ -153,8 +162,8 @@ class Collaborative(Scorer):
         s = batch.sparse
         uu = F.embedding(batch.uniq if batch.per_user else batch.users, self.user_emb.weight, sparse=s)  # (b or B, D)
         u = uu[batch.inv] if batch.per_user else uu                                       # (B, D)
-        Vp = F.embedding(batch.pos_items, self.item_emb.weight, sparse=s)                 # (B, D)
-        Vn = F.embedding(batch.neg_items, self.item_emb.weight, sparse=s)                 # (N, D)
+        Vp = self.batch_item_rows(batch.pos_items, s)                                     # (B, D)
+        Vn = self.batch_item_rows(batch.neg_items, s)                                     # (N, D)
         pos = (u * Vp).sum(1, keepdim=True)                                               # (B, 1)
         neg = uu @ Vn.T
         if self.item_bias is not None:

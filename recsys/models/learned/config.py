@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-VARIANTS = ("collaborative", "content", "hybrid")
+VARIANTS = ("collaborative", "content", "hybrid", "mf_tokens")
 
 
 @dataclass
@@ -41,7 +41,8 @@ class ScorerConfig:
 
     @property
     def uses_content(self) -> bool:
-        return self.variant != "collaborative"
+        """The variant scores with a content profile (the content and hybrid variants)."""
+        return self.variant in ("content", "hybrid")
 
     def to_json(self) -> dict:
         return asdict(self)

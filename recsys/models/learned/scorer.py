@@ -48,6 +48,7 @@ class Scorer(Model):
     variant: ClassVar[str]
     fills_cold: ClassVar[bool] = False      # cold items borrow collaborative rows (cold_k)
     pools_tokens: ClassVar[bool] = False    # items are pooled content tokens (a token table)
+    item_tokens: ClassVar[bool] = False     # the collaborative item vectors include them (mf_tokens)
     learns_alpha = False                     # the hybrid with learn_alpha: alpha is a parameter
 
     def __new__(cls, *args, **kwargs):
