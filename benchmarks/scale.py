@@ -252,20 +252,30 @@ def phase(name: str, a) -> dict:
         out["path"] = path
     elif name == "recsys_als":
         from recsys.sparse.csr import csr
-        from recsys.train.als import solve_side
+        from recsys.train.als import item_bags, solve_side
         from recsys.train.build import build_scorer
         torch.manual_seed(0)
-        scorer = build_scorer(prep, variant="collaborative", dim=64, item_bias=False, init_std=0.01)
+        scorer = build_scorer(prep, variant="mf_tokens" if a.als_tokens else "collaborative", dim=64,
+                              item_bias=False, init_std=0.01)
         U, V = scorer.user_emb.weight.detach(), scorer.item_emb.weight.detach()
         t0 = time.perf_counter()
         by_user, by_item = csr(prep.train, prep.n_users), csr(prep.train[:, ::-1], prep.n_items)
+        bags = item_bags(scorer) if a.als_tokens else None
         out["csr_s"] = time.perf_counter() - t0
         times = []
         with torch.no_grad():
             for _ in range(a.als_iters):
                 t0 = time.perf_counter()
-                solve_side(U, V, *by_user, alpha=10.0, reg=0.05, steps=3)
-                solve_side(V, U, *by_item, alpha=10.0, reg=0.05, steps=3)
+                if bags is None:               # the bare sweeps (als_iteration adds the objective)
+                    solve_side(U, V, *by_user, alpha=10.0, reg=0.05, steps=3)
+                    solve_side(V, U, *by_item, alpha=10.0, reg=0.05, steps=3)
+                else:
+                    from recsys.train.als import solve_tokens
+                    W, WT, E = *bags, scorer.token_emb.weight.detach()
+                    solve_side(U, scorer.item_rows()[0], *by_user, alpha=10.0, reg=0.05, steps=3)
+                    solve_side(V, U, *by_item, alpha=10.0, reg=0.05, steps=3, offset=W @ E)
+                    V[~scorer.item_warm] = 0.0
+                    solve_tokens(E, U, V, W, WT, *by_item, scorer.item_warm, alpha=10.0, reg=0.05, steps=3)
                 times.append(time.perf_counter() - t0)
         out.update(fit_s=sum(times), iter_s=sum(times) / len(times), iter_times=times,
                    interactions_per_s=len(prep.train) * len(times) / sum(times))
@@ -302,6 +312,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--als-iters", type=int, default=3)
     ap.add_argument("--rank", type=int, default=512, help="ease_lowrank: eigenpairs kept")
+    ap.add_argument("--als-tokens", action="store_true", help="recsys_als: model=als_tokens (item rows + token table)")
     ap.add_argument("--sparse", action="store_true", help="train with model.optim.sparse=true (lazy Adam on the large tables)")
     ap.add_argument("--max-history", type=int, default=0, help="train with model.optim.max_history (0: whole histories)")
     ap.add_argument("--batching", default="interactions", choices=["interactions", "users"],

@@ -54,10 +54,11 @@ def solve_side(X: torch.Tensor, Y: torch.Tensor, indptr: torch.Tensor, indices: 
             return torch.addmm(W @ Y, P, G)
 
         x = X[a:b]
-        r = (S @ Y).mul_(1.0 + alpha).sub_(A(x))                                      # residual (b, D)
-        if offset is not None:
+        if offset is None:
+            r = (S @ Y).mul_(1.0 + alpha).sub_(A(x))                                  # residual (b, D)
+        else:                          # b - (A + reg) x - A o = b - (A + reg)(x + o) + reg o: one product
             o = offset[a:b]
-            r.sub_(A(o)).add_(o, alpha=reg)                                           # - A o, A without reg
+            r = (S @ Y).mul_(1.0 + alpha).sub_(A(x + o)).add_(o, alpha=reg)
         p = r.clone()
         rs = (r * r).sum(1)                                                           # (b,)
         for _ in range(steps):
@@ -94,7 +95,8 @@ def solve_tokens(E: torch.Tensor, U: torch.Tensor, V: torch.Tensor, W: torch.Ten
     def M(P: torch.Tensor) -> torch.Tensor:                                           # (T, D) -> (T, D)
         return (WT @ A(W @ P)).add_(P, alpha=reg)
 
-    r = WT @ ((S @ U).mul_(1.0 + alpha).mul_(w).sub_(A(V))) - M(E)
+    # W^T (b - A V) - (W^T A W E + reg E) = W^T (b - A (V + W E)) - reg E: one product over the items
+    r = (WT @ ((S @ U).mul_(1.0 + alpha).mul_(w).sub_(A(V + W @ E)))).sub_(E, alpha=reg)
     p = r.clone()
     rs = (r * r).sum()
     for _ in range(steps):
@@ -123,6 +125,33 @@ def als_loss(U: torch.Tensor, V: torch.Tensor, indptr: torch.Tensor, indices: to
     return float(seen + every) + penalty
 
 
+def item_bags(s: Collaborative) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W (I, T) CSR of the items' TF-IDF bags, its transpose W^T)."""
+    W = torch.sparse_csr_tensor(s.tok_indptr, s.tok_indices, s.tok_weights, (s.config.n_items, max(s.config.n_tokens, 1)))
+    return W, transpose(W)
+
+
+@torch.no_grad()
+def als_iteration(s: Collaborative, by_user: tuple, by_item: tuple, alpha: float, reg: float, steps: int,
+                  bags: tuple | None = None) -> float:
+    """One ALS iteration of a scorer's tables, in place: users, then items (with `bags` =
+    item_bags(s) for mf_tokens: users, the warm item rows, then the token table, item vectors
+    y_i = warm_i V[i] + (W E)[i]). Returns the objective after it (als_loss)."""
+    U, V = s.user_emb.weight, s.item_emb.weight
+    if bags is None:
+        solve_side(U, V, *by_user, alpha, reg, steps)
+        solve_side(V, U, *by_item, alpha, reg, steps)
+        return als_loss(U, V, *by_user, alpha, reg)
+    W, WT = bags
+    E, warm = s.token_emb.weight, s.item_warm
+    solve_side(U, s.item_rows()[0], *by_user, alpha, reg, steps)
+    solve_side(V, U, *by_item, alpha, reg, steps, offset=W @ E)
+    V[~warm] = 0.0
+    solve_tokens(E, U, V, W, WT, *by_item, warm, alpha, reg, steps)
+    penalty = reg * float(U.double().pow(2).sum() + V.double().pow(2).sum() + E.double().pow(2).sum())
+    return als_loss(U, s.item_rows()[0], *by_user, alpha, reg, penalty)
+
+
 class ALSModule(RankingModule):
     """One ALS iteration per epoch (users, then items) of a collaborative scorer, validated
     like every learned model (RankingModule); no optimiser, no gradients."""
@@ -145,32 +174,17 @@ class ALSModule(RankingModule):
 
     def training_step(self, batch, batch_idx):
         h, s = self.hparams, self.scorer
-        U, V = s.user_emb.weight, s.item_emb.weight
         by_user, by_item = (self.by_user_indptr, self.by_user_indices), (self.by_item_indptr, self.by_item_indices)
         with torch.no_grad():
-            if not s.item_tokens:
-                solve_side(U, V, *by_user, h.alpha, h.reg, h.cg_steps)
-                solve_side(V, U, *by_item, h.alpha, h.reg, h.cg_steps)
-                loss = als_loss(U, V, *by_user, h.alpha, h.reg)
-            else:                           # y_i = warm_i V[i] + (W E)[i]: U, then V, then E
-                W, WT = self._item_bags()
-                E, warm = s.token_emb.weight, s.item_warm
-                solve_side(U, s.item_rows()[0], *by_user, h.alpha, h.reg, h.cg_steps)
-                solve_side(V, U, *by_item, h.alpha, h.reg, h.cg_steps, offset=W @ E)
-                V[~warm] = 0.0
-                solve_tokens(E, U, V, W, WT, *by_item, warm, h.alpha, h.reg, h.cg_steps)
-                penalty = h.reg * float(U.double().pow(2).sum() + V.double().pow(2).sum() + E.double().pow(2).sum())
-                loss = als_loss(U, s.item_rows()[0], *by_user, h.alpha, h.reg, penalty)
+            loss = als_iteration(s, by_user, by_item, h.alpha, h.reg, h.cg_steps,
+                                 self._item_bags() if s.item_tokens else None)
         n = max(len(self.by_user_indices), 1)
         self.log("train/loss", loss / n, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
 
     def _item_bags(self):
-        """(W (I, T) CSR of the items' TF-IDF bags, W^T), once, on the scorer's device."""
+        """(W, W^T) of item_bags, once, on the scorer's device."""
         if self._bags is None:
-            s = self.scorer
-            W = torch.sparse_csr_tensor(s.tok_indptr, s.tok_indices, s.tok_weights,
-                                        (s.config.n_items, max(s.config.n_tokens, 1)))
-            self._bags = (W, transpose(W))
+            self._bags = item_bags(self.scorer)
         return self._bags
 
     def configure_optimizers(self):
