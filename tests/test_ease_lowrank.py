@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 import recsys
@@ -32,9 +33,11 @@ def _bags(I=15, T=6, seed=1):
     return indptr, torch.from_numpy(cols).long(), torch.from_numpy(W[rows, cols]).float(), T
 
 
-def test_at_full_rank_the_scores_are_dense_eases():
+@pytest.mark.parametrize("user_block", [1 << 17, 7])
+def test_at_full_rank_the_scores_are_dense_eases(user_block, monkeypatch):
     """Known answer: with every eigenpair kept, P is exactly (G + lambda I)^-1, so every score
-    (unseen and seen items alike) is dense EASE's x_u B."""
+    (unseen and seen items alike) is dense EASE's x_u B (X Q in one block of users, or in many)."""
+    monkeypatch.setattr("recsys.models.ease_lowrank.USER_BLOCK", user_block)
     X, indptr, indices = _data()
     U, I = X.shape
     users = torch.arange(U)

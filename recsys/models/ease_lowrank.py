@@ -19,11 +19,12 @@ so a user is a rank-r vector z_u = x_u (V W) (an SpMM of the history) and rankin
 
 Fit (no (I, I) matrix): randomized subspace iteration for the top eigenpairs of G (Halko,
 Martinsson & Tropp 2011): Q = orth(G Omega), power_iters times Q = orth(G Q), then the
-Rayleigh-Ritz step on Q^T G Q; each product G Q = X^T (X Q) (+ beta^2 T (T^T Q)) is two sparse x
-dense products. Memory: X Q (U, r + 64) floats, plus (I, r + 64) blocks.
+Rayleigh-Ritz step on Q^T G Q; each product G Q = sum over blocks of users X_b^T (X_b Q)
+(+ beta^2 T (T^T Q)) is sparse x dense products. Memory: a few (I, r + 64) matrices and one
+block's X_b Q (131,072 users x (r + 64) floats).
 
 Worked example (shapes): 1,000,000 users x 100,000 items, rank 512: the tables V W and C V are
-(100,000, 512) each (205 MB each); X Q during the fit (1,000,000, 576) floats (2.3 GB).
+(100,000, 512) each (205 MB each).
 """
 from __future__ import annotations
 
@@ -33,10 +34,12 @@ import torch
 
 from recsys.models.memory import MemoryConfig, MemoryModel, out_block
 from recsys.sparse.similarity import select_rows, sparse_rows, transpose
+from recsys.sparse.spgemm import slice_rows
 
 log = logging.getLogger(__name__)
 
 OVERSAMPLE = 64        # extra directions of the randomized range finder
+USER_BLOCK = 1 << 17   # users per block of X Q during the fit
 
 
 class LowRankEASE(MemoryModel):
@@ -89,7 +92,11 @@ def top_eigen(X: torch.Tensor, c: MemoryConfig, buffers: dict, seed: int = 0) ->
     I = c.n_items
     r = min(int(c.rank), I)
     k = min(r + OVERSAMPLE, I)
-    XT = transpose(X)                                                                  # (I, U)
+    # X in blocks of users with each block's transpose, so X Q is never (U, k) at once
+    blocks = []
+    for a in range(0, X.shape[0], USER_BLOCK):
+        Xb = slice_rows(X, a, min(X.shape[0], a + USER_BLOCK))
+        blocks.append((Xb, transpose(Xb)))
     T = TT = None
     if c.side > 0:
         if "tok_indptr" not in buffers or len(buffers["tok_indices"]) == 0:
@@ -99,13 +106,15 @@ def top_eigen(X: torch.Tensor, c: MemoryConfig, buffers: dict, seed: int = 0) ->
 
     def gram(Q: torch.Tensor) -> torch.Tensor:                                         # G @ Q, (I, k)
         Qf = Q.to(X.values().dtype)
-        out = (XT @ (X @ Qf)).double()
+        out = torch.zeros(I, Q.shape[1], dtype=torch.float64, device=Q.device)
+        for Xb, XbT in blocks:
+            out += XbT @ (Xb @ Qf)
         if T is not None:
             out += float(c.side) ** 2 * (T @ (TT @ Qf.to(T.values().dtype))).double()
         return out
 
     g = torch.Generator(device="cpu").manual_seed(seed)
-    Q = torch.linalg.qr(gram(torch.randn(I, k, generator=g, dtype=torch.float64).to(XT.device)))[0]
+    Q = torch.linalg.qr(gram(torch.randn(I, k, generator=g, dtype=torch.float64).to(X.device)))[0]
     for _ in range(int(c.power_iters)):
         Q = torch.linalg.qr(gram(Q))[0]
     GQ = gram(Q)
