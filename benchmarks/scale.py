@@ -252,31 +252,20 @@ def phase(name: str, a) -> dict:
         out["path"] = path
     elif name == "recsys_als":
         from recsys.sparse.csr import csr
-        from recsys.train.als import item_bags, solve_side
+        from recsys.train.als import als_iteration, item_bags
         from recsys.train.build import build_scorer
         torch.manual_seed(0)
         scorer = build_scorer(prep, variant="mf_tokens" if a.als_tokens else "collaborative", dim=64,
                               item_bias=False, init_std=0.01)
-        U, V = scorer.user_emb.weight.detach(), scorer.item_emb.weight.detach()
         t0 = time.perf_counter()
         by_user, by_item = csr(prep.train, prep.n_users), csr(prep.train[:, ::-1], prep.n_items)
         bags = item_bags(scorer) if a.als_tokens else None
         out["csr_s"] = time.perf_counter() - t0
         times = []
-        with torch.no_grad():
-            for _ in range(a.als_iters):
-                t0 = time.perf_counter()
-                if bags is None:               # the bare sweeps (als_iteration adds the objective)
-                    solve_side(U, V, *by_user, alpha=10.0, reg=0.05, steps=3)
-                    solve_side(V, U, *by_item, alpha=10.0, reg=0.05, steps=3)
-                else:
-                    from recsys.train.als import solve_tokens
-                    W, WT, E = *bags, scorer.token_emb.weight.detach()
-                    solve_side(U, scorer.item_rows()[0], *by_user, alpha=10.0, reg=0.05, steps=3)
-                    solve_side(V, U, *by_item, alpha=10.0, reg=0.05, steps=3, offset=W @ E)
-                    V[~scorer.item_warm] = 0.0
-                    solve_tokens(E, U, V, W, WT, *by_item, scorer.item_warm, alpha=10.0, reg=0.05, steps=3)
-                times.append(time.perf_counter() - t0)
+        for _ in range(a.als_iters):             # the sweeps alone (the objective not computed)
+            t0 = time.perf_counter()
+            als_iteration(scorer, by_user, by_item, alpha=10.0, reg=0.05, steps=3, bags=bags, loss=False)
+            times.append(time.perf_counter() - t0)
         out.update(fit_s=sum(times), iter_s=sum(times) / len(times), iter_times=times,
                    interactions_per_s=len(prep.train) * len(times) / sum(times))
     elif name == "als":

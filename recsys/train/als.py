@@ -1,6 +1,8 @@
 """Closed-form training of the collaborative tables: implicit-feedback alternating least squares
 (Hu, Koren and Volinsky 2008) with conjugate-gradient steps (Takacs, Pilaszy and Tikk 2011), the
-solver of `model.optim.solver=als` (configs/model/als.yaml).
+solver of `model.optim.solver=als` (configs/model/als.yaml; als_tokens.yaml: the mf_tokens variant,
+whose item vectors add the pooled token rows W E, with the token table E a third block solved by
+one CG over the whole table, solve_tokens).
 
     minimise  sum_{u, i} c_ui (p_ui - U[u] . V[i])^2 + reg (|U|^2 + |V|^2)
               p_ui = 1 for a training interaction, else 0;  c_ui = 1 + alpha there, else 1
@@ -133,21 +135,24 @@ def item_bags(s: Collaborative) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def als_iteration(s: Collaborative, by_user: tuple, by_item: tuple, alpha: float, reg: float, steps: int,
-                  bags: tuple | None = None) -> float:
+                  bags: tuple | None = None, loss: bool = True) -> float | None:
     """One ALS iteration of a scorer's tables, in place: users, then items (with `bags` =
     item_bags(s) for mf_tokens: users, the warm item rows, then the token table, item vectors
-    y_i = warm_i V[i] + (W E)[i]). Returns the objective after it (als_loss)."""
+    y_i = warm_i V[i] + (W E)[i]). Returns the objective after it (als_loss; None with
+    loss=False: one SDDMM pass less)."""
     U, V = s.user_emb.weight, s.item_emb.weight
     if bags is None:
         solve_side(U, V, *by_user, alpha, reg, steps)
         solve_side(V, U, *by_item, alpha, reg, steps)
-        return als_loss(U, V, *by_user, alpha, reg)
+        return als_loss(U, V, *by_user, alpha, reg) if loss else None
     W, WT = bags
     E, warm = s.token_emb.weight, s.item_warm
     solve_side(U, s.item_rows()[0], *by_user, alpha, reg, steps)
     solve_side(V, U, *by_item, alpha, reg, steps, offset=W @ E)
     V[~warm] = 0.0
     solve_tokens(E, U, V, W, WT, *by_item, warm, alpha, reg, steps)
+    if not loss:
+        return None
     penalty = reg * float(U.double().pow(2).sum() + V.double().pow(2).sum() + E.double().pow(2).sum())
     return als_loss(U, s.item_rows()[0], *by_user, alpha, reg, penalty)
 
