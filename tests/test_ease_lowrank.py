@@ -33,11 +33,13 @@ def _bags(I=15, T=6, seed=1):
     return indptr, torch.from_numpy(cols).long(), torch.from_numpy(W[rows, cols]).float(), T
 
 
-@pytest.mark.parametrize("user_block", [1 << 17, 7])
-def test_at_full_rank_the_scores_are_dense_eases(user_block, monkeypatch):
+@pytest.mark.parametrize("user_block, float64_bytes", [(1 << 17, 1 << 30), (7, 1 << 30), (1 << 17, 0)])
+def test_at_full_rank_the_scores_are_dense_eases(user_block, float64_bytes, monkeypatch):
     """Known answer: with every eigenpair kept, P is exactly (G + lambda I)^-1, so every score
-    (unseen and seen items alike) is dense EASE's x_u B (X Q in one block of users, or in many)."""
+    (unseen and seen items alike) is dense EASE's x_u B (X Q in one block of users or in many;
+    the eigensolver in float64, or in float32 as for a million items)."""
     monkeypatch.setattr("recsys.models.ease_lowrank.USER_BLOCK", user_block)
+    monkeypatch.setattr("recsys.models.ease_lowrank.FLOAT64_BYTES", float64_bytes)
     X, indptr, indices = _data()
     U, I = X.shape
     users = torch.arange(U)

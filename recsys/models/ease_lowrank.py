@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 OVERSAMPLE = 64        # extra directions of the randomized range finder
 USER_BLOCK = 1 << 17   # users per block of X Q during the fit
+FLOAT64_BYTES = 1 << 30   # the eigensolver's (I, rank + 64) blocks in float64 up to this size
 
 
 class LowRankEASE(MemoryModel):
@@ -52,7 +53,7 @@ class LowRankEASE(MemoryModel):
     @classmethod
     def _fit_tables(cls, c: MemoryConfig, X: torch.Tensor, buffers: dict) -> dict[str, torch.Tensor]:
         s, V = top_eigen(X, c, buffers)                                                # (r,), (I, r)
-        w = s / (s + c.lam)                                                           # (r,)
+        w = (s / (s + c.lam)).to(V.dtype)                                             # (r,)
         cj = 1.0 / (1.0 - (V * V) @ w).clamp(min=1e-12)                               # (I,)
         log.info("ease_lowrank: rank %d, eigenvalues %.4g .. %.4g, s_r / lambda = %.3g", len(s), float(s[0]),
                  float(s[-1]), float(s[-1]) / c.lam)
@@ -88,7 +89,8 @@ class LowRankEASE(MemoryModel):
 
 def top_eigen(X: torch.Tensor, c: MemoryConfig, buffers: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(s (r,), V (I, r)): the top min(rank, I) eigenpairs of G = X^T X (+ side^2 T T^T), largest
-    first, by randomized subspace iteration in float64 (module docstring)."""
+    first, by randomized subspace iteration (module docstring): in float64 while an (I, r + 64)
+    block fits in FLOAT64_BYTES, else in float32 (a million items: 2.3 GB a block instead of 4.6)."""
     I = c.n_items
     r = min(int(c.rank), I)
     k = min(r + OVERSAMPLE, I)
@@ -104,20 +106,22 @@ def top_eigen(X: torch.Tensor, c: MemoryConfig, buffers: dict, seed: int = 0) ->
         T = sparse_rows(buffers["tok_indptr"], buffers["tok_indices"], buffers["tok_weights"], max(c.n_tokens, 1))
         TT = transpose(T)
 
+    dt = torch.float64 if I * k * 8 <= FLOAT64_BYTES else torch.float32
+
     def gram(Q: torch.Tensor) -> torch.Tensor:                                         # G @ Q, (I, k)
         Qf = Q.to(X.values().dtype)
-        out = torch.zeros(I, Q.shape[1], dtype=torch.float64, device=Q.device)
+        out = torch.zeros(I, Q.shape[1], dtype=dt, device=Q.device)
         for Xb, XbT in blocks:
             out += XbT @ (Xb @ Qf)
         if T is not None:
-            out += float(c.side) ** 2 * (T @ (TT @ Qf.to(T.values().dtype))).double()
+            out += float(c.side) ** 2 * (T @ (TT @ Qf.to(T.values().dtype))).to(dt)
         return out
 
     g = torch.Generator(device="cpu").manual_seed(seed)
-    Q = torch.linalg.qr(gram(torch.randn(I, k, generator=g, dtype=torch.float64).to(X.device)))[0]
+    Q = torch.linalg.qr(gram(torch.randn(I, k, generator=g, dtype=dt).to(X.device)))[0]
     for _ in range(int(c.power_iters)):
         Q = torch.linalg.qr(gram(Q))[0]
     GQ = gram(Q)
-    s, U = torch.linalg.eigh((Q.T @ GQ + GQ.T @ Q) / 2)                               # (k,), (k, k) ascending
+    s, U = torch.linalg.eigh(((Q.T @ GQ + GQ.T @ Q) / 2).double())                   # (k,), (k, k) ascending
     s, U = s.flip(0)[:r].clamp(min=0), U.flip(1)[:, :r]
-    return s, Q @ U
+    return s, Q @ U.to(dt)
