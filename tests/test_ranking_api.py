@@ -274,3 +274,22 @@ def test_evaluate_measures_the_reranked_lists(recs):
     seen_of = {u: set(rec.seen[1][rec.seen[0][u]:rec.seen[0][u + 1]].tolist()) for u in users}
     kept = [h for h, u, i in zip(hits, users, items) if i not in seen_of[u]]
     assert strong["test/recall@5"] == pytest.approx(sum(kept) / len(kept))
+
+
+def test_a_huge_catalog_cuts_the_chunk_to_the_block_bound(monkeypatch):
+    """The score block of a chunk stays within MAX_BLOCK_FLOATS whatever chunk_size says (a
+    million items would otherwise take 4 GB a 1,024-user chunk), with the same lists."""
+    import torch
+    from recsys.eval import ranking
+    from recsys.models.popularity import Popularity
+    from recsys.models.memory import MemoryConfig
+    hist = torch.tensor([0, 1, 1, 2, 3, 3, 3]), torch.tensor([0, 2, 2, 1, 4, 0, 1])
+    indptr = torch.tensor([0, 1, 3, 4, 7, 7])
+    model = Popularity.fit(MemoryConfig(kind="popularity", n_users=5, n_items=6), indptr, hist[1])
+    users = torch.arange(5)
+    want = [(r.tolist(), i.tolist()) for r, i, _ in ranking.rank(model, users, 3, chunk_size=4)]
+    monkeypatch.setattr(ranking, "MAX_BLOCK_FLOATS", 12)          # 2 rows of 6 items a block
+    got = [(r.tolist(), i.tolist()) for r, i, _ in ranking.rank(model, users, 3, chunk_size=4)]
+    assert [len(r) for r, _ in got] == [2, 2, 1]
+    assert [x for r, _ in got for x in r] == [x for r, _ in want for x in r]
+    assert [x for _, i in got for x in i] == [x for _, i in want for x in i]

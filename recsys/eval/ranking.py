@@ -1,5 +1,6 @@
 """Full ranking in user chunks: scores for a chunk of users against every item, seen items
-masked, top-k. Peak memory is O(chunk_size x n_items) floats whatever the number of users."""
+masked, top-k. Peak memory is O(chunk_size x n_items) floats whatever the number of users, and
+a chunk is cut to at most MAX_BLOCK_FLOATS scores (1 GiB of float32: 268 users at a million items)."""
 from __future__ import annotations
 
 import threading
@@ -96,6 +97,8 @@ def _break_ties(s: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, k: int,
     return torch.gather(vals, 1, o), torch.gather(idx, 1, o)
 
 
+MAX_BLOCK_FLOATS = 1 << 28      # scores of one chunk's block (1 GiB in float32), whatever chunk_size says
+
 @dataclass(frozen=True)
 class Request:
     """Per-call controls of a ranking pass (all optional; indices are internal item indices):
@@ -157,6 +160,7 @@ def rank(model, rows: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.T
         raise ValueError(f"k={k} must be between 1 and the catalog size {n_all}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+    chunk_size = min(chunk_size, max(1, MAX_BLOCK_FLOATS // max(n, 1)))    # huge catalogs: fewer rows a block
     k = min(k, n)
     pool = min(max(req.pool, k), n)
     width = min(chunk_size, len(rows))
