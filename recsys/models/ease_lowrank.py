@@ -33,6 +33,7 @@ import logging
 import torch
 
 from recsys.models.memory import MemoryConfig, MemoryModel, out_block
+from recsys.sparse.csr import row_ids
 from recsys.sparse.similarity import select_rows, sparse_rows, transpose
 from recsys.sparse.spgemm import slice_rows
 
@@ -72,9 +73,8 @@ class LowRankEASE(MemoryModel):
         """(b, I) sparse history rows -> (b, I): (x_u V W) (C V)^T + x_u * (1 - c)."""
         z = H.to(self.lr_user.dtype) @ self.lr_user                                    # (b, r)
         s = torch.mm(z, self.lr_item.T, out=out_block(out, H.shape[0], self.n_items, z))
-        rows = torch.repeat_interleave(torch.arange(H.shape[0], device=z.device), torch.diff(H.crow_indices()))
         col = H.col_indices()
-        s.index_put_((rows, col), H.values().to(s.dtype) * self.lr_self[col], accumulate=True)
+        s.index_put_((row_ids(H.crow_indices()), col), H.values().to(s.dtype) * self.lr_self[col], accumulate=True)
         return self._fill(s)
 
     def score_users(self, users: torch.Tensor, side, out=None, ws=None) -> torch.Tensor:

@@ -43,8 +43,8 @@ from torch import nn
 from recsys.models.base import Model, is_histories
 from recsys.models.coldstart import fill_table
 from recsys.models.extend import cat_bags, fill_rows
+from recsys.models.learned.rows import bag_entries
 from recsys.models.similar import DenseCosine
-from recsys.sparse.csr import gather_rows
 
 
 @dataclass
@@ -194,9 +194,8 @@ class Sequence(Model):
         if not self.training and len(self.fill_indices):      # borrowed rows need their neighbours'
             return self.item_table()[items]
         E = self.item_emb(items) * self.item_warm[items, None].to(self.item_emb.weight.dtype)
-        pos, _ = gather_rows(self.tok_indptr, items)                                  # their tokens
-        n = self.tok_indptr[items + 1] - self.tok_indptr[items]
-        return E + self._content(self.tok_indices[pos], torch.cumsum(n, 0) - n, self.tok_weights[pos], E)
+        tokens, weights, offsets = bag_entries(self.tok_indptr, self.tok_indices, self.tok_weights, items)
+        return E + self._content(tokens, offsets, weights, E)
 
     def _content(self, tokens, offsets, weights, like: torch.Tensor) -> torch.Tensor:
         """The TF-IDF weighted pools of token rows, one bag per offset (0 without content)."""

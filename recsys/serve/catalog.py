@@ -19,7 +19,7 @@ from recsys.eval.rerank import from_config, item_bags, prefix_distribution
 from recsys.models.explain import explain
 from recsys.models.extend import add_items
 from recsys.models.popularity import popularity_counts
-from recsys.serve.request import AttributeIndex
+from recsys.serve.request import AttributeIndex, plain_value
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,4 @@ def id_array(vocab) -> np.ndarray:
 
 def _pairs(ids, idx: torch.Tensor, w: torch.Tensor) -> list[tuple]:
     """[(external id, weight)] of the entries with idx >= 0."""
-    return [(_plain(ids[int(i)]), float(x)) for i, x in zip(idx.tolist(), w.tolist()) if i >= 0]
-
-
-def _plain(x):
-    return x.item() if hasattr(x, "item") else x
+    return [(plain_value(ids[int(i)]), float(x)) for i, x in zip(idx.tolist(), w.tolist()) if i >= 0]

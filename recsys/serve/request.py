@@ -183,3 +183,8 @@ def answer(ids_of: np.ndarray, parts: list[tuple[np.ndarray, torch.Tensor, torch
         ids[~ok] = None if ids.dtype == object else -1
         sc[~ok] = np.nan
     return ids, sc
+
+
+def plain_value(x):
+    """A numpy / torch scalar as the Python number it holds (anything else as it is)."""
+    return x.item() if hasattr(x, "item") else x

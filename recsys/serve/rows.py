@@ -12,6 +12,7 @@ import logging
 import numpy as np
 
 from recsys.serve.events import Live, replay
+from recsys.serve.request import plain_value
 
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,6 @@ def result_rows(res):
         if expl is not None:
             row["explanations"] = expl[r]
         yield row
-
-
-def plain_value(x):
-    return x.item() if hasattr(x, "item") else x
 
 
 def warm(rec) -> None:

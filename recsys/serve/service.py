@@ -26,7 +26,8 @@ import numpy as np
 from recsys.data.eventlog import item_row_fault, item_rule
 from recsys.serve.events import EventLog, Live, replay
 from recsys.serve.recommender import Recommender
-from recsys.serve.rows import merged, plain_value, score_rows, warm
+from recsys.serve.request import plain_value
+from recsys.serve.rows import merged, score_rows, warm
 from recsys.serve.scorer import ScorerGone, ScoringProcess
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from recsys.models.learned import Collaborative
 from recsys.sparse.csr import csr
-from recsys.sparse.similarity import transpose
+from recsys.sparse.similarity import sparse_rows, transpose
 from recsys.train.module import RankingModule
 
 
@@ -61,17 +61,24 @@ def solve_side(X: torch.Tensor, Y: torch.Tensor, indptr: torch.Tensor, indices: 
         else:                          # b - (A + reg) x - A o = b - (A + reg)(x + o) + reg o: one product
             o = offset[a:b]
             r = (S @ Y).mul_(1.0 + alpha).sub_(A(x + o)).add_(o, alpha=reg)
-        p = r.clone()
-        rs = (r * r).sum(1)                                                           # (b,)
-        for _ in range(steps):
-            Ap = A(p)
-            step = rs / (p * Ap).sum(1).clamp(min=1e-20)
-            x.addcmul_(step[:, None], p)
-            r.addcmul_(step[:, None], Ap, value=-1.0)
-            rs_new = (r * r).sum(1)
-            p = r + (rs_new / rs.clamp(min=1e-20))[:, None] * p
-            rs = rs_new
+        conjugate_gradient(x, r, A, steps, lambda u, v: (u * v).sum(1, keepdim=True))  # a system per row
         X[a:b] = x
+
+
+def conjugate_gradient(x: torch.Tensor, r: torch.Tensor, apply, steps: int, dot) -> None:
+    """In place: `steps` CG steps on x from its residual r = b - A x (r is used up); apply(p) =
+    A p. dot(u, v): the inner products, one per independent system (per row: (n, 1)) or one
+    for the whole matrix (a scalar)."""
+    p = r.clone()
+    rs = dot(r, r)
+    for _ in range(steps):
+        Ap = apply(p)
+        step = rs / dot(p, Ap).clamp(min=1e-30)
+        x.addcmul_(step, p)
+        r.addcmul_(step, Ap, value=-1.0)
+        rs_new = dot(r, r)
+        p = r + (rs_new / rs.clamp(min=1e-30)) * p
+        rs = rs_new
 
 
 def solve_tokens(E: torch.Tensor, U: torch.Tensor, V: torch.Tensor, W: torch.Tensor, WT: torch.Tensor,
@@ -99,16 +106,7 @@ def solve_tokens(E: torch.Tensor, U: torch.Tensor, V: torch.Tensor, W: torch.Ten
 
     # W^T (b - A V) - (W^T A W E + reg E) = W^T (b - A (V + W E)) - reg E: one product over the items
     r = (WT @ ((S @ U).mul_(1.0 + alpha).mul_(w).sub_(A(V + W @ E)))).sub_(E, alpha=reg)
-    p = r.clone()
-    rs = (r * r).sum()
-    for _ in range(steps):
-        Ap = M(p)
-        step = rs / (p * Ap).sum().clamp(min=1e-30)
-        E.add_(p, alpha=float(step))
-        r.sub_(Ap, alpha=float(step))
-        rs_new = (r * r).sum()
-        p = r + (rs_new / rs.clamp(min=1e-30)) * p
-        rs = rs_new
+    conjugate_gradient(E, r, M, steps, lambda u, v: (u * v).sum())                 # one system
 
 
 def als_loss(U: torch.Tensor, V: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, alpha: float,
@@ -129,7 +127,7 @@ def als_loss(U: torch.Tensor, V: torch.Tensor, indptr: torch.Tensor, indices: to
 
 def item_bags(s: Collaborative) -> tuple[torch.Tensor, torch.Tensor]:
     """(W (I, T) CSR of the items' TF-IDF bags, its transpose W^T)."""
-    W = torch.sparse_csr_tensor(s.tok_indptr, s.tok_indices, s.tok_weights, (s.config.n_items, max(s.config.n_tokens, 1)))
+    W = sparse_rows(s.tok_indptr, s.tok_indices, s.tok_weights, max(s.config.n_tokens, 1))
     return W, transpose(W)
 
 

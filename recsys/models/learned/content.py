@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.models.learned.config import LearnedItems, ScorerConfig
-from recsys.models.learned.rows import bag_sum, compact, dot
+from recsys.models.learned.rows import bag_entries, bag_sum, compact, dot
 from recsys.models.learned.scorer import Batch, Scorer
 from recsys.sparse.csr import gather_rows
 
@@ -127,10 +127,7 @@ class Content(Scorer):
     def content_rows(self, items: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """C[items]: (M, D) content vectors of (M,) items only, equal to item_content()[items]
         without the pass over the whole catalog."""
-        pos, _ = gather_rows(self.tok_indptr, items)
-        lengths = self.tok_indptr[items + 1] - self.tok_indptr[items]                    # (M,)
-        offsets = torch.cumsum(lengths, 0) - lengths
-        tokens = self.tok_indices[pos]
+        tokens, weights, offsets = bag_entries(self.tok_indptr, self.tok_indices, self.tok_weights, items)
         if sparse and self.config.token_pre_dim == 0:
             # the distinct tokens read once: the sparse gradient then has one entry per row,
             # not one per occurrence (which SparseAdam would have to sort and sum)
@@ -138,7 +135,7 @@ class Content(Scorer):
             E = F.embedding(rows, self.token_emb.weight, sparse=True)                   # (T', D)
         else:
             E = self.token_table()                                                       # (T, D)
-        return bag_sum(E, tokens, self.tok_weights[pos], offsets)
+        return bag_sum(E, tokens, weights, offsets)
 
     def batch_scores(self, batch: Batch) -> None:
         """P[users] . C[pos] (B, 1) and against the shared negatives, with C computed once for

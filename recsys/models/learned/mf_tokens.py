@@ -16,8 +16,7 @@ from torch import nn
 
 from recsys.models.learned.collaborative import Collaborative
 from recsys.models.learned.config import ScorerConfig
-from recsys.models.learned.rows import bag_sum
-from recsys.sparse.csr import gather_rows
+from recsys.models.learned.rows import bag_entries, bag_sum
 
 
 class TokenMF(Collaborative):
@@ -53,9 +52,7 @@ class TokenMF(Collaborative):
 
     def batch_item_rows(self, items: torch.Tensor, sparse: bool) -> torch.Tensor:
         V = super().batch_item_rows(items, sparse) * self.item_warm[items, None].to(self.item_emb.weight.dtype)
-        pos, _ = gather_rows(self.tok_indptr, items)
-        n = self.tok_indptr[items + 1] - self.tok_indptr[items]
-        return V + bag_sum(self.token_emb.weight, self.tok_indices[pos], self.tok_weights[pos], torch.cumsum(n, 0) - n)
+        return V + bag_sum(self.token_emb.weight, *bag_entries(self.tok_indptr, self.tok_indices, self.tok_weights, items))
 
     def neutralise_cold(self, s_cf: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
         return s_cf                         # a cold item's score is its tokens' (no neutral value)

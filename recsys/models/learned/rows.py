@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recsys.sparse.csr import gather_rows
+
 
 def compact(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(items (M,), the distinct values of idx (in [0, n)) in order; slot (len(idx),) with
@@ -67,6 +69,15 @@ class _SparseRows(torch.autograd.Function):
 def sparse_rows(weight: torch.Tensor, idx: torch.Tensor, sparse: bool) -> torch.Tensor:
     """weight[idx], with a row-sparse gradient when `sparse`."""
     return _SparseRows.apply(weight, idx) if sparse else weight[idx]
+
+
+def bag_entries(indptr: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, items: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The token entries of the (n,) items' bags, for a bag sum of those items only:
+    (tokens (nnz,), their weights (nnz,), offsets (n,) where each item's entries start)."""
+    pos, _ = gather_rows(indptr, items)
+    n = indptr[items + 1] - indptr[items]                                                 # (n,)
+    return indices[pos], weights[pos], torch.cumsum(n, 0) - n
 
 
 def dot(u: torch.Tensor, table: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
