@@ -8,7 +8,8 @@ epochs (the loop that chose configs/model/sequence.yaml's defaults; never reads 
 
 key=value pairs: epochs, every, bs (users a batch), events (padded positions a batch, instead of
 bs), loss (full | sampled), lr, n_neg, wd, seed, split (the leave_last folder), cold_grid=true
-(after training: other cold fills of the same model, with the cold validation targets' ranks), blend (a bag
+(after training: other cold fills and cold mixtures of the same model, with the validation
+log-probability and the cold validation targets' ranks), blend (a bag
 model of configs/model/: after training, validation of alpha * n_u(sequence) + (1 - alpha) *
 n_u(that model) for alpha 0.5..1), and any SequenceConfig field (dim=128, dropout=0.1, ...).
 """
@@ -91,15 +92,37 @@ def _cold(model, sets, cold: torch.Tensor) -> str:
 
 @torch.no_grad()
 def _cold_grid(model, prep, sets, cold) -> None:
-    """After training: validation NDCG@10 and the cold targets' ranks for other cold fills
-    (cold_k, cold_scale) of the same trained model."""
+    """After training: validation NDCG@10, the validation targets' mean log-probability and the
+    cold targets' ranks for other cold fills (cold_k, cold_scale) and cold mixtures (cold_boost,
+    cold_temp; models/sequence.py) of the same trained model. The defaults maximise the
+    log-probability (the mixture is a probability model; NDCG@10 moves within noise)."""
+    from dataclasses import replace
+
     from recsys.eval.evaluation import evaluate
     from recsys.train.build import fill_buffers
-    for k, scale in ((0, 1.0), (10, 1.0), (10, 2.0), (10, 3.0), (10, 4.0), (30, 2.0), (30, 4.0), (3, 2.0)):
+    base = model.config
+    for k, scale in ((0, 1.0), (10, 1.0), (10, 2.0), (30, 2.0)):
         for name, t in fill_buffers(prep, k, scale).items():
             setattr(model, name, t)
-        v, _ = evaluate(model, sets["val_target"], sets["val_seen"], [10], 1024, "val/")
-        print(f"cold_k {k} cold_scale {scale}: val ndcg@10 {v['val/ndcg@10']:.4f} {_cold(model, sets, cold)}", flush=True)
+        for boost, temp in [(0.0, 1.0)] + [(b, t) for t in (1.0, 2.0) for b in (2.0, 5.0, 10.0, 20.0)]:
+            model.config = replace(base, cold_k=k, cold_scale=scale, cold_boost=boost, cold_temp=temp)
+            v, _ = evaluate(model, sets["val_target"], sets["val_seen"], [10], 1024, "val/")
+            print(f"cold_k {k} cold_scale {scale} cold_boost {boost} cold_temp {temp}: val ndcg@10 "
+                  f"{v['val/ndcg@10']:.4f} log p {_log_p(model, sets):.4f} {_cold(model, sets, cold)}", flush=True)
+    model.config = base
+
+
+@torch.no_grad()
+def _log_p(model, sets) -> float:
+    """Mean over validation targets of log softmax(score) at the target (with cold_boost > 0 the
+    scores are already log-probabilities)."""
+    indptr, items = sets["val_target"]
+    users = torch.repeat_interleave(torch.arange(len(indptr) - 1), torch.diff(indptr))
+    side, total = model.item_side(), 0.0
+    for a in range(0, len(users), 1024):
+        s = torch.log_softmax(model.score(users[a:a + 1024], side), 1)
+        total += float(s[torch.arange(len(s)), items[a:a + 1024]].sum())
+    return total / max(len(users), 1)
 
 
 def _blends(model, kind: str, prep, sets) -> None:
