@@ -47,7 +47,7 @@ def gram(X: torch.Tensor, c: MemoryConfig) -> torch.Tensor:
     cc = column_counts(XT)
     op = RightOperand(XT, heavy_columns(cc, cc, c.n_items, c.n_items, c.dense_ratio))
     G = torch.empty(c.n_items, c.n_items)
-    op.product_bounded(XT, G, Workspace(), c.max_products)
+    op.product_bounded(XT, G, Workspace(), c.max_products, workers=None)
     return G
 
 

@@ -55,6 +55,15 @@ def test_bounded_product_and_reused_buffers(budget):
         np.testing.assert_allclose(got.numpy(), A @ B.T, atol=1e-5, rtol=0)
     # a smaller A after a bigger one reuses (longer) scratch vectors correctly
     np.testing.assert_allclose(op.product(_csr(A[:3]), None, ws).numpy(), A[:3] @ B.T, atol=1e-5, rtol=0)
+    # the row groups on two worker threads (EASE's Gram): each writes its own rows of out
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = op.product_bounded(_csr(A), torch.full((19, 8), 123.0), None, budget, workers=None)
+        np.testing.assert_allclose(got.numpy(), A @ B.T, atol=1e-5, rtol=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_empty_operands():

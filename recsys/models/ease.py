@@ -43,7 +43,7 @@ class EASE(MemoryModel):
         op = RightOperand(XT, heavy_columns(cc, cc, c.n_items, c.n_items, c.dense_ratio))
         G = torch.empty(c.n_items, c.n_items, dtype=XT.values().dtype, device=XT.device)
         ws = Workspace()
-        op.product_bounded(XT, G, ws, c.max_products)
+        op.product_bounded(XT, G, ws, c.max_products, workers=None)                  # row groups on every core
         del ws
         if c.side > 0:
             _add_token_gram(G, c, buffers)                                           # + beta^2 T T^T
@@ -107,4 +107,5 @@ def _add_token_gram(G: torch.Tensor, c: MemoryConfig, buffers: dict, block: int 
     for r0 in range(0, c.n_items, block):
         r1 = min(c.n_items, r0 + block)
         out = ws.matrix("side", r1 - r0, c.n_items, T.values().dtype, T.values().device)
-        G[r0:r1].add_(op.product_bounded(slice_rows(T, r0, r1), out, ws, c.max_products), alpha=float(c.side) ** 2)
+        G[r0:r1].add_(op.product_bounded(slice_rows(T, r0, r1), out, ws, c.max_products, workers=None),
+                      alpha=float(c.side) ** 2)

@@ -43,8 +43,8 @@ from __future__ import annotations
 import torch
 
 from recsys.sparse.csr import gather_rows, row_ids
-from recsys.sparse.spgemm import (DENSE_RATIO, RightOperand, Workspace, column_counts, cut_rows, heavy_columns,
-                                  slice_rows)
+from recsys.sparse.spgemm import (DENSE_RATIO, RightOperand, Workspace, column_counts, cut_rows, for_blocks,
+                                  heavy_columns, slice_rows)
 
 SIMILARITIES = ("cosine", "pearson", "euclidean", "jaccard")
 
@@ -169,35 +169,10 @@ def _blocks(p: Similarity, block_size: int, max_products: float) -> list[tuple[i
 
 
 def _run_blocks(p: Similarity, blocks: list[tuple[int, int]], fn, workers: int | None) -> list:
-    """fn(r0, r1, sim, row_scale) for every block (see Similarity.block), in block order; blocks spread over `workers` threads on
-    the CPU (each with its own scratch), one thread on other devices."""
-    dev = p.X.values().device
-    if workers is None:
-        workers = torch.get_num_threads() if dev.type == "cpu" else 1
-    workers = max(1, min(int(workers), len(blocks)))
-
-    if workers == 1:
-        ws = Workspace()
-        return [fn(r0, r1, *p.block(r0, r1, ws, row_scale_later=True)) for r0, r1 in blocks]
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-    local = threading.local()
-
-    def run(r0: int, r1: int):
-        if getattr(local, "ws", None) is None:
-            local.ws = Workspace()                     # scratch reused by each worker's blocks
-        return fn(r0, r1, *p.block(r0, r1, local.ws, row_scale_later=True))
-
-    # blocks are handed out one at a time (no worker waits on another's share); the workers are
-    # the parallelism, so torch's own intra-op threads, which would oversubscribe the cores
-    # (the heavy GEMM, the top-k), are set to one meanwhile
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as ex:
-            return list(ex.map(run, *zip(*blocks)))
-    finally:
-        torch.set_num_threads(threads)
+    """fn(r0, r1, sim, row_scale) for every block (see Similarity.block), in block order; blocks
+    spread over `workers` threads on the CPU (spgemm.for_blocks), one thread on other devices."""
+    return for_blocks(blocks, lambda r0, r1, ws: fn(r0, r1, *p.block(r0, r1, ws, row_scale_later=True)),
+                      workers, p.X.values().device)
 
 
 def _scaled_copy(r0: int, r1: int, sim: torch.Tensor, row_scale: torch.Tensor | None) -> torch.Tensor:

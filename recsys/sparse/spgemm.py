@@ -97,6 +97,37 @@ def cut_rows(products: list[float], max_rows: int, max_products: float) -> list[
     return out
 
 
+def for_blocks(blocks: list[tuple[int, int]], work, workers: int | None, device, ws: Workspace | None = None) -> list:
+    """[work(r0, r1, ws) for each row range], in order; on the CPU spread over `workers` threads
+    (default: torch's thread count), each with its own Workspace; one thread elsewhere (ws, or a
+    fresh one). The scatter-add under the sparse products runs on one core whatever torch's
+    thread count, so the workers are the parallelism: torch's own intra-op threads, which would
+    oversubscribe the cores (the heavy GEMM, a top-k), are set to one meanwhile. Blocks are
+    handed out one at a time: no worker waits on another's share."""
+    if workers is None:
+        workers = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+    workers = max(1, min(int(workers), len(blocks)))
+    if workers == 1:
+        ws = ws if ws is not None else Workspace()
+        return [work(r0, r1, ws) for r0, r1 in blocks]
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    local = threading.local()
+
+    def run(r0: int, r1: int):
+        if getattr(local, "ws", None) is None:
+            local.ws = Workspace()                     # scratch reused by each worker's blocks
+        return work(r0, r1, local.ws)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(run, *zip(*blocks)))
+    finally:
+        torch.set_num_threads(threads)
+
+
 class RightOperand:
     """B (R, C) prepared for many products A_block @ B^T: its light columns as padded lists of
     rows grouped by length (`_pad`), its heavy columns as a dense (R, n_heavy) matrix."""
@@ -133,10 +164,13 @@ class RightOperand:
         return torch.zeros(A.shape[0], dtype=torch.float64, device=crow.device).index_add_(0, row, lens)
 
     def product_bounded(self, A: torch.Tensor, out: torch.Tensor, ws: Workspace | None = None,
-                        max_products: float = 2_000_000) -> torch.Tensor:
-        """product() in row groups of at most max_products light scalar products."""
-        for r0, r1 in cut_rows(self.light_products(A).tolist(), A.shape[0], max_products):
-            self.product(slice_rows(A, r0, r1), out[r0:r1], ws)
+                        max_products: float = 2_000_000, workers: int | None = 1) -> torch.Tensor:
+        """product() in row groups of at most max_products light scalar products, the groups
+        spread over `workers` threads (for_blocks; None: torch's thread count; ws is used when
+        they run on one). Callers that already run on worker threads (ranking chunks) keep 1."""
+        blocks = cut_rows(self.light_products(A).tolist(), A.shape[0], max_products)
+        for_blocks(blocks, lambda r0, r1, w: self.product(slice_rows(A, r0, r1), out[r0:r1], w),
+                   workers, out.device, ws)
         return out
 
     def product_split(self, A_light: torch.Tensor, A_heavy: torch.Tensor, out: torch.Tensor,
