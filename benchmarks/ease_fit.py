@@ -23,11 +23,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from recsys.models.ease import gram_matrix  # noqa: E402
 from recsys.models.memory import MemoryConfig  # noqa: E402
 from recsys.models.registry import fit_memory  # noqa: E402
 from recsys.sparse.csr import csr  # noqa: E402
-from recsys.sparse.similarity import sparse_rows, transpose  # noqa: E402
-from recsys.sparse.spgemm import RightOperand, Workspace, column_counts, heavy_columns  # noqa: E402
+from recsys.sparse.similarity import sparse_rows  # noqa: E402
 
 
 def data(U: int, I: int, N: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,16 +39,6 @@ def data(U: int, I: int, N: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     items = rng.permutation(I)[rng.choice(I, N, p=pi / pi.sum())]
     pairs = np.unique(np.stack([users, items], 1), axis=0).astype(np.int64)
     return csr(pairs, U)
-
-
-def gram(X: torch.Tensor, c: MemoryConfig) -> torch.Tensor:
-    """G = X^T X (I, I) dense, by the sparse kernel EASE's fit uses."""
-    XT = transpose(X)
-    cc = column_counts(XT)
-    op = RightOperand(XT, heavy_columns(cc, cc, c.n_items, c.n_items, c.dense_ratio))
-    G = torch.empty(c.n_items, c.n_items)
-    op.product_bounded(XT, G, Workspace(), c.max_products, workers=None)
-    return G
 
 
 def main():
@@ -70,7 +60,7 @@ def main():
         del model
         X = sparse_rows(indptr, indices, torch.ones(len(indices)), I)
         t0 = time.perf_counter()
-        G = gram(X, cfg)
+        G = gram_matrix(X, cfg)
         gram_s = time.perf_counter() - t0
         G.diagonal().add_(a.lam)
         t0 = time.perf_counter()

@@ -68,7 +68,14 @@ def select_rows(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def transpose(X: torch.Tensor) -> torch.Tensor:
-    return X.t().to_sparse_csr()
+    """X^T (C, R) as CSR, columns in order within each row: one stable sort of the column
+    indices (half the time of torch's to_sparse_csr on the CPU)."""
+    R, C = X.shape
+    crow, col = X.crow_indices(), X.col_indices()
+    order = torch.argsort(col, stable=True)                   # by column, rows ascending within
+    t_crow = torch.zeros(C + 1, dtype=crow.dtype, device=crow.device)
+    t_crow[1:] = torch.cumsum(torch.bincount(col, minlength=C), 0)
+    return torch.sparse_csr_tensor(t_crow, row_ids(crow)[order].to(col.dtype), X.values()[order], (C, R))
 
 
 def _with_values(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -132,7 +132,9 @@ class RightOperand:
     """B (R, C) prepared for many products A_block @ B^T: its light columns as padded lists of
     rows grouped by length (`_pad`), its heavy columns as a dense (R, n_heavy) matrix."""
 
-    def __init__(self, B: torch.Tensor, heavy: torch.Tensor | None = None):
+    def __init__(self, B: torch.Tensor, heavy: torch.Tensor | None = None, transposed: torch.Tensor | None = None):
+        """transposed: B^T (C, R) as CSR when the caller has it (EASE's Gram: B = X^T, B^T = X),
+        which spares sorting B's entries by column."""
         R, C = B.shape
         dev = B.values().device
         self.R, self.C = R, C
@@ -147,10 +149,18 @@ class RightOperand:
         light = ~is_h
         # transpose of the light part: CSR (C, R), rows = columns of B
         lc, lr, lv = col[light], row[light], val[light]
-        order = torch.argsort(lc * R + lr)
         t_crow = torch.zeros(C + 1, dtype=torch.long, device=dev)
-        t_crow[1:] = torch.cumsum(torch.bincount(lc, minlength=C), 0)
-        self._pad(t_crow, lr[order], lv[order])                                       # kept padded only
+        if transposed is None:
+            order = torch.argsort(lc * R + lr)
+            t_crow[1:] = torch.cumsum(torch.bincount(lc, minlength=C), 0)
+            self._pad(t_crow, lr[order], lv[order])                                   # kept padded only
+        else:                                   # B^T's rows, the heavy ones emptied
+            tc = transposed.crow_indices()
+            keep = self.heavy_pos[row_ids(tc)] < 0
+            lens = torch.diff(tc)
+            lens[self.heavy] = 0
+            t_crow[1:] = torch.cumsum(lens, 0)
+            self._pad(t_crow, transposed.col_indices()[keep], transposed.values()[keep])
         # B's light part in its own row order, for products where B (or a matrix with the same
         # support) is also the left operand: no per-call split of A needed
         self.light = torch.sparse_csr_tensor(
