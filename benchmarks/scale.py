@@ -264,7 +264,8 @@ def phase(name: str, a) -> dict:
         times = []
         for _ in range(a.als_iters):             # the sweeps alone (the objective not computed)
             t0 = time.perf_counter()
-            als_iteration(scorer, by_user, by_item, alpha=10.0, reg=0.05, steps=3, bags=bags, loss=False)
+            als_iteration(scorer, by_user, by_item, alpha=10.0, reg=0.05, steps=3, bags=bags, loss=False,
+                          token_steps=a.token_steps)
             times.append(time.perf_counter() - t0)
         out.update(fit_s=sum(times), iter_s=sum(times) / len(times), iter_times=times,
                    interactions_per_s=len(prep.train) * len(times) / sum(times))
@@ -302,6 +303,7 @@ def main():
     ap.add_argument("--als-iters", type=int, default=3)
     ap.add_argument("--rank", type=int, default=512, help="ease_lowrank: eigenpairs kept")
     ap.add_argument("--als-tokens", action="store_true", help="recsys_als: model=als_tokens (item rows + token table)")
+    ap.add_argument("--token-steps", type=int, default=None, help="recsys_als --als-tokens: CG steps of the token table (default 3)")
     ap.add_argument("--sparse", action="store_true", help="train with model.optim.sparse=true (lazy Adam on the large tables)")
     ap.add_argument("--max-history", type=int, default=0, help="train with model.optim.max_history (0: whole histories)")
     ap.add_argument("--batching", default="interactions", choices=["interactions", "users"],

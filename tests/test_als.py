@@ -121,7 +121,17 @@ def test_the_token_table_step_is_the_exact_least_squares():
     icol = P.T.nonzero(as_tuple=True)[1]
     V = torch.randn(I, D, generator=g, dtype=dt) * warm[:, None]
     E = torch.randn(T, D, generator=g, dtype=dt)
-    solve_tokens(E, U, V, Wd.to_sparse_csr(), Wd.T.contiguous().to_sparse_csr(), iptr, icol, warm, alpha, reg, 200)
+    W, WT = Wd.to_sparse_csr(), Wd.T.contiguous().to_sparse_csr()
+    # the residual the item rows' solve hands over (b - A (V + W E) for its new V) starts the token
+    # solve exactly where the token solve's own pass would
+    V2, E2, rest = V.clone(), E.clone(), torch.empty(I, D, dtype=dt)
+    solve_side(V2, U, iptr, icol, alpha, reg, 3, offset=W @ E2, rest=rest)
+    V2[~warm] = 0.0
+    E3 = E2.clone()
+    solve_tokens(E2, U, V2, W, WT, iptr, icol, warm, alpha, reg, 2, rest)
+    solve_tokens(E3, U, V2, W, WT, iptr, icol, warm, alpha, reg, 2)
+    torch.testing.assert_close(E2, E3, atol=1e-9, rtol=1e-9)
+    solve_tokens(E, U, V, W, WT, iptr, icol, warm, alpha, reg, 200)
     C = 1 + alpha * P.double()
     M, rhs = reg * torch.eye(T * D, dtype=dt), torch.zeros(T * D, dtype=dt)
     for i in torch.nonzero(warm).flatten().tolist():

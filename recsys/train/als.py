@@ -37,11 +37,13 @@ from recsys.train.module import RankingModule
 
 
 def solve_side(X: torch.Tensor, Y: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, alpha: float,
-               reg: float, steps: int, block: int = 1 << 18, offset: torch.Tensor | None = None) -> None:
+               reg: float, steps: int, block: int = 1 << 18, offset: torch.Tensor | None = None,
+               rest: torch.Tensor | None = None) -> None:
     """In place: X (n, D) <- `steps` CG steps from X toward the ALS solution for fixed Y (m, D);
     (indptr (n+1,), indices) CSR of each row's interactions (columns of Y). offset (n, D): the
     rows' vectors are X + offset with offset fixed (the item tokens' pool C): X solves
-    (A + reg I) x = b - A offset."""
+    (A + reg I) x = b - A offset. rest (n, D), when given, receives b - A (X + offset) for the
+    new X (the CG's own residual plus reg X: the token solve starts from it, no pass of its own)."""
     n, m = X.shape[0], Y.shape[0]
     G = Y.T @ Y + reg * torch.eye(Y.shape[1], dtype=Y.dtype, device=Y.device)        # (D, D)
     for a in range(0, n, block):
@@ -63,6 +65,8 @@ def solve_side(X: torch.Tensor, Y: torch.Tensor, indptr: torch.Tensor, indices: 
             r = (S @ Y).mul_(1.0 + alpha).sub_(A(x + o)).add_(o, alpha=reg)
         conjugate_gradient(x, r, A, steps, lambda u, v: (u * v).sum(1, keepdim=True))  # a system per row
         X[a:b] = x
+        if rest is not None:
+            torch.add(r, x, alpha=reg, out=rest[a:b])
 
 
 def conjugate_gradient(x: torch.Tensor, r: torch.Tensor, apply, steps: int, dot) -> None:
@@ -83,13 +87,14 @@ def conjugate_gradient(x: torch.Tensor, r: torch.Tensor, apply, steps: int, dot)
 
 def solve_tokens(E: torch.Tensor, U: torch.Tensor, V: torch.Tensor, W: torch.Tensor, WT: torch.Tensor,
                  indptr: torch.Tensor, indices: torch.Tensor, warm: torch.Tensor, alpha: float, reg: float,
-                 steps: int) -> None:
+                 steps: int, rest: torch.Tensor | None = None) -> None:
     """In place: the token table E (T, D) <- `steps` CG steps toward the least squares of item
     vectors y = V + W E (W (I, T) the TF-IDF bags as CSR, WT its transpose; V the warm items'
     free rows) for fixed users U, over the warm items (an item with no interaction constrains
     nothing, as an item added later):  (W^T A W + reg I) E = W^T (b - A V), with A_i the items'
     blocks U^T C_i U (no ridge) and b_i = (1 + alpha) sum_{u in U_i} U[u]; one CG over the whole
-    table (the tokens are coupled through the items that share them)."""
+    table (the tokens are coupled through the items that share them). rest (I, D): b - A (V + W E)
+    when the caller has it (solve_side's), else computed here (one pass over the interactions)."""
     I = V.shape[0]
     w = warm[:, None].to(U.dtype)                                                      # (I, 1)
     G0 = U.T @ U                                                                       # (D, D)
@@ -105,7 +110,9 @@ def solve_tokens(E: torch.Tensor, U: torch.Tensor, V: torch.Tensor, W: torch.Ten
         return (WT @ A(W @ P)).add_(P, alpha=reg)
 
     # W^T (b - A V) - (W^T A W E + reg E) = W^T (b - A (V + W E)) - reg E: one product over the items
-    r = (WT @ ((S @ U).mul_(1.0 + alpha).mul_(w).sub_(A(V + W @ E)))).sub_(E, alpha=reg)
+    if rest is None:
+        rest = (S @ U).mul_(1.0 + alpha).mul_(w).sub_(A(V + W @ E))
+    r = (WT @ (rest * w)).sub_(E, alpha=reg)
     conjugate_gradient(E, r, M, steps, lambda u, v: (u * v).sum())                 # one system
 
 
@@ -133,11 +140,11 @@ def item_bags(s: Collaborative) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def als_iteration(s: Collaborative, by_user: tuple, by_item: tuple, alpha: float, reg: float, steps: int,
-                  bags: tuple | None = None, loss: bool = True) -> float | None:
+                  bags: tuple | None = None, loss: bool = True, token_steps: int | None = None) -> float | None:
     """One ALS iteration of a scorer's tables, in place: users, then items (with `bags` =
     item_bags(s) for mf_tokens: users, the warm item rows, then the token table, item vectors
-    y_i = warm_i V[i] + (W E)[i]). Returns the objective after it (als_loss; None with
-    loss=False: one SDDMM pass less)."""
+    y_i = warm_i V[i] + (W E)[i]; token_steps CG steps for the table, default `steps`). Returns
+    the objective after it (als_loss; None with loss=False: one SDDMM pass less)."""
     U, V = s.user_emb.weight, s.item_emb.weight
     if bags is None:
         solve_side(U, V, *by_user, alpha, reg, steps)
@@ -146,9 +153,10 @@ def als_iteration(s: Collaborative, by_user: tuple, by_item: tuple, alpha: float
     W, WT = bags
     E, warm = s.token_emb.weight, s.item_warm
     solve_side(U, s.item_rows()[0], *by_user, alpha, reg, steps)
-    solve_side(V, U, *by_item, alpha, reg, steps, offset=W @ E)
+    rest = torch.empty_like(V)
+    solve_side(V, U, *by_item, alpha, reg, steps, offset=W @ E, rest=rest)
     V[~warm] = 0.0
-    solve_tokens(E, U, V, W, WT, *by_item, warm, alpha, reg, steps)
+    solve_tokens(E, U, V, W, WT, *by_item, warm, alpha, reg, steps if token_steps is None else token_steps, rest)
     if not loss:
         return None
     penalty = reg * float(U.double().pow(2).sum() + V.double().pow(2).sum() + E.double().pow(2).sum())
@@ -160,12 +168,15 @@ class ALSModule(RankingModule):
     like every learned model (RankingModule); no optimiser, no gradients."""
 
     def __init__(self, scorer: Collaborative, eval_sets: dict, pairs: np.ndarray, alpha: float = 2.0,
-                 reg: float = 1.0, cg_steps: int = 3, ks: tuple[int, ...] = (10, 20)):
+                 reg: float = 1.0, cg_steps: int = 3, token_steps: int | None = None, ks: tuple[int, ...] = (10, 20)):
         if (scorer.pools_tokens and not scorer.item_tokens) or scorer.item_bias is not None:   # the spec
             raise ValueError("ALS trains the collaborative tables (and item tokens): no profiles, no item bias")
         if not (alpha >= 0 and reg > 0 and isinstance(cg_steps, int) and cg_steps >= 1):
             raise ValueError(f"model.optim: alpha={alpha} must be >= 0, reg={reg} > 0 and cg_steps={cg_steps} "
                              f"an integer >= 1")
+        if token_steps is not None and (isinstance(token_steps, bool) or not isinstance(token_steps, int)
+                                        or token_steps < 1):
+            raise ValueError(f"model.optim.token_steps={token_steps!r} must be an integer >= 1 (or null: cg_steps)")
         super().__init__(scorer, eval_sets, ks)
         self.save_hyperparameters(ignore=["scorer", "eval_sets", "pairs"])
         self.automatic_optimization = False
@@ -180,7 +191,7 @@ class ALSModule(RankingModule):
         by_user, by_item = (self.by_user_indptr, self.by_user_indices), (self.by_item_indptr, self.by_item_indices)
         with torch.no_grad():
             loss = als_iteration(s, by_user, by_item, h.alpha, h.reg, h.cg_steps,
-                                 self._item_bags() if s.item_tokens else None)
+                                 self._item_bags() if s.item_tokens else None, token_steps=h.token_steps)
         n = max(len(self.by_user_indices), 1)
         self.log("train/loss", loss / n, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
 
