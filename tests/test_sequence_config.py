@@ -25,3 +25,25 @@ def test_the_config_file_states_the_code_defaults():
     assert {k: cfg["optim"][k] for k in optim} == optim
     assert cfg["optim"]["batch_size"] == SequenceSpec.batch_size
     assert set(cfg) - set(fields) - {"_target_", "_convert_", "optim", "search_space"} == set()
+
+
+def test_cold_boost_auto_is_the_validation_rate_and_the_refit_keeps_it():
+    """cold_rate: (cold targets / warm targets) x (warm items / cold items) on the validation part,
+    by hand; SequenceSpec.for_data fixes that number before the first fit (a refit has no
+    validation part to measure it on), inside a blend too; a number given stays."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from recsys.train.build import cold_rate
+    from recsys.train.specs import as_spec
+    warm = np.array([True, True, True, False, False])
+    prep = SimpleNamespace(item_warm=lambda: warm, valid=np.array([[0, 0], [1, 3], [2, 3], [3, 1]]))
+    assert cold_rate(prep) == 2 / 2 * 3 / 2
+    assert cold_rate(SimpleNamespace(item_warm=lambda: warm, valid=np.zeros((0, 2), dtype=np.int64))) == 0.0
+    spec = as_spec("sequence")
+    assert spec.params.get("cold_boost", SequenceConfig.cold_boost) == "auto"
+    assert spec.for_data(prep).params["cold_boost"] == 1.5
+    assert as_spec({"kind": "sequence", "cold_boost": 2.0}).for_data(prep).params["cold_boost"] == 2.0
+    blend = as_spec({"kind": "blend", "first": {"kind": "sequence"}, "second": {"kind": "ease"}}).for_data(prep)
+    assert blend.first.params["cold_boost"] == 1.5 and blend.second.kind == "ease"

@@ -17,15 +17,17 @@ their cold_k most content-similar warm items (models/coldstart.py: V[c] = cold_s
 cosine-weighted mean of the neighbours' rows), so an item never seen in training is reachable.
 With cold_boost > 0 the ranking scores (eval mode) are the log-probabilities of a mixture that
 gives the C cold items together the share pi of the next event that C items would have if each
-were cold_boost times as likely as an average one of the W warm items (mix_cold):
+were cold_boost times as likely as an average one of the W warm items (mix_cold; "auto", the
+default, is that ratio as measured on the validation events, set when the model is built):
 
     pi   = cold_boost C / (cold_boost C + W)
     p(i) = (1 - pi) softmax over warm items of s[u, :]_i                   i warm
     p(c) = pi       softmax over cold items of (s[u, :] / cold_temp)_c     c cold
 
-New items are consumed far above an average item's rate (leave-last validation: 20 of 610 next
-events went to the 61 items with no training event, 5.4x a warm item's rate), which logits
-trained only on items that had events cannot know; the warm items keep their order.
+New items are consumed far above an average item's rate on a next-item split (leave-last
+validation: 20 of 610 next events went to the 61 items with no training event, 5.4x a warm
+item's rate) and far below it on a random holdout (its cold items are the rarest ones), which
+logits trained only on items that had events cannot know; the warm items keep their order.
 
 A known user is ranked from the stored training sequence (seq_indptr, seq_indices: time order,
 ties in file order); a user outside the model, or a served user with live events, from the
@@ -74,9 +76,11 @@ class SequenceConfig:
     init_std: float = 0.02
     cold_k: int = 10            # cold items borrow id rows from this many content neighbours
     cold_scale: float = 1.0     # ... times this factor (10 and 1: chosen on leave-last validation NDCG)
-    cold_boost: float = 5.0     # a cold item's prior next-event rate / a warm item's (0: raw logits)
-    cold_temp: float = 1.0      # temperature of the cold items' softmax in their share (5 and 1: by
-                                # the validation targets' log-probability; benchmarks/README.md)
+    cold_boost: float | str = "auto"   # a cold item's prior next-event rate / a warm item's (0: raw
+                                # logits; auto: measured on the validation part, train/build.py
+                                # cold_rate; unresolved, as 0)
+    cold_temp: float = 1.0      # temperature of the cold items' softmax in their share (1: by the
+                                # validation targets' log-probability; benchmarks/README.md)
 
     def __post_init__(self):
         for name in ("dim", "blocks", "heads", "max_len"):
@@ -95,8 +99,9 @@ class SequenceConfig:
             raise ValueError(f"model.cold_k={self.cold_k!r} must be an integer >= 0")
         if not 0 < float(self.cold_scale) < float("inf"):
             raise ValueError(f"model.cold_scale={self.cold_scale} must be a finite number > 0")
-        if not 0.0 <= float(self.cold_boost) < float("inf"):
-            raise ValueError(f"model.cold_boost={self.cold_boost} must be a finite number >= 0")
+        if self.cold_boost != "auto" and (isinstance(self.cold_boost, (bool, str))
+                                          or not 0.0 <= float(self.cold_boost) < float("inf")):
+            raise ValueError(f"model.cold_boost={self.cold_boost!r} must be a finite number >= 0 or 'auto'")
         if not 0 < float(self.cold_temp) < float("inf"):
             raise ValueError(f"model.cold_temp={self.cold_temp} must be a finite number > 0")
 
@@ -226,7 +231,7 @@ class Sequence(Model):
         return F.embedding_bag(tokens, self.token_emb.weight, offsets, mode="sum", per_sample_weights=weights)
 
     def item_side(self) -> SequenceItems:
-        boost = float(self.config.cold_boost)
+        boost = 0.0 if self.config.cold_boost == "auto" else float(self.config.cold_boost)
         if self.training or boost == 0:
             return SequenceItems(self.item_table())
         cold = torch.nonzero(~self.item_warm).flatten()

@@ -1,6 +1,8 @@
 """Turning prepared data into the tensors a Scorer and the evaluation need."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -14,6 +16,8 @@ from recsys.models.registry import model_class
 from recsys.models.sequence import Sequence, SequenceConfig
 from recsys.sparse.csr import csr, csr_from_pairs
 from recsys.train.tune import sample_users
+
+log = logging.getLogger("recsys.train")
 
 
 def scorer_buffers(prep: Prepared, cold_k: int = 0, cold_scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -52,10 +56,30 @@ def build_scorer(prep: Prepared, **model) -> Scorer:
     return Scorer(cfg, buffers)
 
 
+def cold_rate(prep: Prepared) -> float:
+    """How many times as often, per item, the validation events go to items with no training
+    event as to the others: (cold targets / warm targets) x (warm items / cold items); the
+    maximum-likelihood boost of the sequence model's cold mixture (models/sequence.py). 0 when
+    there is no validation part, no cold or no warm item, or no validation event on a warm one."""
+    warm = prep.item_warm()
+    C, W = int((~warm).sum()), int(warm.sum())
+    items = prep.valid[:, 1]
+    n_cold = int((~warm[items]).sum())
+    n_warm = len(items) - n_cold
+    if C == 0 or W == 0 or n_warm == 0:
+        return 0.0
+    return n_cold / n_warm * W / C
+
+
 def build_sequence(prep: Prepared, **model):
     """The sequence model (models/sequence.py) on prepared data: SequenceConfig fields other
     than the sizes; its buffers are the token bags, each user's training items in time order
-    (Prepared.sequences), their bag and the warm items."""
+    (Prepared.sequences), their bag and the warm items. cold_boost "auto" becomes cold_rate(prep)
+    (a refit, which has no validation part, is given the first fit's number: SequenceSpec.for_data)."""
+    if model.get("cold_boost", SequenceConfig.cold_boost) == "auto":
+        model = {**model, "cold_boost": cold_rate(prep)}
+        log.info("sequence: cold_boost auto -> %.3g (validation events on items with no training event, "
+                 "per item, against the others)", model["cold_boost"])
     cfg = SequenceConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
     seq_indptr, seq_indices = prep.sequences(("train",))
     hist_indptr, hist_indices = csr(prep.train, prep.n_users)

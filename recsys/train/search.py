@@ -366,6 +366,7 @@ def select_and_fit(spec, prep, sets: dict, ctx, search_cfg: dict | None = None, 
     train + validation (refit; a learned model for the epochs of its best validation value).
     Returns a Choice. test=False: no test loop (a model fitted for use, recsys.fit)."""
     search_cfg = dict(search_cfg or {})
+    spec = spec.for_data(prep)          # settings measured on the validation part, for every fit
     result = None
     info: dict = {}
     if search_cfg.get("trials") or search_cfg.get("minutes"):

@@ -28,7 +28,7 @@ from recsys.models.learned import ScorerConfig
 from recsys.models.memory import MemoryConfig
 from recsys.models.registry import model_class
 from recsys.models.sequence import SequenceConfig
-from recsys.train.build import build_memory, build_scorer, build_sequence
+from recsys.train.build import build_memory, build_scorer, build_sequence, cold_rate
 from recsys.train.tune import choose_fold_in_by_agreement, choose_fold_in_lambda
 
 
@@ -95,6 +95,10 @@ class Memory:
         """(model, metrics, validation value); no test loop (the final report tests)."""
         return _fit_once(self, prep, sets, ctx)
 
+    def for_data(self, prep) -> "Memory":
+        """The spec with the settings measured on the data resolved (none here)."""
+        return self
+
 
 class Learned:
     """The learned token-embedding Scorer (models/learned/): ScorerConfig fields, the
@@ -151,6 +155,10 @@ class Learned:
     def effective_params(self) -> dict:
         return self.resolved()
 
+    def for_data(self, prep) -> "Learned":
+        """The spec with the settings measured on the data resolved (none here)."""
+        return self
+
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (scorer in eval mode, metrics, best validation value).
         test=False skips Lightning's test loop (a blend part: the blend is tested, not the part)."""
@@ -206,6 +214,14 @@ class SequenceSpec:
 
     def effective_params(self) -> dict:
         return self.resolved()
+
+    def for_data(self, prep) -> "SequenceSpec":
+        """cold_boost "auto" resolved on prep's validation part (build.cold_rate), before the
+        first fit, so that a refit, which has no validation part, is given the same number."""
+        if self.params.get("cold_boost", SequenceConfig.cold_boost) != "auto":
+            return self
+        return SequenceSpec(optim=self.optim, search_space=self.search_space,
+                            **{**self.params, "cold_boost": cold_rate(prep)})
 
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (model in eval mode, metrics, best validation value)."""
@@ -292,6 +308,13 @@ class Blend:
 
     def effective_params(self) -> dict:
         return self.resolved()
+
+    def for_data(self, prep) -> "Blend":
+        """Both parts' settings measured on the data resolved."""
+        first, second = self.first.for_data(prep), self.second.for_data(prep)
+        if first is self.first and second is self.second:
+            return self
+        return Blend(first, second, self.alpha, self.norm, search_space=self.search_space)
 
     def build(self, prep, device: str = "cpu"):
         """Both parts fitted without epochs (neither may be learned), blended."""
