@@ -66,9 +66,10 @@ def cold_rate(prep: Prepared) -> float:
     items = prep.valid[:, 1]
     n_cold = int((~warm[items]).sum())
     n_warm = len(items) - n_cold
-    if C == 0 or W == 0 or n_warm == 0:
-        return 0.0
-    return n_cold / n_warm * W / C
+    rate = 0.0 if C == 0 or W == 0 or n_warm == 0 else n_cold / n_warm * W / C
+    log.info("cold items: %d of %d validation events on %d items with no training event, against %d on %d "
+             "others: %.3g times the rate per item", n_cold, len(items), C, n_warm, W, rate)
+    return rate
 
 
 def build_sequence(prep: Prepared, **model):
@@ -78,8 +79,6 @@ def build_sequence(prep: Prepared, **model):
     (a refit, which has no validation part, is given the first fit's number: SequenceSpec.for_data)."""
     if model.get("cold_boost", SequenceConfig.cold_boost) == "auto":
         model = {**model, "cold_boost": cold_rate(prep)}
-        log.info("sequence: cold_boost auto -> %.3g (validation events on items with no training event, "
-                 "per item, against the others)", model["cold_boost"])
     cfg = SequenceConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
     seq_indptr, seq_indices = prep.sequences(("train",))
     hist_indptr, hist_indices = csr(prep.train, prep.n_users)
