@@ -281,7 +281,8 @@ class Sequence(Model):
             seqs, n = windows(self.seq_indptr, self.seq_indices, who, self.config.max_len)
         h = self.user_state[who] if seqs is None else self.last_hidden(seqs, n, side.E)   # (b, D)
         if side.cold is not None:        # the mixture's normalisers read every column
-            s = torch.mm(h, side.E.t(), out=out if cols is None else None)            # (b, I)
+            use_out = out is not None and cols is None and not torch.is_grad_enabled()
+            s = torch.mm(h, side.E.t(), out=out) if use_out else h @ side.E.t()      # (b, I)
             s = mix_cold(s, side.cold, side.share, self.config.cold_temp)
             return s if cols is None else s[:, cols]
         E = side.E if cols is None else side.E[cols]                                  # (n, D)
