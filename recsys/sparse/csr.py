@@ -63,6 +63,17 @@ def row_ids(indptr: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr[1:] - indptr[:-1])
 
 
+def transpose_entries(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_cols: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries (rows, cols, vals) of a matrix, listed row by row, as the CSR of its transpose:
+    (indptr (n_cols+1,), indices = their rows, values), rows ascending within each column (one
+    stable sort of the column indices)."""
+    order = torch.argsort(cols, stable=True)
+    indptr = torch.zeros(n_cols + 1, dtype=torch.long, device=cols.device)
+    indptr[1:] = torch.cumsum(torch.bincount(cols, minlength=n_cols), 0)
+    return indptr, rows[order], vals[order]
+
+
 def keep_entries(indptr: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The CSR (indptr, indices) with only the entries where keep (nnz,) bool is True; the
     number of rows is unchanged (a row may become empty)."""

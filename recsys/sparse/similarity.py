@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from recsys.sparse.csr import gather_rows, row_ids
+from recsys.sparse.csr import gather_rows, row_ids, transpose_entries
 from recsys.sparse.spgemm import (DENSE_RATIO, RightOperand, Workspace, column_counts, cut_rows, for_blocks,
                                   heavy_columns, slice_rows)
 
@@ -72,10 +72,8 @@ def transpose(X: torch.Tensor) -> torch.Tensor:
     indices (half the time of torch's to_sparse_csr on the CPU)."""
     R, C = X.shape
     crow, col = X.crow_indices(), X.col_indices()
-    order = torch.argsort(col, stable=True)                   # by column, rows ascending within
-    t_crow = torch.zeros(C + 1, dtype=crow.dtype, device=crow.device)
-    t_crow[1:] = torch.cumsum(torch.bincount(col, minlength=C), 0)
-    return torch.sparse_csr_tensor(t_crow, row_ids(crow)[order].to(col.dtype), X.values()[order], (C, R))
+    t_crow, t_col, t_val = transpose_entries(row_ids(crow), col, X.values(), C)
+    return torch.sparse_csr_tensor(t_crow.to(crow.dtype), t_col.to(col.dtype), t_val, (C, R))
 
 
 def _with_values(X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

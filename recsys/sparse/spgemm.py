@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from recsys.sparse.csr import row_ids
+from recsys.sparse.csr import row_ids, transpose_entries
 
 DENSE_RATIO = 400.0   # cost of one sparse scalar product / one GEMM multiply-add, measured on a CPU core
 DENSE_FIXED = 16.0    # the GEMM's pass over the (b, R) output, in heavy columns' worth of work
@@ -149,16 +149,14 @@ class RightOperand:
         light = ~is_h
         # transpose of the light part: CSR (C, R), rows = columns of B
         lc, lr, lv = col[light], row[light], val[light]
-        t_crow = torch.zeros(C + 1, dtype=torch.long, device=dev)
         if transposed is None:
-            order = torch.argsort(lc * R + lr)
-            t_crow[1:] = torch.cumsum(torch.bincount(lc, minlength=C), 0)
-            self._pad(t_crow, lr[order], lv[order])                                   # kept padded only
+            self._pad(*transpose_entries(lr, lc, lv, C))                              # kept padded only
         else:                                   # B^T's rows, the heavy ones emptied
             tc = transposed.crow_indices()
             keep = self.heavy_pos[row_ids(tc)] < 0
             lens = torch.diff(tc)
             lens[self.heavy] = 0
+            t_crow = torch.zeros(C + 1, dtype=torch.long, device=dev)
             t_crow[1:] = torch.cumsum(lens, 0)
             self._pad(t_crow, transposed.col_indices()[keep], transposed.values()[keep])
         # B's light part in its own row order, for products where B (or a matrix with the same

@@ -72,13 +72,20 @@ def cold_rate(prep: Prepared) -> float:
     return rate
 
 
+def resolve_cold_boost(params: dict, prep: Prepared) -> dict:
+    """The sequence model's parameters with cold_boost "auto" (the default) replaced by
+    cold_rate(prep); the same dict when a number is given."""
+    if params.get("cold_boost", SequenceConfig.cold_boost) != "auto":
+        return params
+    return {**params, "cold_boost": cold_rate(prep)}
+
+
 def build_sequence(prep: Prepared, **model):
     """The sequence model (models/sequence.py) on prepared data: SequenceConfig fields other
     than the sizes; its buffers are the token bags, each user's training items in time order
     (Prepared.sequences), their bag and the warm items. cold_boost "auto" becomes cold_rate(prep)
     (a refit, which has no validation part, is given the first fit's number: SequenceSpec.for_data)."""
-    if model.get("cold_boost", SequenceConfig.cold_boost) == "auto":
-        model = {**model, "cold_boost": cold_rate(prep)}
+    model = resolve_cold_boost(model, prep)
     cfg = SequenceConfig(n_users=prep.n_users, n_items=prep.n_items, n_tokens=len(prep.tokens), **model)
     seq_indptr, seq_indices = prep.sequences(("train",))
     hist_indptr, hist_indices = csr(prep.train, prep.n_users)

@@ -28,7 +28,7 @@ from recsys.models.learned import ScorerConfig
 from recsys.models.memory import MemoryConfig
 from recsys.models.registry import model_class
 from recsys.models.sequence import SequenceConfig
-from recsys.train.build import build_memory, build_scorer, build_sequence, cold_rate
+from recsys.train.build import build_memory, build_scorer, build_sequence, resolve_cold_boost
 from recsys.train.tune import choose_fold_in_by_agreement, choose_fold_in_lambda
 
 
@@ -218,10 +218,10 @@ class SequenceSpec:
     def for_data(self, prep) -> "SequenceSpec":
         """cold_boost "auto" resolved on prep's validation part (build.cold_rate), before the
         first fit, so that a refit, which has no validation part, is given the same number."""
-        if self.params.get("cold_boost", SequenceConfig.cold_boost) != "auto":
+        params = resolve_cold_boost(self.params, prep)
+        if params is self.params:
             return self
-        return SequenceSpec(optim=self.optim, search_space=self.search_space,
-                            **{**self.params, "cold_boost": cold_rate(prep)})
+        return SequenceSpec(optim=self.optim, search_space=self.search_space, **params)
 
     def fit(self, prep, sets, ctx: FitContext, test: bool = True):
         """Train with Lightning; (model in eval mode, metrics, best validation value)."""
